@@ -1,0 +1,74 @@
+"""Backends: the array module a model computes with, and the few ops a backend may replace.
+
+The NumPy backend is the reference. A backend is an object with
+
+- ``xp``: the array module (``numpy`` or ``cupy``); layers write their maths with it, so one formula
+  serves both devices (the Chainer habit: split only at the leaf where the devices differ);
+- ``name`` and ``device``: what to print;
+- ``asarray`` / ``to_numpy``: moving arrays on and off the device;
+- ``rng(seed)``: the random stream for noise, dropout masks and shuffling, and ``rng_state`` /
+  ``set_rng_state`` to save and restore it;
+- ``synchronize()``: wait for queued device work (timing, reading losses).
+
+A faster backend overrides ops where it has something better (fused kernels, a captured step);
+everything it does not override runs the NumPy formulas through its own ``xp``.
+"""
+
+import platform
+
+import numpy as np
+
+
+class BackendError(RuntimeError):
+    """A backend cannot be used on this machine; the message is one line for the user."""
+
+
+class NumpyBackend:
+    name = "numpy"
+    xp = np
+
+    @property
+    def device(self):
+        return f"cpu ({platform.machine()}, numpy {np.__version__})"
+
+    def asarray(self, a, dtype=None):
+        return np.asarray(a, dtype=dtype)
+
+    def to_numpy(self, a):
+        return np.asarray(a)
+
+    def rng(self, seed):
+        return np.random.default_rng(seed)
+
+    def rng_state(self, rng):
+        """The stream's state as JSON-able data, tagged with the backend that can restore it."""
+        return {"backend": self.name, "state": rng.bit_generator.state}
+
+    def set_rng_state(self, rng, state):
+        rng.bit_generator.state = state["state"]
+
+    def synchronize(self):
+        pass
+
+
+BACKENDS = ("numpy", "cupy")
+
+
+def array_module(a):
+    """numpy or cupy, whichever ``a`` belongs to (without importing CuPy for NumPy arrays)."""
+    if isinstance(a, (np.ndarray, np.generic)):
+        return np
+    import cupy
+
+    return cupy.get_array_module(a)
+
+
+def get_backend(name):
+    """Return the backend called ``name``; raise BackendError with a one-line reason if it cannot run."""
+    if name == "numpy":
+        return NumpyBackend()
+    if name == "cupy":
+        from minigan.cupy_backend import CupyBackend
+
+        return CupyBackend()
+    raise BackendError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")

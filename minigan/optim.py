@@ -1,0 +1,64 @@
+r"""Adam (Kingma & Ba, 2015) over one flat parameter buffer, with PyTorch's ``torch.optim.Adam`` update.
+
+.. math::
+    m \leftarrow \beta_1 m + (1-\beta_1) g, \qquad v \leftarrow \beta_2 v + (1-\beta_2) g^2
+
+    \theta \leftarrow \theta - \frac{\mathrm{lr}}{1-\beta_1^t}\cdot
+        \frac{m}{\sqrt{v}/\sqrt{1-\beta_2^t} + \epsilon}
+
+(the same grouping as PyTorch, so eps is added after the bias correction of v). No weight decay.
+Because the model keeps all its parameters in one flat buffer and all gradients in another, a step is
+a handful of whole-buffer operations, not a loop over layers.
+"""
+
+import math
+
+import numpy as np
+
+from minigan.backend import array_module
+
+
+class Adam:
+    def __init__(self, params, grads, lr=2e-4, betas=(0.5, 0.999), eps=1e-8):
+        """params, grads: flat 1-D arrays of the same size (the model's flat buffers), updated in place."""
+        if params.shape != grads.shape or params.ndim != 1:
+            raise ValueError("Adam takes a model's flat parameter and gradient buffers")
+        self.params, self.grads = params, grads
+        self.lr, self.betas, self.eps = lr, tuple(betas), eps
+        xp = array_module(params)
+        self.m = xp.zeros_like(params)
+        self.v = xp.zeros_like(params)
+        self.t = 0
+        self._tmp = xp.empty_like(params)
+
+    def step(self):
+        xp = array_module(self.params)
+        beta1, beta2 = self.betas
+        f = self.params.dtype.type
+        g, m, v, tmp = self.grads, self.m, self.v, self._tmp
+        self.t += 1
+        # m <- m + (1-beta1)(g - m), v <- beta2 v + (1-beta2) g^2
+        xp.subtract(g, m, out=tmp)
+        tmp *= f(1 - beta1)
+        m += tmp
+        xp.multiply(g, g, out=tmp)
+        tmp *= f(1 - beta2)
+        v *= f(beta2)
+        v += tmp
+        step_size = self.lr / (1 - beta1**self.t)
+        bias_correction2_sqrt = math.sqrt(1 - beta2**self.t)
+        # theta <- theta - step_size * m / (sqrt(v) / sqrt(bc2) + eps)
+        xp.sqrt(v, out=tmp)
+        tmp /= f(bias_correction2_sqrt)
+        tmp += f(self.eps)
+        xp.divide(m, tmp, out=tmp)
+        tmp *= f(step_size)
+        self.params -= tmp
+
+    def state(self):
+        return {"m": self.m, "v": self.v, "t": np.int64(self.t)}
+
+    def load_state(self, state):
+        self.m[...] = state["m"]
+        self.v[...] = state["v"]
+        self.t = int(state["t"])

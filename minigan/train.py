@@ -1,0 +1,318 @@
+"""The training program: the reference loop on MNIST, with a run folder, checkpoints and resume.
+
+``examples/train_mnist.py`` is a thin wrapper around ``main``. A run folder holds
+
+    config.json          the recipe of the run
+    metrics.jsonl        one JSON line per epoch (Loss_D, Loss_G, D(x), D(G(z)), seconds, images/s)
+    samples/epoch_NNN.png  G in eval mode on the run's fixed noise (32 images, 8 per row)
+    checkpoint.npz       everything needed to resume (see minigan.checkpoint), rewritten every epoch
+    generator.npz        the final generator
+
+Every failure a user can cause (bad arguments, missing or corrupt data, no GPU, a NaN, a signal) ends
+with one line on stderr and a non-zero exit status: 2 for bad arguments, 1 for other errors,
+128 + signal number after SIGINT/SIGTERM (the current step is finished and a checkpoint written first).
+"""
+
+import argparse
+import json
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from minigan import checkpoint as ckpt
+from minigan.backend import BACKENDS, BackendError, get_backend
+from minigan.data import DataError, default_data_dir, load_mnist, to_unit_interval
+from minigan.fileio import atomic_write_bytes
+from minigan.gan import GAN
+from minigan.images import save_grid
+
+# The recipe (REFERENCE.md); these define a run and are fixed once it has started.
+RECIPE = {"batch_size": 128, "lr": 2e-4, "beta1": 0.5, "k": 1, "latent_dim": 100, "seed": 666,
+          "train_size": None}
+DEFAULT_EPOCHS = 50
+FIXED_NOISE = 32
+
+
+class UsageError(Exception):
+    """A bad command line; reported in one line with exit status 2."""
+
+
+class TrainingError(Exception):
+    """Training cannot go on (non-finite values); reported in one line with exit status 1."""
+
+
+class Interrupted(Exception):
+    def __init__(self, signum, message):
+        super().__init__(message)
+        self.signum = signum
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not argparse's usage block
+        raise UsageError(message)
+
+
+def build_parser():
+    p = _Parser(prog="train_mnist.py", description="Train the MLP GAN of Goodfellow et al. (2014) on MNIST.")
+    p.add_argument("--backend", default="numpy", help=f"one of {', '.join(BACKENDS)} (default numpy)")
+    p.add_argument("--epochs", type=int, help=f"total epochs (default {DEFAULT_EPOCHS})")
+    p.add_argument("--batch-size", type=int, help="images per step (default 128)")
+    p.add_argument("--lr", type=float, help="Adam learning rate of G and D (default 2e-4)")
+    p.add_argument("--beta1", type=float, help="Adam beta1 (default 0.5; beta2 is 0.999)")
+    p.add_argument("--k", type=int, help="discriminator updates per batch (default 1)")
+    p.add_argument("--latent-dim", type=int, help="size of z (default 100)")
+    p.add_argument("--seed", type=int, help="random seed (default 666)")
+    p.add_argument("--train-size", type=int, help="use the first N training images (default all 60000)")
+    p.add_argument("--data-dir", type=Path, help="folder with the MNIST IDX files (default $MINIGAN_DATA, else ./data)")
+    p.add_argument("--out", type=Path, help="run folder (default runs/<date-time>)")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
+    return p
+
+
+def check_recipe(config):
+    """Refuse values that cannot train, before anything is loaded."""
+    checks = [
+        (config["epochs"] >= 1, f"--epochs must be at least 1, got {config['epochs']}"),
+        (config["batch_size"] >= 2, f"--batch-size must be at least 2 (BatchNorm needs 2 rows), got {config['batch_size']}"),
+        (config["lr"] > 0 and math.isfinite(config["lr"]), f"--lr must be a positive number, got {config['lr']}"),
+        (0 <= config["beta1"] < 1, f"--beta1 must be in [0, 1), got {config['beta1']}"),
+        (config["k"] >= 1, f"--k must be at least 1, got {config['k']}"),
+        (config["latent_dim"] >= 1, f"--latent-dim must be at least 1, got {config['latent_dim']}"),
+        (config["seed"] >= 0, f"--seed must be non-negative, got {config['seed']}"),
+        (config["train_size"] is None or config["train_size"] >= 2,
+         f"--train-size must be at least 2, got {config['train_size']}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UsageError(message)
+
+
+def resolve(args):
+    """The run's config, run folder and checkpoint arrays (None for a new run) from the command line."""
+    if args.backend not in BACKENDS:
+        raise UsageError(f"unknown backend {args.backend!r}: choose one of {', '.join(BACKENDS)}")
+    given = {key: getattr(args, key) for key in RECIPE if getattr(args, key) is not None}
+    if args.resume is not None:
+        run_dir = args.resume
+        if args.out is not None and args.out.resolve() != run_dir.resolve():
+            raise UsageError("--out and --resume name different folders; --resume continues in its own folder")
+        arrays = ckpt.load_npz(run_dir / "checkpoint.npz")
+        config = ckpt.read_config(arrays)
+        changed = [k for k, v in given.items() if v != config[k]]
+        if changed:
+            key = changed[0]
+            raise UsageError(f"--{key.replace('_', '-')} {given[key]} differs from the run's {config[key]}: "
+                             f"a resumed run keeps its recipe")
+        config["epochs"] = args.epochs if args.epochs is not None else config["epochs"]
+        done = int(arrays["epoch"])
+        if config["epochs"] <= done and int(arrays["step"]) == 0:
+            raise UsageError(f"{run_dir} has already trained {done} epochs; pass --epochs above {done} to go on")
+    else:
+        run_dir = args.out if args.out is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+        if (run_dir / "checkpoint.npz").exists():
+            raise UsageError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --out")
+        arrays = None
+        config = {**RECIPE, **given, "epochs": args.epochs if args.epochs is not None else DEFAULT_EPOCHS}
+    check_recipe(config)
+    return config, run_dir, arrays
+
+
+def prepare_run_dir(run_dir):
+    try:
+        (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(run_dir / ".write-test", b"")
+        (run_dir / ".write-test").unlink()
+    except OSError as e:
+        raise UsageError(f"{run_dir}: run folder is not writable ({e.strerror or e})") from None
+
+
+class Progress:
+    """A one-line progress bar within an epoch, redrawn at most 10 times a second, on a terminal only."""
+
+    def __init__(self, total, label, stream=sys.stderr, enabled=None):
+        self.total, self.label, self.stream = total, label, stream
+        self.enabled = stream.isatty() if enabled is None else enabled
+        self.start = self.last = time.perf_counter()
+
+    def update(self, done, images):
+        now = time.perf_counter()
+        if not self.enabled or (now - self.last < 0.1 and done < self.total):
+            return
+        self.last = now
+        width = 30
+        filled = width * done // self.total
+        rate = images / max(now - self.start, 1e-9)
+        self.stream.write(f"\r{self.label} {done}/{self.total} [{'=' * filled}{' ' * (width - filled)}] "
+                          f"{rate:,.0f} img/s")
+        self.stream.flush()
+
+    def close(self):
+        if self.enabled:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM; the loop checks it after every step, so the step in flight completes."""
+
+    def __init__(self):
+        self.signum = None
+
+    def __call__(self, signum, frame):
+        self.signum = signum
+
+    def __enter__(self):
+        self.previous = {s: signal.signal(s, self) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+class Run:
+    """One training run: the GAN, its data, its folder, and where it stands."""
+
+    METRICS = ("loss_D", "loss_G", "D_x", "D_G_z")
+
+    def __init__(self, config, backend, images, run_dir, arrays=None, log=print):
+        self.config, self.backend, self.images, self.run_dir, self.log = config, backend, images, run_dir, log
+        xp = backend.xp
+        self.gan = GAN(backend, config["latent_dim"], config["lr"], (config["beta1"], 0.999), config["k"],
+                       config["seed"])
+        self.fixed_z = self.gan.sample_noise(FIXED_NOISE)  # drawn first, as the reference does
+        self.epoch, self.step, self.perm, self.history = 0, 0, None, []
+        self.sums = xp.zeros(4)
+        if arrays is not None:
+            path = run_dir / "checkpoint.npz"
+            ckpt.load_gan(arrays, self.gan, path)
+            self.fixed_z = backend.asarray(arrays["fixed_z"], dtype=np.float32)
+            self.epoch, self.step = int(arrays["epoch"]), int(arrays["step"])
+            self.history = ckpt.from_text(arrays["history"])
+            if self.step:
+                self.perm, self.sums = arrays["perm"], xp.asarray(arrays["sums"])
+        n = len(images)
+        self.steps_per_epoch = -(-n // config["batch_size"])
+
+    def checkpoint_arrays(self):
+        arrays = ckpt.gan_arrays(self.gan)
+        arrays.update(
+            format_version=np.int64(ckpt.FORMAT_VERSION), config=ckpt.text(self.config),
+            fixed_z=self.backend.to_numpy(self.fixed_z), epoch=np.int64(self.epoch), step=np.int64(self.step),
+            perm=np.asarray(self.perm if self.step else np.zeros(0, np.int64)),
+            sums=self.backend.to_numpy(self.sums), history=ckpt.text(self.history),
+        )
+        return arrays
+
+    def save_checkpoint(self):
+        xp = self.backend.xp
+        if not (bool(xp.isfinite(self.gan.G.params).all()) and bool(xp.isfinite(self.gan.D.params).all())):
+            raise TrainingError(f"non-finite parameters at epoch {self.epoch + 1}; not saved; last good "
+                                f"checkpoint: {ckpt.describe(self.run_dir / 'checkpoint.npz')}")
+        ckpt.save_npz(self.run_dir / "checkpoint.npz", self.checkpoint_arrays())
+
+    def check_finite(self, step_stats, upto):
+        """Raise TrainingError naming the first step (of steps [0, upto)) whose losses are not finite."""
+        stats = self.backend.to_numpy(step_stats[:upto])
+        bad = np.flatnonzero(~np.isfinite(stats).all(axis=1))
+        if bad.size:
+            s = int(bad[0])
+            raise TrainingError(
+                f"non-finite loss at epoch {self.epoch + 1} step {s + 1} (Loss_D={stats[s, 0]}, "
+                f"Loss_G={stats[s, 1]}); stopped; last good checkpoint: "
+                f"{ckpt.describe(self.run_dir / 'checkpoint.npz')}")
+
+    def train(self, stop=None, progress_stream=sys.stderr):
+        config, backend, xp = self.config, self.backend, self.backend.xp
+        n, bs = len(self.images), config["batch_size"]
+        batch = np.empty((bs, self.images.shape[1]), np.float32)
+        step_stats = xp.zeros((self.steps_per_epoch, 4))
+        while self.epoch < config["epochs"]:
+            if self.step == 0:
+                self.perm = self.gan.rng.permutation(n)
+                self.sums[...] = 0
+            label = f"Epoch {self.epoch + 1}/{config['epochs']}"
+            progress = Progress(self.steps_per_epoch, label, progress_stream)
+            start, first_step = time.perf_counter(), self.step
+            while self.step < self.steps_per_epoch:
+                idx = self.perm[self.step * bs : (self.step + 1) * bs]
+                real = backend.asarray(to_unit_interval(self.images[idx], out=batch[: len(idx)]))
+                stats = self.gan.train_step(real)
+                step_stats[self.step] = stats
+                self.sums += stats * len(idx)
+                self.step += 1
+                progress.update(self.step, (self.step - first_step) * bs)
+                if stop is not None and stop.signum is not None:
+                    progress.close()
+                    self.check_finite(step_stats, self.step)
+                    self.save_checkpoint()
+                    name = signal.Signals(stop.signum).name
+                    raise Interrupted(stop.signum, f"{name}: stopped at epoch {self.epoch + 1} step {self.step}; "
+                                      f"checkpoint saved; continue with --resume {self.run_dir}")
+            progress.close()
+            self.check_finite(step_stats, self.step)
+            backend.synchronize()
+            seconds = time.perf_counter() - start
+            means = backend.to_numpy(self.sums) / n
+            record = {"epoch": self.epoch + 1, **{k: float(v) for k, v in zip(self.METRICS, means)},
+                      "seconds": round(seconds, 3),
+                      "images_per_s": round((n - first_step * bs) / max(seconds, 1e-9), 1)}
+            self.history.append(record)
+            self.epoch, self.step = self.epoch + 1, 0
+            save_grid(self.run_dir / "samples" / f"epoch_{self.epoch:03d}.png",
+                      backend.to_numpy(self.gan.generate(self.fixed_z)))
+            self.save_checkpoint()
+            atomic_write_bytes(self.run_dir / "metrics.jsonl",
+                               "".join(json.dumps(r) + "\n" for r in self.history).encode())
+            self.log(format_epoch(record, config["epochs"]))
+        self.save_generator()
+
+    def save_generator(self):
+        arrays = {"format_version": np.int64(ckpt.FORMAT_VERSION), "config": ckpt.text(self.config),
+                  "epoch": np.int64(self.epoch), **ckpt.model_arrays("G", self.gan.G)}
+        ckpt.save_npz(self.run_dir / "generator.npz", arrays)
+
+
+def format_epoch(r, epochs):
+    return (f"Epoch [{r['epoch']}/{epochs}] | Loss_D: {r['loss_D']:.4f} | Loss_G: {r['loss_G']:.4f} | "
+            f"D(x): {r['D_x']:.3f} | D(G(z)): {r['D_G_z']:.3f} | {r['seconds']:.1f} s | "
+            f"{r['images_per_s']:,.0f} img/s")
+
+
+def main(argv=None):
+    prog = "train_mnist.py"
+    try:
+        args = build_parser().parse_args(argv)
+        config, run_dir, arrays = resolve(args)
+        backend = get_backend(args.backend)
+        prepare_run_dir(run_dir)
+        images, _ = load_mnist(args.data_dir if args.data_dir is not None else default_data_dir())
+        if config["train_size"] is not None:
+            images = images[: config["train_size"]]
+        if config["batch_size"] > len(images):
+            raise UsageError(f"--batch-size {config['batch_size']} exceeds the {len(images)} training images")
+        if arrays is None:
+            atomic_write_bytes(run_dir / "config.json", (json.dumps(config, indent=2) + "\n").encode())
+        run = Run(config, backend, images, run_dir, arrays)
+        print(f"minigan: {args.backend} on {backend.device}; {len(images)} images, {run.steps_per_epoch} "
+              f"steps per epoch; run folder {run_dir}", flush=True)
+        with StopFlag() as stop:
+            run.train(stop)
+        print(f"minigan: done; generator saved to {run_dir / 'generator.npz'}")
+        return 0
+    except UsageError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except (DataError, BackendError, ckpt.CheckpointError, TrainingError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    except Interrupted as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 128 + e.signum
+    except KeyboardInterrupt:  # before training started: nothing to save
+        print(f"{prog}: interrupted before training started", file=sys.stderr)
+        return 128 + signal.SIGINT

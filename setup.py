@@ -1,0 +1,16 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="minigan",
+    version="0.1.0",
+    description="A tiny, autograd-free GAN engine: every forward and backward pass written by hand",
+    packages=find_packages(include=["minigan", "minigan.*"]),
+    python_requires=">=3.9",
+    install_requires=["numpy>=1.22", "matplotlib>=3.5"],
+    extras_require={
+        # torchvision only downloads MNIST when the IDX files are missing.
+        "mnist": ["torchvision"],
+        "cupy": ["cupy-cuda12x"],
+        "test": ["pytest", "hypothesis"],
+    },
+)
