@@ -1,0 +1,66 @@
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "examples"))  # torch_gan.py, the reference program
+
+SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
+
+
+class RecordingRng:
+    """Stands in for a numpy Generator: draws from a seeded one and records every draw, in order.
+
+    A test replays the recorded noise and uniforms in PyTorch, so both sides see the same z and masks.
+    With ``frozen=True`` the same array comes back for the same (kind, shape): fixed dropout masks for a
+    finite-difference check.
+    """
+
+    def __init__(self, seed=0, frozen=False):
+        self.rng = np.random.default_rng(seed)
+        self.frozen = frozen
+        self.draws = []
+        self._frozen = {}
+
+    def _draw(self, kind, shape, dtype, make):
+        key = (kind, tuple(shape), np.dtype(dtype))
+        if self.frozen and key in self._frozen:
+            return self._frozen[key]
+        a = make()
+        self.draws.append((kind, a))
+        self._frozen[key] = a
+        return a
+
+    def standard_normal(self, shape, dtype=np.float64):
+        return self._draw("normal", shape, dtype, lambda: self.rng.standard_normal(shape, dtype=dtype))
+
+    def random(self, shape, dtype=np.float64):
+        return self._draw("uniform", shape, dtype, lambda: self.rng.random(shape, dtype=dtype))
+
+    def permutation(self, n):
+        return self.rng.permutation(n)
+
+
+def numeric_grad(f, x, h=1e-6, indices=None):
+    """Central differences of the scalar f() w.r.t. the entries of array x (modified in place and restored)."""
+    flat = x.reshape(-1)
+    indices = range(flat.size) if indices is None else indices
+    grad = np.zeros(len(indices))
+    for j, i in enumerate(indices):
+        old = flat[i]
+        flat[i] = old + h
+        plus = f()
+        flat[i] = old - h
+        minus = f()
+        flat[i] = old
+        grad[j] = (plus - minus) / (2 * h)
+    return grad
+
+
+@pytest.fixture
+def shared_mnist():
+    if not (SHARED_MNIST / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"real MNIST not present at {SHARED_MNIST}")
+    return SHARED_MNIST
