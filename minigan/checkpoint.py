@@ -118,6 +118,8 @@ def read_config(arrays):
 
 def describe(path):
     """A one-line summary (for messages): the epoch a checkpoint holds."""
+    if not path.exists():
+        return "none yet (no epoch has finished)"
     try:
         with np.load(path, allow_pickle=False) as npz:
             return f"{path} (epoch {int(npz['epoch'])})"

@@ -300,7 +300,9 @@ def main(argv=None):
         run = Run(config, backend, images, run_dir, arrays)
         print(f"minigan: {args.backend} on {backend.device}; {len(images)} images, {run.steps_per_epoch} "
               f"steps per epoch; run folder {run_dir}", flush=True)
-        with StopFlag() as stop:
+        # Overflow or NaN is caught by Run.check_finite and reported in one line; numpy's own warnings
+        # would only add noise before it.
+        with StopFlag() as stop, np.errstate(all="ignore"):
             run.train(stop)
         print(f"minigan: done; generator saved to {run_dir / 'generator.npz'}")
         return 0

@@ -1,0 +1,268 @@
+"""The training and sampling programs end to end: run folder, resume, signals, NaN, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_data import write_mnist
+
+from minigan import checkpoint as ckpt
+from minigan import train
+from minigan.backend import get_backend
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(script, *args, timeout=120):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, str(ROOT / "examples" / script), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def one_line_error(proc, code):
+    assert proc.returncode == code, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mnist")
+    write_mnist(folder, n=300, seed=3)
+    return folder
+
+
+def final_arrays(run_dir):
+    return ckpt.load_npz(run_dir / "checkpoint.npz")
+
+
+def test_train_writes_the_run_folder(data_dir, tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli("train_mnist.py", "--data-dir", data_dir, "--epochs", 2, "--batch-size", 64, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    epoch_lines = [l for l in proc.stdout.splitlines() if l.startswith("Epoch [")]
+    assert len(epoch_lines) == 2
+    for field in ("Loss_D:", "Loss_G:", "D(x):", "D(G(z)):", " s |", "img/s"):
+        assert field in epoch_lines[0]
+    metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert all(np.isfinite(m["loss_D"]) and m["loss_G"] > 0 and 0 < m["D_x"] < 1 for m in metrics)
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["epoch_001.png", "epoch_002.png"]
+    png = (out / "samples" / "epoch_001.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and b"IEND" in png
+    import matplotlib.image
+
+    assert matplotlib.image.imread(out / "samples" / "epoch_002.png").shape == (4 * 30 + 2, 8 * 30 + 2)
+    config = json.loads((out / "config.json").read_text())
+    assert config["batch_size"] == 64 and config["epochs"] == 2 and config["seed"] == 666
+    gen = ckpt.load_npz(out / "generator.npz")
+    assert gen["G/params"].shape == final_arrays(out)["G/params"].shape
+    assert not list(out.glob(".*.tmp"))
+
+    # sampling, both formats, from the generator file and from the run folder
+    proc = run_cli("sample.py", "--checkpoint", out / "generator.npz", "--n", 10, "--out", tmp_path / "s.npy")
+    assert proc.returncode == 0, proc.stderr
+    samples = np.load(tmp_path / "s.npy", allow_pickle=False)
+    assert samples.shape == (10, 784) and samples.dtype == np.uint8
+    proc = run_cli("sample.py", "--checkpoint", out, "--n", 10, "--seed", 1, "--out", tmp_path / "s.png")
+    assert proc.returncode == 0 and (tmp_path / "s.png").read_bytes().startswith(b"\x89PNG")
+
+
+def make_run(data_dir, run_dir, epochs, **recipe):
+    from minigan.data import load_mnist
+
+    config = {**train.RECIPE, "batch_size": 64, "epochs": epochs, **recipe}
+    images = load_mnist(data_dir, download=False)[0]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "samples").mkdir(exist_ok=True)
+    arrays = ckpt.load_npz(run_dir / "checkpoint.npz") if (run_dir / "checkpoint.npz").exists() else None
+    return train.Run(config, get_backend("numpy"), images, run_dir, arrays, log=lambda s: None)
+
+
+def test_resume_is_bit_exact(data_dir, tmp_path):
+    """2 epochs, then resume for 2 more == 4 uninterrupted epochs, bit for bit (the partial last batch included)."""
+    make_run(data_dir, tmp_path / "straight", 4).train()
+    make_run(data_dir, tmp_path / "split", 2).train()
+    proc = run_cli("train_mnist.py", "--data-dir", data_dir, "--resume", tmp_path / "split", "--epochs", 4)
+    assert proc.returncode == 0, proc.stderr
+    a, b = final_arrays(tmp_path / "straight"), final_arrays(tmp_path / "split")
+    assert int(b["epoch"]) == 4
+    for key in a:
+        if key not in ("config", "history"):
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    history_a, history_b = ckpt.from_text(a["history"]), ckpt.from_text(b["history"])
+    assert [h["loss_G"] for h in history_a] == [h["loss_G"] for h in history_b]
+    assert len((tmp_path / "split" / "metrics.jsonl").read_text().splitlines()) == 4
+
+
+def test_resume_refuses_a_changed_recipe_and_a_finished_run(data_dir, tmp_path):
+    make_run(data_dir, tmp_path / "r", 1).train()
+    line = one_line_error(run_cli("train_mnist.py", "--data-dir", data_dir, "--resume", tmp_path / "r",
+                                  "--epochs", 3, "--lr", 1e-3), 2)
+    assert "--lr" in line and "keeps its recipe" in line
+    line = one_line_error(run_cli("train_mnist.py", "--data-dir", data_dir, "--resume", tmp_path / "r"), 2)
+    assert "already trained 1 epochs" in line
+    line = one_line_error(run_cli("train_mnist.py", "--data-dir", data_dir, "--out", tmp_path / "r"), 2)
+    assert "already holds a run" in line
+
+
+def test_checkpoint_loads_on_a_fresh_process_and_checks_its_version(data_dir, tmp_path):
+    make_run(data_dir, tmp_path / "r", 1).train()
+    arrays = final_arrays(tmp_path / "r")
+    arrays["format_version"] = np.int64(99)
+    ckpt.save_npz(tmp_path / "old.npz", arrays)
+    with pytest.raises(ckpt.CheckpointError, match="format version 99"):
+        ckpt.load_npz(tmp_path / "old.npz")
+    (tmp_path / "junk.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ckpt.CheckpointError, match="junk.npz"):
+        ckpt.load_npz(tmp_path / "junk.npz")
+    line = one_line_error(run_cli("sample.py", "--checkpoint", tmp_path / "junk.npz", "--out", tmp_path / "x.png"), 1)
+    assert "junk.npz" in line
+
+
+def test_nan_stops_with_the_epoch_and_step_and_keeps_the_last_checkpoint(data_dir, tmp_path, monkeypatch):
+    run = make_run(data_dir, tmp_path / "r", 3)
+    real_step = run.gan.train_step
+    calls = []
+
+    def step_going_bad(real):
+        calls.append(1)
+        stats = real_step(real)
+        if len(calls) == 7:  # epoch 2 (5 steps per epoch), step 2
+            stats = stats.copy()
+            stats[1] = np.nan
+        return stats
+
+    monkeypatch.setattr(run.gan, "train_step", step_going_bad)
+    with pytest.raises(train.TrainingError, match=r"non-finite loss at epoch 2 step 2 .*epoch 1\)"):
+        run.train()
+    assert int(final_arrays(tmp_path / "r")["epoch"]) == 1
+
+
+def test_exploding_run_ends_with_one_line(data_dir, tmp_path):
+    proc = run_cli("train_mnist.py", "--data-dir", data_dir, "--epochs", 3, "--lr", 1e38, "--batch-size", 64,
+                   "--out", tmp_path / "r")
+    line = one_line_error(proc, 1)
+    assert "non-finite" in line and "epoch" in line
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--batch-size", "-5"], "--batch-size must be at least 2"),
+    (["--lr", "0"], "--lr must be a positive number"),
+    (["--lr", "nan"], "--lr must be a positive number"),
+    (["--k", "0"], "--k must be at least 1"),
+    (["--backend", "tpu"], "unknown backend 'tpu'"),
+    (["--epochs", "two"], "invalid int value"),
+    (["--batch-size", "1000"], "exceeds the 300 training images"),
+    (["--no-such-flag"], "unrecognized arguments"),
+])
+def test_bad_arguments_are_refused_before_training(data_dir, tmp_path, args, message):
+    out = tmp_path / "r"
+    line = one_line_error(run_cli("train_mnist.py", "--data-dir", data_dir, "--out", out, *args), 2)
+    assert message in line
+    assert not (out / "checkpoint.npz").exists()
+
+
+def test_unwritable_run_folder_and_missing_data(data_dir, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    line = one_line_error(run_cli("train_mnist.py", "--data-dir", data_dir, "--out", blocker / "run"), 2)
+    assert "not writable" in line
+    line = one_line_error(run_cli("train_mnist.py", "--data-dir", tmp_path / "empty", "--out", tmp_path / "r"), 1)
+    assert "empty" in line and "not found" in line
+
+
+def test_corrupt_data_file_ends_with_one_line(tmp_path):
+    write_mnist(tmp_path, n=10)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:-30])
+    line = one_line_error(run_cli("train_mnist.py", "--data-dir", tmp_path, "--out", tmp_path / "r"), 1)
+    assert str(path) in line
+
+
+def test_cupy_backend_without_a_gpu_is_one_line(data_dir, tmp_path):
+    pytest.importorskip("numpy")
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() > 0:
+            pytest.skip("a GPU is present")
+    except Exception:
+        pass
+    line = one_line_error(run_cli("train_mnist.py", "--backend", "cupy", "--data-dir", data_dir,
+                                  "--out", tmp_path / "r"), 1)
+    assert "--backend cupy needs" in line
+
+
+def start_training(data_dir, out, epochs):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, str(ROOT / "examples" / "train_mnist.py"), "--data-dir", str(data_dir),
+                             "--epochs", str(epochs), "--batch-size", "16", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def wait_for(path, proc, timeout=60):
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def slow_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mnist_big")
+    write_mnist(folder, n=1600, seed=4)  # 100 steps of 16 per epoch: a signal lands inside an epoch
+    return folder
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_finishes_the_step_saves_and_resumes_exactly(slow_data, tmp_path, signum):
+    out = tmp_path / "r"
+    proc = start_training(slow_data, out, 3)
+    wait_for(out / "checkpoint.npz", proc)
+    time.sleep(0.3)
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signum, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and signal.Signals(signum).name in lines[0] and "--resume" in lines[0]
+    arrays = final_arrays(out)
+    assert int(arrays["step"]) > 0  # stopped inside an epoch, and saved where it stood
+    stopped_at = (int(arrays["epoch"]), int(arrays["step"]))
+
+    proc = run_cli("train_mnist.py", "--data-dir", slow_data, "--resume", out)
+    assert proc.returncode == 0, proc.stderr
+    straight = tmp_path / "straight"
+    assert run_cli("train_mnist.py", "--data-dir", slow_data, "--epochs", 3, "--batch-size", 16,
+                   "--out", straight).returncode == 0
+    a, b = final_arrays(straight), final_arrays(out)
+    for key in ("G/params", "D/params", "opt_G/m", "opt_D/v", "G/8.running_var", "rng"):
+        np.testing.assert_array_equal(a[key], b[key], err_msg=f"{key} after a stop at {stopped_at}")
+    losses = lambda arrs: [h["loss_D"] for h in ckpt.from_text(arrs["history"])]  # noqa: E731
+    np.testing.assert_allclose(losses(a), losses(b), rtol=1e-12)
+
+
+def test_sigkill_leaves_a_loadable_checkpoint(slow_data, tmp_path):
+    out = tmp_path / "r"
+    proc = start_training(slow_data, out, 50)
+    wait_for(out / "checkpoint.npz", proc)
+    # kill repeatedly at random moments of the next epochs, some of them mid-write
+    deadline = time.time() + 1.0 + np.random.default_rng().random()
+    while time.time() < deadline:
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    arrays = final_arrays(out)
+    assert int(arrays["epoch"]) >= 1
+    proc = run_cli("train_mnist.py", "--data-dir", slow_data, "--resume", out, "--epochs", int(arrays["epoch"]) + 1)
+    assert proc.returncode == 0, proc.stderr
+    assert int(final_arrays(out)["epoch"]) == int(arrays["epoch"]) + 1
