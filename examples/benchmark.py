@@ -1,0 +1,119 @@
+"""Time full training steps (D step + G step) of minigan, and of the reference PyTorch program in the same run.
+
+    python examples/benchmark.py --backend numpy --steps 50 --compare-torch
+
+Prints one JSON line per implementation, e.g.
+    {"impl": "minigan-numpy", "device": "...", "batch": 128, "k": 1, "steps": 50, "ms_per_step": 31.2}
+and, with --compare-torch, a last line with each implementation's time as a ratio of torch-eager's.
+Each implementation first runs its warm-up steps (and must produce finite losses), then is timed
+over --steps steps; the figure is the median of --repeats such timings, taken in turns.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from minigan.backend import BackendError, get_backend
+from minigan.gan import GAN
+
+
+def time_steps(step, steps, synchronize):
+    """Mean wall time of ``steps`` calls of step(), in ms."""
+    synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize()
+    return (time.perf_counter() - start) / steps * 1e3
+
+
+def setup_minigan(args, real):
+    """(description, step, synchronize) for minigan on --backend, after warm-up and a finiteness check."""
+    backend = get_backend(args.backend)
+    gan = GAN(backend, k=args.k, seed=0)
+    real = backend.asarray(real)
+    for _ in range(args.warmup):
+        stats = gan.train_step(real)
+    if not np.all(np.isfinite(backend.to_numpy(stats))):
+        raise SystemExit("benchmark.py: error: minigan produced non-finite losses")
+    return {"impl": f"minigan-{args.backend}", "device": backend.device}, lambda: gan.train_step(real), \
+        backend.synchronize
+
+
+def setup_torch(args, real):
+    import torch
+
+    import torch_gan
+
+    device = "cuda" if args.backend == "cupy" and torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    G, D = torch_gan.Generator().to(device), torch_gan.Discriminator().to(device)
+    opt_G, opt_D = torch_gan.make_optimizers(G, D)
+    criterion = torch.nn.BCELoss()
+    real = torch.from_numpy(real).to(device)
+
+    def step():
+        z = [torch.randn(args.batch, 100, device=device) for _ in range(args.k)]
+        return torch_gan.train_step(G, D, opt_G, opt_D, criterion, real, z, args.k)
+
+    for _ in range(args.warmup):
+        loss_D, loss_G = step()
+    if not (torch.isfinite(loss_D) and torch.isfinite(loss_G)):
+        raise SystemExit("benchmark.py: error: torch produced non-finite losses")
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    name = torch.cuda.get_device_name() if device == "cuda" else \
+        f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+    return {"impl": "torch-eager", "device": name, "torch": torch.__version__}, step, sync
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
+    p.add_argument("--steps", type=int, default=50, help="timed steps per repeat (default 50)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
+    p.add_argument("--repeats", type=int, default=5, help="timings to take the median of (default 5)")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--k", type=int, default=1)
+    p.add_argument("--compare-torch", action="store_true", help="also time the PyTorch program, same run")
+    args = p.parse_args(argv)
+    if min(args.steps, args.warmup, args.repeats, args.batch - 1, args.k) < 1:
+        p.error("--steps, --warmup, --repeats and --k must be at least 1, --batch at least 2")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # torch_gan.py
+    real = np.random.default_rng(0).random((args.batch, 784), dtype=np.float32)
+
+    try:
+        impls = [setup_minigan(args, real)]
+    except BackendError as e:
+        print(f"benchmark.py: error: {e}", file=sys.stderr)
+        return 1
+    if args.compare_torch:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            print("benchmark.py: error: --compare-torch needs torch (pip install torch)", file=sys.stderr)
+            return 1
+        impls.append(setup_torch(args, real))
+    # Repeats alternate between implementations, so a slow spell of the machine hits both alike.
+    times = [[] for _ in impls]
+    for _ in range(args.repeats):
+        for (_, step, sync), ts in zip(impls, times):
+            ts.append(time_steps(step, args.steps, sync))
+    results = []
+    for (meta, _, _), ts in zip(impls, times):
+        results.append({**meta, "batch": args.batch, "k": args.k, "steps": args.steps, "repeats": args.repeats,
+                        "ms_per_step": round(statistics.median(ts), 3)})
+        print(json.dumps(results[-1]))
+    if args.compare_torch:
+        base = results[-1]["ms_per_step"]
+        print(json.dumps({"ratio_vs_torch_eager": {r["impl"]: round(r["ms_per_step"] / base, 3) for r in results}}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
