@@ -8,6 +8,8 @@ examples/benchmark.py --compare-torch times both on the same machine.
 import torch
 from torch import nn
 
+from minigan.backend import to_host
+
 
 class Generator(nn.Module):
     def __init__(self, latent_dim=100, img_dim=784):
@@ -47,15 +49,11 @@ def copy_from_minigan(torch_model, minigan_model):
     state = {}
     for name, value in minigan_model.named_parameters() + minigan_model.named_buffers():
         index, key = name.split(".")
-        state[f"model.{index}.{_NAMES[key]}"] = torch.as_tensor(_host(value)).clone()
+        state[f"model.{index}.{_NAMES[key]}"] = torch.as_tensor(to_host(value)).clone()
     missing, unexpected = torch_model.load_state_dict(state, strict=False)
     missing = [m for m in missing if not m.endswith("num_batches_tracked")]
     if missing or unexpected:
         raise ValueError(f"weights do not line up: missing {missing}, unexpected {unexpected}")
-
-
-def _host(a):
-    return a.get() if hasattr(a, "get") else a
 
 
 def make_optimizers(G, D, lr=2e-4, beta1=0.5):

@@ -54,6 +54,11 @@ class NumpyBackend:
 BACKENDS = ("numpy", "cupy")
 
 
+def to_host(a):
+    """A NumPy array of ``a``, copied from the device when it lives there."""
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
 def array_module(a):
     """numpy or cupy, whichever ``a`` belongs to (without importing CuPy for NumPy arrays)."""
     if isinstance(a, (np.ndarray, np.generic)):

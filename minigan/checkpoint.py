@@ -24,6 +24,7 @@ import zipfile
 
 import numpy as np
 
+from minigan.backend import to_host
 from minigan.fileio import atomic_write
 
 FORMAT_VERSION = 1
@@ -101,15 +102,11 @@ def load_model(arrays, prefix, model, path="checkpoint"):
 
 
 def optimizer_arrays(prefix, opt):
-    return {f"{prefix}/{k}": _host(v) for k, v in opt.state().items()}
+    return {f"{prefix}/{k}": to_host(v) for k, v in opt.state().items()}
 
 
 def load_optimizer(arrays, prefix, opt):
     opt.load_state({k: arrays[f"{prefix}/{k}"] for k in ("m", "v", "t")})
-
-
-def _host(a):
-    return a.get() if hasattr(a, "get") else np.asarray(a)
 
 
 def read_config(arrays):

@@ -6,7 +6,7 @@ whole-buffer operations and a checkpoint is two arrays. Names follow PyTorch's s
 ``"<layer index>.<name>"`` (e.g. ``"0.W"``, ``"2.gamma"``, ``"2.running_mean"``).
 """
 
-import numpy as np
+from minigan.backend import to_host
 
 
 class Sequential:
@@ -64,8 +64,8 @@ class Sequential:
 
     def state(self):
         """Parameters (the flat buffer) and buffers, as NumPy arrays, for a checkpoint."""
-        state = {"params": _to_numpy(self.params)}
-        state.update({k: _to_numpy(v) for k, v in self.named_buffers()})
+        state = {"params": to_host(self.params).copy()}
+        state.update({k: to_host(v).copy() for k, v in self.named_buffers()})
         return state
 
     def load_state(self, state):
@@ -82,7 +82,3 @@ class Sequential:
 
     def __repr__(self):
         return "Sequential(\n" + "".join(f"  ({i}) {layer!r}\n" for i, layer in enumerate(self.layers)) + ")"
-
-
-def _to_numpy(a):
-    return a.get() if hasattr(a, "get") else np.array(a)
