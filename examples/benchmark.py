@@ -63,7 +63,7 @@ def setup_torch(args, real):
         return torch_gan.train_step(G, D, opt_G, opt_D, criterion, real, z, args.k)
 
     for _ in range(args.warmup):
-        loss_D, loss_G = step()
+        loss_D, loss_G, _, _ = step()
     if not (torch.isfinite(loss_D) and torch.isfinite(loss_G)):
         raise SystemExit("benchmark.py: error: torch produced non-finite losses")
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)

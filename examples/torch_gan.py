@@ -56,6 +56,14 @@ def copy_from_minigan(torch_model, minigan_model):
         raise ValueError(f"weights do not line up: missing {missing}, unexpected {unexpected}")
 
 
+def copy_to_minigan(minigan_model, torch_model):
+    """The inverse of copy_from_minigan: a minigan Sequential takes a Generator/Discriminator's weights."""
+    theirs = torch_model.state_dict()
+    for name, value in minigan_model.named_parameters() + minigan_model.named_buffers():
+        index, key = name.split(".")
+        value[...] = theirs[f"model.{index}.{_NAMES[key]}"].detach().cpu().numpy()
+
+
 def make_optimizers(G, D, lr=2e-4, beta1=0.5):
     return (torch.optim.Adam(G.parameters(), lr=lr, betas=(beta1, 0.999)),
             torch.optim.Adam(D.parameters(), lr=lr, betas=(beta1, 0.999)))
@@ -64,7 +72,8 @@ def make_optimizers(G, D, lr=2e-4, beta1=0.5):
 def train_step(G, D, opt_G, opt_D, criterion, real, z, k=1):
     """One step of the seed's loop (K D-steps, then the G step on the last fake), G in train mode.
 
-    ``z`` is a list of K noise batches. Returns (loss_D summed over K, loss_G) as tensors.
+    ``z`` is a list of K noise batches. Returns (loss_D summed over K, loss_G, mean D(x), mean D(G(z)))
+    as tensors, the last two from the final D step, as minigan's GAN.train_step.
     """
     n = real.size(0)
     real_labels = torch.ones(n, 1, dtype=real.dtype, device=real.device)
@@ -74,9 +83,11 @@ def train_step(G, D, opt_G, opt_D, criterion, real, z, k=1):
     loss_D_total = 0
     for i in range(k):
         opt_D.zero_grad()
-        loss_D_real = criterion(D(real), real_labels)
+        p_real = D(real)
+        loss_D_real = criterion(p_real, real_labels)
         fake = G(z[i])
-        loss_D_fake = criterion(D(fake.detach()), fake_labels)
+        p_fake = D(fake.detach())
+        loss_D_fake = criterion(p_fake, fake_labels)
         loss_D = loss_D_real + loss_D_fake
         loss_D.backward()
         opt_D.step()
@@ -85,4 +96,4 @@ def train_step(G, D, opt_G, opt_D, criterion, real, z, k=1):
     loss_G = criterion(D(fake), real_labels)
     loss_G.backward()
     opt_G.step()
-    return loss_D_total, loss_G.detach()
+    return loss_D_total, loss_G.detach(), p_real.detach().mean(), p_fake.detach().mean()

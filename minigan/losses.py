@@ -39,3 +39,29 @@ def bce_backward(p, target, out=None):
     out[...] = grad
     return out
 
+
+
+def cross_entropy_forward(logits, labels):
+    r"""Mean softmax cross-entropy of ``logits`` (N, C) against integer ``labels`` (N,).
+
+    .. math::
+        \ell = -\frac1N \sum_n \log \mathrm{softmax}(z_n)_{y_n}
+             = \frac1N \sum_n \Big(\log \sum_c e^{z_{nc} - m_n} - (z_{n y_n} - m_n)\Big),
+        \quad m_n = \max_c z_{nc}
+
+    (subtracting the row maximum keeps every exponent <= 0, so nothing overflows).
+    """
+    xp = array_module(logits)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_sum = xp.log(xp.exp(shifted).sum(axis=1))
+    return (log_sum - shifted[xp.arange(len(labels)), labels]).mean()
+
+
+def cross_entropy_backward(logits, labels):
+    r"""dL/dz of ``cross_entropy_forward``: :math:`(\mathrm{softmax}(z_n) - \mathrm{onehot}(y_n)) / N`."""
+    xp = array_module(logits)
+    e = xp.exp(logits - logits.max(axis=1, keepdims=True))
+    grad = e / e.sum(axis=1, keepdims=True)
+    grad[xp.arange(len(labels)), labels] -= 1
+    grad /= len(labels)
+    return grad

@@ -7,6 +7,8 @@
     samples/epoch_NNN.png  G in eval mode on the run's fixed noise (32 images, 8 per row)
     checkpoint.npz       everything needed to resume (see minigan.checkpoint), rewritten every epoch
     generator.npz        the final generator
+    losses.png, samples.gif, interpolation.png   drawn at the end (minigan.plots)
+    evaluation.json      with --evaluate: the generator's metrics (minigan.evaluate)
 
 Every failure a user can cause (bad arguments, missing or corrupt data, no GPU, a NaN, a signal) ends
 with one line on stderr and a non-zero exit status: 2 for bad arguments, 1 for other errors,
@@ -25,7 +27,8 @@ import numpy as np
 
 from minigan import checkpoint as ckpt
 from minigan.backend import BACKENDS, BackendError, get_backend
-from minigan.data import DataError, default_data_dir, load_mnist, to_unit_interval
+from minigan.data import DataError, load_mnist, to_unit_interval
+from minigan.evaluate import EvaluationError
 from minigan.fileio import atomic_write_bytes
 from minigan.gan import GAN
 from minigan.images import save_grid
@@ -70,6 +73,8 @@ def build_parser():
     p.add_argument("--data-dir", type=Path, help="folder with the MNIST IDX files (default $MINIGAN_DATA, else ./data)")
     p.add_argument("--out", type=Path, help="run folder (default runs/<date-time>)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
+    p.add_argument("--evaluate", action="store_true",
+                   help="at the end, measure the generator (FID-MNIST, modes, precision/recall) into evaluation.json")
     return p
 
 
@@ -290,7 +295,7 @@ def main(argv=None):
         config, run_dir, arrays = resolve(args)
         backend = get_backend(args.backend)
         prepare_run_dir(run_dir)
-        images, _ = load_mnist(args.data_dir if args.data_dir is not None else default_data_dir())
+        images, _ = load_mnist(args.data_dir)
         if config["train_size"] is not None:
             images = images[: config["train_size"]]
         if config["batch_size"] > len(images):
@@ -305,11 +310,22 @@ def main(argv=None):
         with StopFlag() as stop, np.errstate(all="ignore"):
             run.train(stop)
         print(f"minigan: done; generator saved to {run_dir / 'generator.npz'}")
+        from minigan.plots import write_plots
+
+        write_plots(run_dir, backend)
+        if args.evaluate:
+            from minigan import evaluate
+
+            images = evaluate.generate(run.gan.G, config["latent_dim"], 10000, backend)
+            result = evaluate.evaluate_images(images, args.data_dir, log=lambda s: print(s, file=sys.stderr))
+            line = json.dumps(result)
+            atomic_write_bytes(run_dir / "evaluation.json", (line + "\n").encode())
+            print(line)
         return 0
     except UsageError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
-    except (DataError, BackendError, ckpt.CheckpointError, TrainingError) as e:
+    except (DataError, BackendError, ckpt.CheckpointError, TrainingError, EvaluationError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
     except Interrupted as e:

@@ -75,8 +75,8 @@ def test_one_training_step_matches_pytorch(k, dtype):
                                   or isinstance(m, ReplayDropout)):
             D.model[index] = ReplayDropout(masks[j])
 
-        loss_D, loss_G = torch_gan.train_step(G, D, opt_G, opt_D, criterion, torch.from_numpy(data[step]), zs, k)
-        np.testing.assert_allclose(stats[:2], [loss_D.item(), loss_G.item()], rtol=loss_rtol)
+        loss_D, loss_G, d_x, d_g_z = torch_gan.train_step(G, D, opt_G, opt_D, criterion, torch.from_numpy(data[step]), zs, k)
+        np.testing.assert_allclose(stats, [loss_D.item(), loss_G.item(), d_x.item(), d_g_z.item()], rtol=loss_rtol)
         worst["loss"] = max(worst["loss"], float(np.max(np.abs(stats[:2] - [loss_D.item(), loss_G.item()]))))
         for name, model, ours in (("G", G, gan.G), ("D", D, gan.D)):
             theirs = dict(model.state_dict())

@@ -1,0 +1,128 @@
+"""The quality metrics: Fréchet distance, precision/recall and mode histogram on known cases; the feature
+classifier on real MNIST (>= 98% test accuracy); the plots of a run folder."""
+
+import json
+
+import numpy as np
+import pytest
+from test_cli import run_cli
+from test_data import write_mnist
+
+from minigan import evaluate as ev
+from minigan.backend import get_backend
+from minigan.train import RECIPE, Run
+
+
+def test_frechet_distance_matches_the_closed_form_for_diagonal_covariances():
+    rng = np.random.default_rng(0)
+    mu1, mu2 = rng.standard_normal(5), rng.standard_normal(5)
+    s1, s2 = rng.uniform(0.1, 3, 5), rng.uniform(0.1, 3, 5)
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum(s1 + s2 - 2 * np.sqrt(s1 * s2))
+    np.testing.assert_allclose(ev.frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2)), expected, rtol=1e-10)
+
+
+def test_frechet_distance_of_full_covariances_is_symmetric_and_zero_on_itself():
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((500, 6)), rng.standard_normal((500, 6)) @ rng.standard_normal((6, 6)) + 1
+    sa, sb = ev.gaussian_stats(a), ev.gaussian_stats(b)
+    assert abs(ev.frechet_distance(*sa, *sa)) < 1e-8
+    np.testing.assert_allclose(ev.frechet_distance(*sa, *sb), ev.frechet_distance(*sb, *sa), rtol=1e-8)
+    assert ev.frechet_distance(*sa, *sb) > 1
+
+
+def test_precision_and_recall_see_quality_and_mode_dropping():
+    rng = np.random.default_rng(2)
+    centers = rng.standard_normal((10, 8)) * 10
+    real = centers[rng.integers(0, 10, 2000)] + rng.standard_normal((2000, 8))
+    same = centers[rng.integers(0, 10, 2000)] + rng.standard_normal((2000, 8))
+    p, r = ev.precision_recall(real, same)
+    assert p > 0.75 and r > 0.75  # k = 3 balls in 8-D cover most, not all, of a same-distribution sample
+    one_mode = centers[np.zeros(2000, int)] + rng.standard_normal((2000, 8))
+    p, r = ev.precision_recall(real, one_mode)
+    assert p > 0.75 and r < 0.2  # good samples of one digit: precise, no recall
+    far = real + 100
+    assert ev.precision_recall(real, far) == (0.0, 0.0)
+
+
+def test_class_histogram_kl():
+    uniform = np.eye(10)[np.arange(1000) % 10]
+    counts, kl = ev.class_histogram(uniform)
+    assert counts.tolist() == [100] * 10 and abs(kl) < 1e-12
+    _, kl = ev.class_histogram(np.eye(10)[np.zeros(50, int)])
+    np.testing.assert_allclose(kl, np.log(10))
+
+
+@pytest.fixture(scope="module")
+def classifier_cache(tmp_path_factory, shared_mnist_module):
+    cache = tmp_path_factory.mktemp("cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MINIGAN_CACHE", str(cache))
+    yield cache
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def shared_mnist_module():
+    from conftest import SHARED_MNIST
+
+    if not (SHARED_MNIST / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"real MNIST not present at {SHARED_MNIST}")
+    return SHARED_MNIST
+
+
+def test_classifier_and_metrics_on_real_mnist(classifier_cache, shared_mnist_module):
+    from minigan.data import load_mnist, to_unit_interval
+
+    train, test = load_mnist(shared_mnist_module), load_mnist(shared_mnist_module, "test")
+    model, accuracy = ev.load_or_train_classifier(train, test, log=lambda s: None)
+    assert accuracy >= ev.MIN_ACCURACY
+    assert len(list(classifier_cache.glob("mnist-classifier-*.npz"))) == 1
+    again, cached_accuracy = ev.load_or_train_classifier(train, test, log=pytest.fail)  # from the cache
+    assert cached_accuracy == accuracy
+    np.testing.assert_array_equal(again.params, model.params)
+
+    # real training images score like real data; noise and a single repeated digit do not
+    real = ev.evaluate_images(to_unit_interval(train[0][-3000:]), shared_mnist_module, log=lambda s: None)
+    assert real["n_generated"] == 3000 and real["n_real"] == 10000
+    assert real["fid_mnist"] < 5 * max(real["fid_mnist_floor"], 1e-3) + 1
+    assert real["class_kl_from_uniform"] < 0.01 and real["precision"] > 0.6 and real["recall"] > 0.6
+    noise = ev.evaluate_images(np.random.default_rng(0).random((3000, 784), dtype=np.float32),
+                               shared_mnist_module, log=lambda s: None)
+    assert noise["fid_mnist"] > 20 * real["fid_mnist"] and noise["precision"] < 0.05
+    ones = to_unit_interval(train[0][train[1] == 1][:3000])
+    single = ev.evaluate_images(ones, shared_mnist_module, log=lambda s: None)
+    assert single["class_kl_from_uniform"] > 2.0 and single["recall"] < 0.3
+
+
+def test_evaluate_program_on_a_trained_run(classifier_cache, shared_mnist_module, tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli("train_mnist.py", "--data-dir", shared_mnist_module, "--train-size", 512, "--epochs", 1,
+                   "--out", out, "--evaluate", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((out / "evaluation.json").read_text())
+    assert result["n_generated"] == 10000 and result["fid_mnist"] > 0 and sum(result["class_counts"]) == 10000
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == result
+    proc = run_cli("evaluate.py", "--checkpoint", out, "--data-dir", shared_mnist_module, "--n", 2000,
+                   "--out", tmp_path / "e.json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["n_generated"] == 2000 and result == json.loads((tmp_path / "e.json").read_text())
+
+
+def test_plots_of_a_run_folder(tmp_path):
+    write_mnist(tmp_path, n=100)
+    from minigan.data import load_mnist
+
+    run_dir = tmp_path / "run"
+    (run_dir / "samples").mkdir(parents=True)
+    config = {**RECIPE, "batch_size": 50, "epochs": 3}
+    Run(config, get_backend("numpy"), load_mnist(tmp_path)[0], run_dir, log=lambda s: None).train()
+    from minigan.plots import write_plots
+
+    write_plots(run_dir)
+    from PIL import Image
+
+    gif = Image.open(run_dir / "samples.gif")
+    assert gif.n_frames == 3
+    assert Image.open(run_dir / "losses.png").size[0] > 500
+    assert Image.open(run_dir / "interpolation.png").size == (10 * 30 + 2, 8 * 30 + 2)
