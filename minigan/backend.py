@@ -8,6 +8,7 @@ The NumPy backend is the reference. A backend is an object with
 - ``asarray`` / ``to_numpy``: moving arrays on and off the device;
 - ``rng(seed)``: the random stream for noise, dropout masks and shuffling, and ``rng_state`` /
   ``set_rng_state`` to save and restore it;
+- ``upload_images`` / ``gather_batch``: where the uint8 dataset lives and how a batch is cut from it;
 - ``synchronize()``: wait for queued device work (timing, reading losses).
 
 A faster backend overrides ops where it has something better (fused kernels, a captured step);
@@ -46,6 +47,16 @@ class NumpyBackend:
 
     def set_rng_state(self, rng, state):
         rng.bit_generator.state = state["state"]
+
+    def upload_images(self, images):
+        """The uint8 dataset where gather_batch reads it (on the host here; on the GPU for CuPy)."""
+        return images
+
+    def gather_batch(self, images, perm, start, count, out):
+        """out[:count] = images[perm[start:start+count]] / 255, a training batch in [0, 1]."""
+        from minigan.data import to_unit_interval
+
+        return to_unit_interval(images[perm[start : start + count]], out=out[:count])
 
     def synchronize(self):
         pass

@@ -40,6 +40,10 @@ class Adam:
         self.t += 1
         step_size = self.lr / (1 - beta1**self.t)
         bias_correction2_sqrt = math.sqrt(1 - beta2**self.t)
+        if array_module(self.params) is not np:
+            from minigan.cupy_backend import adam_step  # the same update as one GPU kernel
+
+            return adam_step(self, step_size, bias_correction2_sqrt)
         n = self.params.size
         for lo in range(0, n, self.block):
             block = slice(lo, min(lo + self.block, n))

@@ -27,7 +27,7 @@ import numpy as np
 
 from minigan import checkpoint as ckpt
 from minigan.backend import BACKENDS, BackendError, get_backend
-from minigan.data import DataError, load_mnist, to_unit_interval
+from minigan.data import DataError, load_mnist
 from minigan.evaluate import EvaluationError
 from minigan.fileio import atomic_write_bytes
 from minigan.gan import GAN
@@ -234,21 +234,23 @@ class Run:
     def train(self, stop=None, progress_stream=sys.stderr):
         config, backend, xp = self.config, self.backend, self.backend.xp
         n, bs = len(self.images), config["batch_size"]
-        batch = np.empty((bs, self.images.shape[1]), np.float32)
+        images = backend.upload_images(self.images)
+        batch = xp.empty((bs, self.images.shape[1]), np.float32)
         step_stats = xp.zeros((self.steps_per_epoch, 4))
         while self.epoch < config["epochs"]:
             if self.step == 0:
                 self.perm = self.gan.rng.permutation(n)
                 self.sums[...] = 0
+            perm = backend.asarray(self.perm)
             label = f"Epoch {self.epoch + 1}/{config['epochs']}"
             progress = Progress(self.steps_per_epoch, label, progress_stream)
             start, first_step = time.perf_counter(), self.step
             while self.step < self.steps_per_epoch:
-                idx = self.perm[self.step * bs : (self.step + 1) * bs]
-                real = backend.asarray(to_unit_interval(self.images[idx], out=batch[: len(idx)]))
+                count = min(bs, n - self.step * bs)
+                real = backend.gather_batch(images, perm, self.step * bs, count, batch)
                 stats = self.gan.train_step(real)
                 step_stats[self.step] = stats
-                self.sums += stats * len(idx)
+                self.sums += stats * count
                 self.step += 1
                 progress.update(self.step, (self.step - first_step) * bs)
                 if stop is not None and stop.signum is not None:

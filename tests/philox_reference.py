@@ -1,0 +1,41 @@
+"""Philox4x32-10 in NumPy: the reference that kernels/random.cu is checked against (on the host here,
+on the GPU in tests/test_cupy.py)."""
+
+import numpy as np
+
+M0, M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
+W0, W1 = np.uint32(0x9E3779B9), np.uint32(0xBB67AE85)
+MASK = np.uint64(0xFFFFFFFF)
+
+
+def philox4x32(c0, c1, c2, c3, k0, k1):
+    """Ten rounds on uint32 arrays (broadcast together); returns four uint32 arrays."""
+    c0, c1, c2, c3 = (np.asarray(c, np.uint32) for c in (c0, c1, c2, c3))
+    k0, k1 = np.asarray(k0, np.uint32), np.asarray(k1, np.uint32)
+    with np.errstate(over="ignore"):
+        for _ in range(10):
+            p0 = M0 * c0.astype(np.uint64)
+            p1 = M1 * c2.astype(np.uint64)
+            hi0, lo0 = (p0 >> np.uint64(32)).astype(np.uint32), (p0 & MASK).astype(np.uint32)
+            hi1, lo1 = (p1 >> np.uint64(32)).astype(np.uint32), (p1 & MASK).astype(np.uint32)
+            c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+            k0, k1 = k0 + W0, k1 + W1
+    return c0, c1, c2, c3
+
+
+def stream_words(seed, offset, n):
+    """The first n 32-bit words of stream ``seed`` from block ``offset`` on, as kernels/random.cu draws them."""
+    blocks = np.arange(offset, offset + (n + 3) // 4, dtype=np.uint64)
+    words = philox4x32(blocks & MASK, blocks >> np.uint64(32), 0, 0, np.uint64(seed) & MASK, np.uint64(seed) >> np.uint64(32))
+    return np.stack(words, axis=1).reshape(-1)[:n]
+
+
+def uniforms(seed, offset, n):
+    return (stream_words(seed, offset, n) >> np.uint32(8)).astype(np.float32) * np.float32(2.0**-24)
+
+
+def normals(seed, offset, n):
+    u = (stream_words(seed, offset, 4 * ((n + 3) // 4)) >> np.uint32(8)).astype(np.float64) * 2.0**-24
+    u1, u2 = u[0::2] + 2.0**-24, u[1::2]
+    radius = np.sqrt(-2 * np.log(u1))
+    return np.stack([radius * np.cos(2 * np.pi * u2), radius * np.sin(2 * np.pi * u2)], axis=1).reshape(-1)[:n]

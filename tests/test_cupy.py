@@ -1,0 +1,190 @@
+"""The CuPy backend against the NumPy reference, op by op and step by step (needs an NVIDIA GPU).
+
+Every test here is marked ``gpu`` and skips where CuPy or a CUDA device is missing; without a GPU,
+tests/test_kernels.py still compiles every kernel and checks the random stream's arithmetic on the host.
+"""
+
+import numpy as np
+import pytest
+from philox_reference import normals, uniforms
+
+try:
+    import cupy
+
+    HAVE_GPU = cupy.cuda.runtime.getDeviceCount() > 0
+except Exception:  # no CuPy, no driver or no device
+    cupy, HAVE_GPU = None, False
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not HAVE_GPU, reason="needs CuPy and an NVIDIA GPU")]
+
+from minigan.backend import get_backend  # noqa: E402
+from minigan.gan import GAN  # noqa: E402
+from minigan.layers import Dropout  # noqa: E402
+
+STEP_ATOL = 2e-5  # float32 on two devices (cuBLAS vs OpenBLAS summation order), as the PyTorch parity test
+
+
+class Recorder:
+    """Wraps a backend's random stream and keeps a host copy of every draw, in order."""
+
+    def __init__(self, rng, backend):
+        self.rng, self.backend, self.draws = rng, backend, []
+
+    def random(self, shape, dtype=np.float64):
+        a = self.rng.random(shape, dtype)
+        self.draws.append(self.backend.to_numpy(a))
+        return a
+
+    def standard_normal(self, shape, dtype=np.float64):
+        a = self.rng.standard_normal(shape, dtype)
+        self.draws.append(self.backend.to_numpy(a))
+        return a
+
+    def permutation(self, n):
+        return self.rng.permutation(n)
+
+
+class Replay:
+    """Hands back recorded draws, in order, as NumPy arrays."""
+
+    def __init__(self, draws):
+        self.draws = list(draws)
+
+    def random(self, shape, dtype=np.float64):
+        a = self.draws.pop(0)
+        assert a.shape == tuple(shape)
+        return a.astype(dtype)
+
+    standard_normal = random
+
+
+def use_rng(gan, rng):
+    gan.rng = rng
+    for layer in gan.D.layers:
+        if isinstance(layer, Dropout):
+            layer.rng = rng
+
+
+def test_random_stream_matches_the_philox_reference():
+    rng = get_backend("cupy").rng(1234)
+    u = cupy.asnumpy(rng.random((1000, 3), np.float32))
+    np.testing.assert_array_equal(u.reshape(-1), uniforms(1234, 0, 3000))  # bit for bit
+    z = cupy.asnumpy(rng.standard_normal((999,), np.float32))  # from block 750 on
+    np.testing.assert_allclose(z, normals(1234, 750, 999), rtol=2e-5, atol=2e-5)
+    big = cupy.asnumpy(rng.standard_normal((1_000_000,), np.float32))
+    assert abs(big.mean()) < 0.005 and abs(big.std() - 1) < 0.005
+    again = cupy.asnumpy(rng.standard_normal((999,), np.float32))
+    assert not np.array_equal(again, z)  # the offset moved on: fresh numbers each draw
+
+
+def test_random_stream_state_round_trips():
+    backend = get_backend("cupy")
+    a = backend.rng(5)
+    a.random((10,), np.float32)
+    state = backend.rng_state(a)
+    first = cupy.asnumpy(a.standard_normal((100,), np.float32))
+    b = backend.rng(0)
+    backend.set_rng_state(b, state)
+    np.testing.assert_array_equal(cupy.asnumpy(b.standard_normal((100,), np.float32)), first)
+    assert np.array_equal(a.permutation(50), b.permutation(50))
+
+
+def test_gather_batch_matches_numpy():
+    cpu, gpu = get_backend("numpy"), get_backend("cupy")
+    images = np.random.default_rng(0).integers(0, 256, (300, 784), dtype=np.uint8)
+    perm = np.random.default_rng(1).permutation(300)
+    out_cpu = np.empty((128, 784), np.float32)
+    out_gpu = cupy.empty((128, 784), np.float32)
+    for start in (0, 128, 256):
+        count = min(128, 300 - start)
+        expected = cpu.gather_batch(images, perm, start, count, out_cpu)
+        got = gpu.gather_batch(gpu.upload_images(images), cupy.asarray(perm), start, count, out_gpu)
+        np.testing.assert_array_equal(cupy.asnumpy(got), expected)
+
+
+def test_fused_adam_matches_numpy():
+    from minigan.optim import Adam
+
+    rng = np.random.default_rng(2)
+    p = rng.standard_normal(100_003).astype(np.float32)
+    grads = [rng.standard_normal(p.size).astype(np.float32) * 10.0 ** rng.integers(-8, 1) for _ in range(4)]
+    p_gpu, g_gpu = cupy.asarray(p), cupy.zeros(p.size, np.float32)
+    g_cpu = np.zeros_like(p)
+    cpu, gpu = Adam(p, g_cpu), Adam(p_gpu, g_gpu)
+    for g in grads:
+        g_cpu[...] = g
+        g_gpu[...] = cupy.asarray(g)
+        cpu.step()
+        gpu.step()
+    diff = float(np.abs(cupy.asnumpy(p_gpu) - p).max())
+    print(f"\nfused Adam vs NumPy after 4 steps: max |diff| {diff:.2e}")
+    assert diff < 1e-6
+    np.testing.assert_allclose(cupy.asnumpy(gpu.v), cpu.v, rtol=1e-5, atol=1e-30)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_training_steps_match_numpy(k):
+    """Same weights, batches, noise and dropout masks: the same losses and parameters on both backends."""
+    cpu, gpu = GAN(get_backend("numpy"), k=k, seed=3), GAN(get_backend("cupy"), k=k, seed=3)
+    np.testing.assert_array_equal(cupy.asnumpy(gpu.G.params), cpu.G.params)  # weights drawn on the host
+    recorder = Recorder(gpu.rng, gpu.backend)
+    use_rng(gpu, recorder)
+    data = np.random.default_rng(4).random((3, 64, 784), dtype=np.float32)
+    worst = 0.0
+    for batch in data:
+        recorder.draws.clear()
+        stats_gpu = cupy.asnumpy(gpu.train_step(cupy.asarray(batch)))
+        use_rng(cpu, Replay(recorder.draws))
+        stats_cpu = cpu.train_step(batch)
+        np.testing.assert_allclose(stats_gpu, stats_cpu, rtol=1e-4)
+        for ours, ref in ((gpu.G, cpu.G), (gpu.D, cpu.D)):
+            diff = float(np.abs(cupy.asnumpy(ours.params) - ref.params).max())
+            worst = max(worst, diff)
+            assert diff < STEP_ATOL
+            for (name, a), (_, b) in zip(ours.named_buffers(), ref.named_buffers()):
+                np.testing.assert_allclose(cupy.asnumpy(a), b, rtol=1e-4, atol=1e-6, err_msg=name)
+    print(f"\ncupy vs numpy, k={k}, 3 steps: max |param diff| {worst:.2e} (atol {STEP_ATOL})")
+
+
+def test_epochs_on_both_backends_track_each_other(tmp_path):
+    """Three epochs on 1,000 images with the GPU's random draws replayed on the CPU: the per-epoch losses agree."""
+    from test_data import write_mnist
+
+    from minigan.data import load_mnist
+    from minigan.train import RECIPE, Run
+
+    write_mnist(tmp_path, n=1000, seed=5)
+    images = load_mnist(tmp_path)[0]
+    config = {**RECIPE, "batch_size": 100, "epochs": 3}
+    runs = {}
+    for name in ("cupy", "numpy"):
+        (tmp_path / name / "samples").mkdir(parents=True)
+        runs[name] = Run(config, get_backend(name), images, tmp_path / name, log=lambda s: None)
+    recorder = Recorder(runs["cupy"].gan.rng, runs["cupy"].backend)
+    use_rng(runs["cupy"].gan, recorder)
+    runs["cupy"].train()
+    replay = Replay(recorder.draws)
+    # the GPU stream shuffles with a fresh NumPy generator of the run's seed: so does the replay
+    replay.permutation = np.random.default_rng(RECIPE["seed"]).permutation
+    use_rng(runs["numpy"].gan, replay)
+    runs["numpy"].train()
+    losses = {name: np.array([[h["loss_D"], h["loss_G"]] for h in run.history]) for name, run in runs.items()}
+    print(f"\nper-epoch losses, cupy:\n{losses['cupy']}\nnumpy:\n{losses['numpy']}")
+    np.testing.assert_allclose(losses["cupy"], losses["numpy"], rtol=1e-2)
+
+
+def test_cli_trains_on_the_gpu_and_resumes_on_the_cpu(tmp_path):
+    from test_cli import final_arrays, run_cli
+    from test_data import write_mnist
+
+    write_mnist(tmp_path, n=300)
+    out = tmp_path / "run"
+    proc = run_cli("train_mnist.py", "--backend", "cupy", "--data-dir", tmp_path, "--epochs", 2,
+                   "--batch-size", 64, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "cupy" in proc.stdout
+    proc = run_cli("train_mnist.py", "--backend", "numpy", "--data-dir", tmp_path, "--resume", out, "--epochs", 3)
+    assert proc.returncode == 0, proc.stderr
+    assert int(final_arrays(out)["epoch"]) == 3
+    proc = run_cli("sample.py", "--backend", "cupy", "--checkpoint", out, "--n", 16, "--out", tmp_path / "s.npy")
+    assert proc.returncode == 0, proc.stderr
