@@ -10,7 +10,7 @@
 #ifndef MINIGAN_RANDOM_CU
 #define MINIGAN_RANDOM_CU
 
-#if defined(__CUDACC__)
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 #define MG_HD __host__ __device__ __forceinline__
 #else
 #define MG_HD inline
@@ -56,7 +56,7 @@ MG_HD uint4x32 philox_block(unsigned long long seed, unsigned long long k) {
 // representable in float32.
 MG_HD float uniform_from_bits(unsigned int bits) { return (float)(bits >> 8) * 5.9604644775390625e-08f; }
 
-#if defined(__CUDACC__)
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 
 // out[i] ~ U[0, 1), i < n. Launch: one thread per block of 4 numbers, i.e. ceil(n / 4) threads.
 extern "C" __global__ void uniform_fill(float* out, long long n, unsigned long long seed,

@@ -74,6 +74,8 @@ class Adam:
         return {"m": self.m, "v": self.v, "t": np.int64(self.t)}
 
     def load_state(self, state):
-        self.m[...] = state["m"]
-        self.v[...] = state["v"]
+        """Load ``state()``'s output, from host or device arrays alike."""
+        xp = array_module(self.m)
+        self.m[...] = xp.asarray(state["m"])
+        self.v[...] = xp.asarray(state["v"])
         self.t = int(state["t"])
