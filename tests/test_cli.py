@@ -266,3 +266,31 @@ def test_sigkill_leaves_a_loadable_checkpoint(slow_data, tmp_path):
     proc = run_cli("train_mnist.py", "--data-dir", slow_data, "--resume", out, "--epochs", int(arrays["epoch"]) + 1)
     assert proc.returncode == 0, proc.stderr
     assert int(final_arrays(out)["epoch"]) == int(arrays["epoch"]) + 1
+
+
+def test_progress_bar_draws_on_a_terminal_only():
+    import io
+
+    stream = io.StringIO()
+    bar = train.Progress(10, "Epoch 1/2", stream, enabled=True)
+    for i in range(1, 11):
+        bar.update(i, i * 128)
+    bar.close()
+    text = stream.getvalue()
+    assert "Epoch 1/2 10/10 [" + "=" * 30 + "]" in text and "img/s" in text and text.endswith("\r\033[K")
+    quiet = io.StringIO()  # a pipe or a file: no bar
+    bar = train.Progress(10, "x", quiet)
+    bar.update(10, 1280)
+    bar.close()
+    assert quiet.getvalue() == ""
+
+
+def test_benchmark_script_prints_its_json_lines():
+    """A smoke run of examples/benchmark.py (correctness of its output, not a timing)."""
+    pytest.importorskip("torch")
+    proc = run_cli("benchmark.py", "--steps", 2, "--warmup", 1, "--repeats", 1, "--compare-torch")
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [line.get("impl") for line in lines[:2]] == ["minigan-numpy", "torch-eager"]
+    assert all(line["ms_per_step"] > 0 and line["batch"] == 128 for line in lines[:2])
+    assert set(lines[2]["ratio_vs_torch_eager"]) == {"minigan-numpy", "torch-eager"}
