@@ -55,6 +55,8 @@ def main(argv=None):
     p.add_argument("--backend", default="numpy", help=f"one of {', '.join(BACKENDS)} (default numpy)")
     try:
         args = p.parse_args(argv)
+        if args.backend not in BACKENDS:
+            raise UsageError(f"unknown backend {args.backend!r}: choose one of {', '.join(BACKENDS)}")
         if args.n < 1:
             raise UsageError(f"--n must be at least 1, got {args.n}")
         if args.out.suffix not in (".png", ".npy"):

@@ -294,3 +294,16 @@ def test_benchmark_script_prints_its_json_lines():
     assert [line.get("impl") for line in lines[:2]] == ["minigan-numpy", "torch-eager"]
     assert all(line["ms_per_step"] > 0 and line["batch"] == 128 for line in lines[:2])
     assert set(lines[2]["ratio_vs_torch_eager"]) == {"minigan-numpy", "torch-eager"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--n", "0"], "--n must be at least 1"),
+    (["--out", "grid.jpg"], "must end in .png or .npy"),
+    (["--backend", "tpu"], "unknown backend"),
+])
+def test_sample_refuses_bad_arguments(tmp_path, args, message):
+    base = {"--checkpoint": str(tmp_path), "--out": str(tmp_path / "s.png")}
+    for flag, value in zip(args[::2], args[1::2]):
+        base[flag] = value if flag != "--out" else str(tmp_path / value)
+    line = one_line_error(run_cli("sample.py", *[x for kv in base.items() for x in kv]), 2)
+    assert message in line
