@@ -201,7 +201,8 @@ def generate(G, latent_dim, n, backend, seed=0, batch=2000):
     """n images (N, 784) from G in eval mode; z ~ N(0, I) from a seeded NumPy stream, the same on every backend."""
     z = np.random.default_rng(seed).standard_normal((n, latent_dim), dtype=np.float32)
     G.eval()
-    return np.concatenate([backend.to_numpy(G.forward(backend.asarray(z[lo : lo + batch])))
+    # np.array copies: G.forward returns its output buffer, which the next batch overwrites
+    return np.concatenate([np.array(backend.to_numpy(G.forward(backend.asarray(z[lo : lo + batch]))))
                            for lo in range(0, n, batch)])
 
 
