@@ -307,3 +307,15 @@ def test_sample_refuses_bad_arguments(tmp_path, args, message):
         base[flag] = value if flag != "--out" else str(tmp_path / value)
     line = one_line_error(run_cli("sample.py", *[x for kv in base.items() for x in kv]), 2)
     assert message in line
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    from minigan.fileio import atomic_write_bytes
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "a.bin", b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "a.bin").read_bytes() == b"x" and len(list(tmp_path.iterdir())) == 1
