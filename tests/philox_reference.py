@@ -39,3 +39,11 @@ def normals(seed, offset, n):
     u1, u2 = u[0::2] + 2.0**-24, u[1::2]
     radius = np.sqrt(-2 * np.log(u1))
     return np.stack([radius * np.cos(2 * np.pi * u2), radius * np.sin(2 * np.pi * u2)], axis=1).reshape(-1)[:n]
+
+
+def step_uniforms(seed, step, draw, shape):
+    """kernels/philox.cuh::step_uniform for every element of an array of ``shape`` (row-major index)."""
+    index = np.arange(int(np.prod(shape)), dtype=np.uint64) & MASK
+    seed, step = np.uint64(seed), np.uint64(step)
+    words = philox4x32(index, draw, step & MASK, step >> np.uint64(32), seed & MASK, seed >> np.uint64(32))
+    return ((words[0] >> np.uint32(8)).astype(np.float32) * np.float32(2.0**-24)).reshape(shape)

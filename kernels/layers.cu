@@ -1,0 +1,112 @@
+// The fused step's layers that reduce over the batch: BatchNorm1d (training mode) and the sigmoid + BCE
+// head of the discriminator. Semantics and float32 grouping follow minigan/layers.py and
+// minigan/losses.py (PyTorch's): biased batch variance to normalise, unbiased into running_var,
+// BCE's logs clamped at -100 and its gradient (p - t) / max(p (1 - p), 1e-12) / n.
+
+// y = gamma (x - mu) r + beta over the M rows, r = 1 / sqrt(var + eps); keeps x_hat and r for backward and
+// updates the running statistics. X, Y, X_hat (M, C). Launch: C threads, one per feature (column).
+extern "C" __global__ void batchnorm_forward(float* Y, float* X_hat, float* inv_std, const float* X,
+                                             const float* gamma, const float* beta, float* running_mean,
+                                             float* running_var, int M, int C, float eps, float momentum) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    float sum = 0.0f;
+    for (int m = 0; m < M; ++m) sum += X[(long long)m * C + c];
+    float mu = sum / M;
+    float squares = 0.0f;
+    for (int m = 0; m < M; ++m) {
+        float d = X[(long long)m * C + c] - mu;
+        squares += d * d;
+    }
+    float var = squares / M;
+    float r = 1.0f / sqrtf(var + eps);
+    for (int m = 0; m < M; ++m) {
+        long long at = (long long)m * C + c;
+        float x_hat = (X[at] - mu) * r;
+        X_hat[at] = x_hat;
+        Y[at] = x_hat * gamma[c] + beta[c];
+    }
+    inv_std[c] = r;
+    running_mean[c] = running_mean[c] * (1.0f - momentum) + momentum * mu;
+    running_var[c] = running_var[c] * (1.0f - momentum) + (momentum * M / (M - 1)) * var;
+}
+
+// BatchNorm's backward, then the LeakyReLU's before it (A is the BatchNorm input = LeakyReLU output):
+//   dgamma = sum dy x_hat, dbeta = sum dy, dx = ((x_hat dgamma + dbeta) (-1/M) + dy) gamma r,
+//   dpre = dx * (A > 0 ? 1 : slope).
+// Launch: C threads, one per feature.
+extern "C" __global__ void batchnorm_leaky_backward(float* dpre, float* dgamma, float* dbeta, const float* dY,
+                                                    const float* X_hat, const float* inv_std, const float* gamma,
+                                                    const float* A, int M, int C, float slope) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    float sum_dy = 0.0f, sum_dy_x_hat = 0.0f;
+    for (int m = 0; m < M; ++m) {
+        long long at = (long long)m * C + c;
+        sum_dy += dY[at];
+        sum_dy_x_hat += dY[at] * X_hat[at];
+    }
+    dgamma[c] = sum_dy_x_hat;
+    dbeta[c] = sum_dy;
+    float scale = gamma[c] * inv_std[c];
+    for (int m = 0; m < M; ++m) {
+        long long at = (long long)m * C + c;
+        float dx = ((X_hat[at] * sum_dy_x_hat + sum_dy) * (-1.0f / M) + dY[at]) * scale;
+        dpre[at] = dx * (A[at] > 0.0f ? 1.0f : slope);
+    }
+}
+
+#define HEAD_THREADS 256
+
+// The discriminator's head on `rows` logits z: p = sigmoid(z), the BCE losses and d loss / d z.
+// D step (g_step = 0): rows [0, n) are real (target 1), rows [n, 2n) fake (target 0), each half a mean over
+// n; adds BCE(real) + BCE(fake) to stats[0] and writes mean D(x), mean D(G(z)) to stats[2], stats[3].
+// G step (g_step = 1): all n rows have target 1; writes BCE to stats[1].
+// Launch: one block of 256 threads (tree reductions in shared memory; rows may exceed 256).
+extern "C" __global__ void sigmoid_bce(float* P, float* dZ, float* stats, const float* Z, int n, int g_step) {
+    __shared__ float loss_real[HEAD_THREADS], loss_fake[HEAD_THREADS], p_real[HEAD_THREADS], p_fake[HEAD_THREADS];
+    int t = threadIdx.x;
+    int rows = g_step ? n : 2 * n;
+    float inv_n = 1.0f / n;
+    float lr = 0.0f, lf = 0.0f, pr = 0.0f, pf = 0.0f;
+    for (int r = t; r < rows; r += HEAD_THREADS) {
+        float p = 1.0f / (1.0f + expf(-Z[r]));
+        bool real = g_step || r < n;  // target 1
+        float target = real ? 1.0f : 0.0f;
+        float log_term = real ? fmaxf(logf(p), -100.0f) : fmaxf(logf(1.0f - p), -100.0f);
+        float grad = (p - target) / fmaxf(p * (1.0f - p), 1e-12f);
+        grad *= inv_n;
+        P[r] = p;
+        dZ[r] = grad * (p * (1.0f - p));
+        if (real) {
+            lr -= log_term;
+            pr += p;
+        } else {
+            lf -= log_term;
+            pf += p;
+        }
+    }
+    loss_real[t] = lr;
+    loss_fake[t] = lf;
+    p_real[t] = pr;
+    p_fake[t] = pf;
+    __syncthreads();
+    for (int half = HEAD_THREADS / 2; half > 0; half /= 2) {
+        if (t < half) {
+            loss_real[t] += loss_real[t + half];
+            loss_fake[t] += loss_fake[t + half];
+            p_real[t] += p_real[t + half];
+            p_fake[t] += p_fake[t + half];
+        }
+        __syncthreads();
+    }
+    if (t == 0) {
+        if (g_step) {
+            stats[1] = loss_real[0] * inv_n;
+        } else {
+            stats[0] += loss_real[0] * inv_n + loss_fake[0] * inv_n;
+            stats[2] = p_real[0] * inv_n;
+            stats[3] = p_fake[0] * inv_n;
+        }
+    }
+}

@@ -1,0 +1,142 @@
+// Linear layers for the fused step: a tiled SGEMM with the neighbouring elementwise ops fused into its
+// epilogue, so an activation never makes a round trip through memory on its own.
+//
+//   linear_forward         Y = act(X W^T + b)            act: none | LeakyReLU | LeakyReLU+Dropout | Sigmoid
+//   linear_backward_input  dX = (dY W) * act'(Y_prev)    act' of the layer *before* (its output is X)
+//   linear_backward_weight dW = dY^T X
+//   bias_backward          db = sum over rows of dY
+//
+// Shapes: X (M, K), W (N, K), b (N,), Y (M, N), all row-major float32. Dropout masks are not stored: the
+// epilogues regenerate them from philox counters (element, draw, *step) (philox.cuh). Because the stored
+// output is the post-dropout Y, whose sign is the LeakyReLU output's wherever the mask keeps it, Y alone
+// gives both derivatives. The semantics are minigan/layers.py's; tests/test_kernels.py runs these kernels
+// on the CPU against the NumPy layers, tests/test_cupy.py on the GPU.
+//
+// Launch (all GEMMs): 256 threads, grid (ceil(cols / 64), ceil(rows / 64)) of the output. Each block computes
+// a 64 x 64 tile in steps of 16 along the inner dimension through shared memory; each thread a 4 x 4 patch.
+// This is the correct, simple version: register blocking wider than 4 x 4, vectorised loads, double
+// buffering and split-K are the next steps, to be measured on the GPU against cuBLAS.
+#include "philox.cuh"
+
+#define TILE 64
+#define TILE_K 16
+#define THREADS 256
+
+enum Activation { ACT_NONE = 0, ACT_LEAKY = 1, ACT_LEAKY_DROPOUT = 2, ACT_SIGMOID = 3 };
+
+// C (rows, cols) = A (rows, inner) B (inner, cols) with A(i, k) = A[i * a_i + k * a_k] and
+// B(k, j) = B[k * b_k + j * b_j]: the strides express every transpose the layers need.
+// Calls epilogue(i, j, value) for each element of the block's tile inside the matrix.
+template <class Epilogue>
+__device__ __forceinline__ void gemm_tile(const float* A, long long a_i, long long a_k, const float* B, long long b_k,
+                                          long long b_j, int rows, int cols, int inner, Epilogue epilogue) {
+    __shared__ float As[TILE_K][TILE];  // As[k][i]
+    __shared__ float Bs[TILE_K][TILE];  // Bs[k][j]
+    int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+    int row0 = blockIdx.y * TILE, col0 = blockIdx.x * TILE;
+    float acc[4][4];
+    for (int r = 0; r < 4; ++r)
+        for (int c = 0; c < 4; ++c) acc[r][c] = 0.0f;
+    for (int k0 = 0; k0 < inner; k0 += TILE_K) {
+        for (int l = threadIdx.x; l < TILE * TILE_K; l += THREADS) {
+            int kk = l / TILE, t = l % TILE;
+            int k = k0 + kk, i = row0 + t, j = col0 + t;
+            As[kk][t] = (i < rows && k < inner) ? A[i * a_i + k * a_k] : 0.0f;
+            Bs[kk][t] = (j < cols && k < inner) ? B[k * b_k + j * b_j] : 0.0f;
+        }
+        __syncthreads();
+        for (int kk = 0; kk < TILE_K; ++kk) {
+            float a[4], b[4];
+            for (int r = 0; r < 4; ++r) a[r] = As[kk][ty * 4 + r];
+            for (int c = 0; c < 4; ++c) b[c] = Bs[kk][tx * 4 + c];
+            for (int r = 0; r < 4; ++r)
+                for (int c = 0; c < 4; ++c) acc[r][c] += a[r] * b[c];
+        }
+        __syncthreads();
+    }
+    for (int r = 0; r < 4; ++r)
+        for (int c = 0; c < 4; ++c) {
+            int i = row0 + ty * 4 + r, j = col0 + tx * 4 + c;
+            if (i < rows && j < cols) epilogue(i, j, acc[r][c]);
+        }
+}
+
+struct ForwardEpilogue {
+    float* Y;
+    const float* b;
+    int N, activation;
+    float slope, drop_p, drop_scale;
+    unsigned long long seed, step;
+    unsigned int draw;
+    __device__ __forceinline__ void operator()(int i, int j, float v) const {
+        v += b[j];
+        if (activation == ACT_LEAKY || activation == ACT_LEAKY_DROPOUT) v = v > 0.0f ? v : v * slope;
+        if (activation == ACT_LEAKY_DROPOUT)
+            v = step_uniform(seed, step, draw, (unsigned int)(i * N + j)) >= drop_p ? v * drop_scale : 0.0f;
+        if (activation == ACT_SIGMOID) v = 1.0f / (1.0f + expf(-v));  // exp overflows to inf: exactly 0
+        Y[(long long)i * N + j] = v;
+    }
+};
+
+// Y (M, N) = act(X (M, K) W (N, K)^T + b). Grid (ceil(N / 64), ceil(M / 64)).
+extern "C" __global__ void linear_forward(float* Y, const float* X, const float* W, const float* b, int M, int N,
+                                          int K, int activation, float slope, float drop_p, float drop_scale,
+                                          unsigned long long seed, const unsigned long long* step,
+                                          unsigned int draw) {
+    ForwardEpilogue epilogue = {Y, b, N, activation, slope, drop_p, drop_scale, seed, *step, draw};
+    gemm_tile(X, K, 1, W, 1, K, M, N, K, epilogue);
+}
+
+struct InputGradEpilogue {
+    float* dX;
+    const float* Y_prev;
+    int K, activation;
+    float slope, drop_p, drop_scale;
+    unsigned long long seed, step;
+    unsigned int draw;
+    __device__ __forceinline__ void operator()(int i, int j, float v) const {
+        long long at = (long long)i * K + j;
+        if (activation == ACT_LEAKY_DROPOUT) {
+            // Dropout's backward, then LeakyReLU's, in the NumPy layers' order
+            bool keep = step_uniform(seed, step, draw, (unsigned int)at) >= drop_p;
+            v = keep ? (v * drop_scale) * (Y_prev[at] > 0.0f ? 1.0f : slope) : 0.0f;
+        } else if (activation == ACT_LEAKY) {
+            v *= Y_prev[at] > 0.0f ? 1.0f : slope;
+        } else if (activation == ACT_SIGMOID) {
+            float y = Y_prev[at];
+            v *= y * (1.0f - y);
+        }
+        dX[at] = v;
+    }
+};
+
+// dX (M, K) = (dY (M, N) W (N, K)) * act'(Y_prev), Y_prev (M, K) the output of the layer before (its
+// activation `activation`, its dropout draw `draw`). Grid (ceil(K / 64), ceil(M / 64)).
+extern "C" __global__ void linear_backward_input(float* dX, const float* dY, const float* W, const float* Y_prev,
+                                                 int M, int N, int K, int activation, float slope, float drop_p,
+                                                 float drop_scale, unsigned long long seed,
+                                                 const unsigned long long* step, unsigned int draw) {
+    InputGradEpilogue epilogue = {dX, Y_prev, K, activation, slope, drop_p, drop_scale, seed, *step, draw};
+    gemm_tile(dY, N, 1, W, K, 1, M, K, N, epilogue);
+}
+
+struct StoreEpilogue {
+    float* C;
+    int cols;
+    __device__ __forceinline__ void operator()(int i, int j, float v) const { C[(long long)i * cols + j] = v; }
+};
+
+// dW (N, K) = dY (M, N)^T X (M, K). Grid (ceil(K / 64), ceil(N / 64)).
+extern "C" __global__ void linear_backward_weight(float* dW, const float* dY, const float* X, int M, int N, int K) {
+    StoreEpilogue epilogue = {dW, K};
+    gemm_tile(dY, 1, N, X, K, 1, N, K, M, epilogue);
+}
+
+// db (N,) = sum_m dY (M, N). Launch: N threads, one per column (reads coalesce across the warp).
+extern "C" __global__ void bias_backward(float* db, const float* dY, int M, int N) {
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= N) return;
+    float sum = 0.0f;
+    for (int m = 0; m < M; ++m) sum += dY[(long long)m * N + j];
+    db[j] = sum;
+}

@@ -1,0 +1,200 @@
+"""The whole training step as our own kernels: the fused GPU path of ``GAN.train_step``.
+
+The layers in minigan/layers.py are the reference; this is the same step written for the GPU, llm.c style:
+buffers allocated once, elementwise ops fused into the GEMM epilogues (kernels/linear.cu), BatchNorm and the
+sigmoid + BCE head as batch reductions (kernels/layers.cu), noise and dropout masks from Philox counters
+(element, draw, step) with ``step`` in device memory, Adam in one launch per model with its step count in
+device memory (kernels/optim.cu), and the bookkeeping on the device too (kernels/step.cu). Nothing in a
+step reads a host value, so the step can be captured once as a CUDA graph and replayed for every batch.
+
+It runs on any "device": ``xp`` and ``kernel`` are CuPy and cupy.RawModule kernels on a GPU, or NumPy and
+kernels compiled for the CPU (tests/kernel_host.py) in the tests, which check it against the NumPy layers.
+
+Random draws: the noise of D-iteration i is draw ``NOISE + i``; the dropout mask of D's layer j is draw
+``D_STEP_DROPOUT + 16 i + j`` in D-iteration i and ``G_STEP_DROPOUT + j`` in the G step.
+"""
+
+import numpy as np
+
+from minigan.layers import BatchNorm1d, Dropout, LeakyReLU, Linear
+
+ACT_NONE, ACT_LEAKY, ACT_LEAKY_DROPOUT, ACT_SIGMOID = 0, 1, 2, 3
+NOISE, D_STEP_DROPOUT, G_STEP_DROPOUT = 1, 1 << 16, 1 << 24
+THREADS, TILE = 256, 64
+
+
+def draw_ids(k):
+    """(noise draws, D-step dropout draws per D iteration, G-step dropout draws) of a step with k D-steps."""
+    noise = [NOISE + i for i in range(k)]
+    d_step = [[D_STEP_DROPOUT + 16 * i + j for j in range(3)] for i in range(k)]
+    g_step = [G_STEP_DROPOUT + j for j in range(3)]
+    return noise, d_step, g_step
+
+
+class FusedStep:
+    def __init__(self, gan, xp, kernel, seed):
+        self.gan, self.xp, self.kernel = gan, xp, kernel
+        self.seed = np.uint64(seed)
+        G, D = gan.G, gan.D
+        self.g_linear = [l for l in G.layers if isinstance(l, Linear)]
+        self.g_norm = [l for l in G.layers if isinstance(l, BatchNorm1d)]
+        self.d_linear = [l for l in D.layers if isinstance(l, Linear)]
+        slopes = {l.negative_slope for l in G.layers + D.layers if isinstance(l, LeakyReLU)}
+        drops = {l.p for l in D.layers if isinstance(l, Dropout)}
+        if len(slopes) != 1 or len(drops) != 1 or len(self.g_linear) != 4 or len(self.d_linear) != 4:
+            raise ValueError("the fused step implements the reference GAN only")
+        self.slope, self.drop_p = np.float32(slopes.pop()), np.float32(drops.pop())
+        self.drop_scale = np.float32(1.0 / (1.0 - float(self.drop_p)))  # as Dropout: float32(1 / (1 - p))
+        self.step = xp.zeros(1, np.uint64)  # feeds the random streams; +1 per step
+        self.batch_index = xp.zeros(1, np.uint64)  # batch within the epoch
+        self.t_G, self.t_D = xp.zeros(1, np.int64), xp.zeros(1, np.int64)  # Adam step counts
+        self.stats = xp.zeros(4, np.float32)  # loss_D, loss_G, D(x), D(G(z)) of the current step
+        self.step_stats = xp.zeros((1, 4), np.float32)
+        self.epoch_sums = xp.zeros(4, np.float64)
+        self._buffers = {}
+
+    def buffers(self, n):
+        """Activations and gradients for a batch of n rows, allocated on first use."""
+        if n in self._buffers:
+            return self._buffers[n]
+        xp, f32 = self.xp, np.float32
+        latent = self.g_linear[0].in_features
+        b = {"z": [xp.empty((n, latent), f32) for _ in range(self.gan.k)],
+             "x": xp.empty((2 * n, 784), f32)}  # D's input: [real; fake]
+        for i, layer in enumerate(self.g_linear[:3]):
+            c = layer.out_features
+            for name in ("a", "x_hat", "y", "dy", "dpre"):  # a: LeakyReLU out; y: BatchNorm out
+                b[f"g{name}{i}"] = xp.empty((n, c), f32)
+            b[f"ginv_std{i}"] = xp.empty(c, f32)
+        b["dfake"] = xp.empty((n, 784), f32)
+        for rows, tag in ((2 * n, "d"), (n, "g")):  # D over [real; fake] in the D step, over fake in the G step
+            for j, layer in enumerate(self.d_linear[:3]):
+                b[f"{tag}h{j}"] = xp.empty((rows, layer.out_features), f32)
+                b[f"{tag}dh{j}"] = xp.empty((rows, layer.out_features), f32)
+            b[f"{tag}logit"] = xp.empty((rows, 1), f32)
+            b[f"{tag}p"] = xp.empty((rows, 1), f32)
+            b[f"{tag}dlogit"] = xp.empty((rows, 1), f32)
+        self._buffers[n] = b
+        return b
+
+    # -- launches ------------------------------------------------------------------------------------
+
+    def _launch(self, family, name, threads, args, block=THREADS):
+        self.kernel(family, name)(((threads + block - 1) // block,), (block,), args)
+
+    def _gemm_grid(self, rows, cols):
+        return ((cols + TILE - 1) // TILE, (rows + TILE - 1) // TILE)
+
+    def linear_forward(self, y, x, layer, rows, activation, draw=0):
+        W, b = layer.params["W"], layer.params["b"]
+        self.kernel("linear", "linear_forward")(
+            self._gemm_grid(rows, layer.out_features), (THREADS,),
+            (y, x, W, b, np.int32(rows), np.int32(layer.out_features), np.int32(layer.in_features),
+             np.int32(activation), self.slope, self.drop_p, self.drop_scale, self.seed, self.step, np.uint32(draw)))
+
+    def linear_backward(self, dy, x, layer, rows, dx=None, y_prev=None, activation=ACT_NONE, draw=0,
+                        param_grads=True):
+        """dW, db of ``layer`` (unless param_grads is False) and dx * act'(y_prev) into ``dx`` (if given)."""
+        n_out, n_in = layer.out_features, layer.in_features
+        if param_grads:
+            self.kernel("linear", "linear_backward_weight")(
+                self._gemm_grid(n_out, n_in), (THREADS,),
+                (layer.grads["W"], dy, x, np.int32(rows), np.int32(n_out), np.int32(n_in)))
+            self._launch("linear", "bias_backward", n_out, (layer.grads["b"], dy, np.int32(rows), np.int32(n_out)))
+        if dx is not None:
+            self.kernel("linear", "linear_backward_input")(
+                self._gemm_grid(rows, n_in), (THREADS,),
+                (dx, dy, layer.params["W"], dx if y_prev is None else y_prev, np.int32(rows), np.int32(n_out),
+                 np.int32(n_in), np.int32(activation), self.slope, self.drop_p, self.drop_scale, self.seed,
+                 self.step, np.uint32(draw)))
+
+    def adam(self, opt, t):
+        n = opt.params.size
+        self._launch("optim", "adam_step_counted", n,
+                     (opt.params, opt.grads, opt.m, opt.v, np.int64(n), np.float64(opt.lr),
+                      np.float64(opt.betas[0]), np.float64(opt.betas[1]), np.float64(opt.eps), t))
+        self._launch("optim", "adam_count", 1, (t,), block=1)
+
+    # -- the step ------------------------------------------------------------------------------------
+
+    def generator_forward(self, b, z, n):
+        h = z
+        for i, (layer, norm) in enumerate(zip(self.g_linear, self.g_norm)):
+            self.linear_forward(b[f"ga{i}"], h, layer, n, ACT_LEAKY)
+            self._launch("layers", "batchnorm_forward", layer.out_features,
+                         (b[f"gy{i}"], b[f"gx_hat{i}"], b[f"ginv_std{i}"], b[f"ga{i}"], norm.params["gamma"],
+                          norm.params["beta"], norm.buffers["running_mean"], norm.buffers["running_var"],
+                          np.int32(n), np.int32(layer.out_features), np.float32(norm.eps),
+                          np.float32(norm.momentum)))
+            h = b[f"gy{i}"]
+        fake = b["x"][n:]
+        self.linear_forward(fake, h, self.g_linear[3], n, ACT_SIGMOID)  # straight into D's input rows
+        return fake
+
+    def discriminator_forward(self, b, x, rows, tag, draws):
+        h = x
+        for j, layer in enumerate(self.d_linear[:3]):
+            self.linear_forward(b[f"{tag}h{j}"], h, layer, rows, ACT_LEAKY_DROPOUT, draws[j])
+            h = b[f"{tag}h{j}"]
+        self.linear_forward(b[f"{tag}logit"], h, self.d_linear[3], rows, ACT_NONE)
+
+    def discriminator_backward(self, b, x, rows, tag, draws, param_grads, dx=None):
+        """From d loss / d logit (b[tag + 'dlogit']) back through D; into dx * sigmoid'(x) if dx is given."""
+        dy = b[f"{tag}dlogit"]
+        for j in (3, 2, 1, 0):
+            layer = self.d_linear[j]
+            layer_in = x if j == 0 else b[f"{tag}h{j - 1}"]
+            if j > 0:
+                self.linear_backward(dy, layer_in, layer, rows, b[f"{tag}dh{j - 1}"], layer_in, ACT_LEAKY_DROPOUT,
+                                     draws[j - 1], param_grads)
+                dy = b[f"{tag}dh{j - 1}"]
+            else:
+                self.linear_backward(dy, layer_in, layer, rows, dx, x, ACT_SIGMOID, 0, param_grads)
+
+    def generator_backward(self, b, z, n):
+        dy = b["dfake"]  # d loss / d (G's last pre-activation)
+        for i in (3, 2, 1, 0):
+            layer = self.g_linear[i]
+            layer_in = z if i == 0 else b[f"gy{i - 1}"]
+            self.linear_backward(dy, layer_in, layer, n, b[f"gdy{i - 1}"] if i > 0 else None)
+            if i > 0:
+                norm, c = self.g_norm[i - 1], self.g_linear[i - 1].out_features
+                self._launch("layers", "batchnorm_leaky_backward", c,
+                             (b[f"gdpre{i - 1}"], norm.grads["gamma"], norm.grads["beta"], b[f"gdy{i - 1}"],
+                              b[f"gx_hat{i - 1}"], b[f"ginv_std{i - 1}"], norm.params["gamma"], b[f"ga{i - 1}"],
+                              np.int32(n), np.int32(c), self.slope))
+                dy = b[f"gdpre{i - 1}"]
+
+    def run(self, n):
+        """One training step on the batch already in buffers(n)["x"][:n]; statistics into self.stats."""
+        gan, b = self.gan, self.buffers(n)
+        noise, d_draws, g_draws = draw_ids(gan.k)
+        self._launch("step", "stats_reset", 4, (self.stats,), block=4)
+        for i in range(gan.k):
+            z = b["z"][i]
+            self._launch("random", "normal_step_fill", (z.size + 3) // 4,
+                         (z, np.int32(z.size), self.seed, self.step, np.uint32(noise[i])))
+            self.generator_forward(b, z, n)
+            self.discriminator_forward(b, b["x"], 2 * n, "d", d_draws[i])
+            self._launch("layers", "sigmoid_bce", THREADS, (b["dp"], b["ddlogit"], self.stats, b["dlogit"],
+                                                            np.int32(n), np.int32(0)))
+            self.discriminator_backward(b, b["x"], 2 * n, "d", d_draws[i], param_grads=True)
+            self.adam(gan.opt_D, self.t_D)
+        fake = b["x"][n:]
+        self.discriminator_forward(b, fake, n, "g", g_draws)
+        self._launch("layers", "sigmoid_bce", THREADS, (b["gp"], b["gdlogit"], self.stats, b["glogit"],
+                                                        np.int32(n), np.int32(1)))
+        self.discriminator_backward(b, fake, n, "g", g_draws, param_grads=False, dx=b["dfake"])
+        self.generator_backward(b, b["z"][gan.k - 1], n)
+        self.adam(gan.opt_G, self.t_G)
+        self._launch("step", "step_finish", 4, (self.step_stats, self.epoch_sums, self.stats, self.batch_index,
+                                                self.step, np.int32(n)), block=4)
+
+    def train_step(self, real):
+        """GAN.train_step's contract: a batch in, [loss_D, loss_G, D(x), D(G(z))] out (as float64)."""
+        n = real.shape[0]
+        b = self.buffers(n)
+        b["x"][:n] = real
+        self.batch_index[...] = 0  # this entry point records into step_stats row 0
+        self.run(n)
+        return self.stats.astype(np.float64)

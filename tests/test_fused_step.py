@@ -1,0 +1,112 @@
+"""The fused GPU step (minigan/cupy_step.py, kernels/*.cu) against the NumPy layers, run on the CPU: the
+kernels are compiled for the host by tests/kernel_host.py, so every launch, shape and epilogue is checked
+here; tests/test_cupy.py repeats the step checks on a real GPU."""
+
+import numpy as np
+import pytest
+from kernel_host import HostKernels
+from philox_reference import step_uniforms
+
+from minigan.backend import get_backend
+from minigan.cupy_step import FusedStep, draw_ids
+from minigan.gan import GAN
+from minigan.layers import Dropout
+
+pytestmark = pytest.mark.skipif(not HostKernels.available, reason="no host C++ compiler")
+STEP_ATOL = 2e-5  # float32, different summation orders (as the PyTorch parity test)
+
+
+@pytest.fixture(scope="module")
+def host_kernels():
+    return HostKernels()
+
+
+class Replay:
+    def __init__(self, draws):
+        self.draws = list(draws)
+
+    def random(self, shape, dtype=np.float64):
+        a = self.draws.pop(0)
+        assert a.shape == tuple(shape), (a.shape, shape)
+        return a.astype(dtype)
+
+    standard_normal = random
+
+
+def replay_draws(fused, n, step):
+    """The noise and dropout uniforms the fused step drew at ``step``, in the NumPy GAN's call order."""
+    b = fused.buffers(n)
+    noise, d_draws, g_draws = draw_ids(fused.gan.k)
+    widths = [layer.out_features for layer in fused.d_linear[:3]]
+    draws = []
+    for i in range(fused.gan.k):
+        draws.append(b["z"][i].copy())
+        draws += [step_uniforms(fused.seed, step, d, (2 * n, w)) for d, w in zip(d_draws[i], widths)]
+    draws += [step_uniforms(fused.seed, step, d, (n, w)) for d, w in zip(g_draws, widths)]
+    return draws
+
+
+def use_rng(gan, rng):
+    gan.rng = rng
+    for layer in gan.D.layers:
+        if isinstance(layer, Dropout):
+            layer.rng = rng
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_fused_steps_match_the_numpy_layers(host_kernels, k):
+    n, steps, seed = 16, 2, 77
+    fused_gan, reference = GAN(get_backend("numpy"), k=k, seed=9), GAN(get_backend("numpy"), k=k, seed=9)
+    fused = FusedStep(fused_gan, np, host_kernels, seed)
+    data = np.random.default_rng(10).random((steps, n, 784), dtype=np.float32)
+    worst = {"stats": 0.0, "params": 0.0, "grads": 0.0}
+    for step in range(steps):
+        stats = fused.train_step(data[step])
+        use_rng(reference, Replay(replay_draws(fused, n, step)))
+        expected = reference.train_step(data[step])
+        worst["stats"] = max(worst["stats"], float(np.abs(stats - expected).max()))
+        np.testing.assert_allclose(stats, expected, rtol=1e-4, atol=1e-6)
+        for ours, ref in ((fused_gan.G, reference.G), (fused_gan.D, reference.D)):
+            scale = np.abs(ref.grads).max()
+            worst["grads"] = max(worst["grads"], float(np.abs(ours.grads - ref.grads).max() / scale))
+            np.testing.assert_allclose(ours.grads, ref.grads, rtol=0, atol=1e-4 * scale)
+            worst["params"] = max(worst["params"], float(np.abs(ours.params - ref.params).max()))
+            np.testing.assert_allclose(ours.params, ref.params, rtol=0, atol=STEP_ATOL)
+            for (name, a), (_, r) in zip(ours.named_buffers(), ref.named_buffers()):
+                np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert int(fused.step[0]) == steps and int(fused.t_D[0]) == k * steps and int(fused.t_G[0]) == steps
+    print(f"\nfused step vs NumPy layers, k={k}, {steps} steps: max |stats diff| {worst['stats']:.1e}, "
+          f"max |grad diff| / max |grad| {worst['grads']:.1e}, max |param diff| {worst['params']:.1e} "
+          f"(atol {STEP_ATOL})")
+
+
+def test_each_step_draws_new_noise_and_masks(host_kernels):
+    fused = FusedStep(GAN(get_backend("numpy"), seed=1), np, host_kernels, seed=5)
+    batch = np.random.default_rng(0).random((8, 784), dtype=np.float32)
+    fused.train_step(batch)
+    z0, h0 = fused.buffers(8)["z"][0].copy(), fused.buffers(8)["dh0"].copy()
+    fused.train_step(batch)
+    assert not np.array_equal(z0, fused.buffers(8)["z"][0])
+    assert not np.array_equal(h0 != 0, fused.buffers(8)["dh0"] != 0)  # other dropout masks
+    assert abs(float(z0.mean())) < 0.2 and 0.8 < float(z0.std()) < 1.2
+
+
+@pytest.mark.parametrize("rows, cols, inner", [(1, 1, 1), (37, 70, 129), (64, 64, 16), (130, 1, 65)])
+def test_gemm_edges(host_kernels, rows, cols, inner):
+    """Tiles that straddle the matrix edges, inner sizes that are not multiples of the tile, a single column."""
+    from minigan.cupy_step import ACT_NONE
+    from minigan.layers import Linear
+
+    rng = np.random.default_rng(rows)
+    layer = Linear(inner, cols, rng)
+    x = rng.standard_normal((rows, inner)).astype(np.float32)
+    y = np.empty((rows, cols), np.float32)
+    fused = FusedStep(GAN(get_backend("numpy"), seed=0), np, host_kernels, seed=0)
+    fused.linear_forward(y, x, layer, rows, ACT_NONE)
+    np.testing.assert_allclose(y, x @ layer.params["W"].T + layer.params["b"], rtol=1e-5, atol=1e-5)
+    dy = rng.standard_normal((rows, cols)).astype(np.float32)
+    dx = np.empty_like(x)
+    fused.linear_backward(dy, x, layer, rows, dx)
+    np.testing.assert_allclose(dx, dy @ layer.params["W"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(layer.grads["W"], dy.T @ x, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(layer.grads["b"], dy.sum(0), rtol=1e-5, atol=1e-5)
