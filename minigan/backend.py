@@ -9,6 +9,7 @@ The NumPy backend is the reference. A backend is an object with
 - ``rng(seed)``: the random stream for noise, dropout masks and shuffling, and ``rng_state`` /
   ``set_rng_state`` to save and restore it;
 - ``upload_images`` / ``gather_batch``: where the uint8 dataset lives and how a batch is cut from it;
+- ``fused_step(gan)``: the backend's own implementation of the whole training step, or None;
 - ``synchronize()``: wait for queued device work (timing, reading losses).
 
 A faster backend overrides ops where it has something better (fused kernels, a captured step);
@@ -47,6 +48,10 @@ class NumpyBackend:
 
     def set_rng_state(self, rng, state):
         rng.bit_generator.state = state["state"]
+
+    def fused_step(self, gan):
+        """A faster implementation of gan's whole training step, or None: the layers are the step here."""
+        return None
 
     def upload_images(self, images):
         """The uint8 dataset where gather_batch reads it (on the host here; on the GPU for CuPy)."""

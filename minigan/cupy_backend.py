@@ -8,7 +8,9 @@ The layers' formulas run unchanged through ``xp = cupy``. What the GPU needs of 
 - ``adam_step``: Adam over a model's flat buffer in one launch (kernels/optim.cu), instead of a dozen
   whole-buffer array operations;
 - ``gather_batch``: the batch gathered from the uint8 dataset kept on the GPU (kernels/data.cu), so
-  no image crosses the PCIe bus inside an epoch.
+  no image crosses the PCIe bus inside an epoch;
+- ``fused_step``: the whole training step as our own kernels (minigan/cupy_step.py), which
+  ``GAN.train_step`` uses in place of the layer-by-layer path.
 
 Every kernel is checked against the NumPy reference in tests/test_cupy.py (run only where a GPU is).
 """
@@ -48,7 +50,7 @@ def kernel(family, name):
     module = _modules.get(family)
     if module is None:
         source = (KERNELS / f"{family}.cu").read_text()
-        module = _modules[family] = cupy.RawModule(code=source, options=("--std=c++17",))
+        module = _modules[family] = cupy.RawModule(code=source, options=("--std=c++17", f"-I{KERNELS}"))
     return module.get_function(name)
 
 
@@ -65,6 +67,7 @@ class PhiloxRng:
 
     def __init__(self, seed):
         self.seed, self.offset = int(seed) & (2**64 - 1), 0
+        self.step = 0  # the fused step's counter (minigan/cupy_step.py): its draws are (element, draw, step)
         self.host = np.random.default_rng(seed)
 
     def _fill(self, name, shape, dtype):
@@ -89,10 +92,10 @@ class PhiloxRng:
         return self.host.permutation(n)
 
     def state(self):
-        return {"seed": self.seed, "offset": self.offset, "host": self.host.bit_generator.state}
+        return {"seed": self.seed, "offset": self.offset, "step": self.step, "host": self.host.bit_generator.state}
 
     def set_state(self, state):
-        self.seed, self.offset = int(state["seed"]), int(state["offset"])
+        self.seed, self.offset, self.step = int(state["seed"]), int(state["offset"]), int(state["step"])
         self.host.bit_generator.state = state["host"]
 
 
@@ -136,6 +139,14 @@ class CupyBackend:
 
     def set_rng_state(self, rng, state):
         rng.set_state(state["state"])
+
+    def fused_step(self, gan):
+        """The whole step as our kernels (minigan/cupy_step.py), for the float32 recipe; None otherwise."""
+        from minigan.cupy_step import FusedStep
+
+        if gan.dtype != np.float32:
+            return None
+        return FusedStep(gan, self.xp, kernel)
 
     def upload_images(self, images):
         return self.xp.asarray(images)

@@ -47,3 +47,54 @@ def step_uniforms(seed, step, draw, shape):
     seed, step = np.uint64(seed), np.uint64(step)
     words = philox4x32(index, draw, step & MASK, step >> np.uint64(32), seed & MASK, seed >> np.uint64(32))
     return ((words[0] >> np.uint32(8)).astype(np.float32) * np.float32(2.0**-24)).reshape(shape)
+
+
+def step_normals(seed, step, draw, n):
+    """kernels/random.cu::normal_step_fill's n normals (Box-Muller in float64; the kernel's float32 is close)."""
+    blocks = np.arange((n + 3) // 4, dtype=np.uint64)
+    seed, step = np.uint64(seed), np.uint64(step)
+    words = philox4x32(blocks, draw, step & MASK, step >> np.uint64(32), seed & MASK, seed >> np.uint64(32))
+    u = [(w >> np.uint32(8)).astype(np.float64) * 2.0**-24 for w in words]
+    out = []
+    for a, b in ((u[0], u[1]), (u[2], u[3])):
+        radius = np.sqrt(-2 * np.log(a + 2.0**-24))
+        out += [radius * np.cos(2 * np.pi * b), radius * np.sin(2 * np.pi * b)]
+    return np.stack(out, axis=1).reshape(-1)[:n]
+
+
+class StepReplay:
+    """A stand-in random stream for a NumPy-backend GAN that draws what the fused step draws: per step, for
+    each D iteration the noise then three dropout masks over 2n rows, then three over n rows for the G step
+    (minigan/cupy_step.py's draw ids), and a permutation from a NumPy generator of the run's seed."""
+
+    def __init__(self, seed, k, run_seed):
+        from minigan.cupy_step import draw_ids
+
+        self.seed, self.k, self.step = seed, k, 0
+        self.noise, self.d_step, self.g_step = draw_ids(k)
+        self.calls = []
+        self.host = np.random.default_rng(run_seed)
+
+    def _next(self):
+        if not self.calls:
+            for i in range(self.k):
+                self.calls += [("normal", self.noise[i])] + [("uniform", d) for d in self.d_step[i]]
+            self.calls += [("uniform", d) for d in self.g_step] + [("end", None)]
+        return self.calls.pop(0)
+
+    def standard_normal(self, shape, dtype=np.float64):
+        kind, draw = self._next()
+        assert kind == "normal"
+        return step_normals(self.seed, self.step, draw, int(np.prod(shape))).reshape(shape).astype(dtype)
+
+    def random(self, shape, dtype=np.float64):
+        kind, draw = self._next()
+        assert kind == "uniform"
+        u = step_uniforms(self.seed, self.step, draw, shape).astype(dtype)
+        if self.calls == [("end", None)]:
+            self.calls.clear()
+            self.step += 1
+        return u
+
+    def permutation(self, n):
+        return self.host.permutation(n)

@@ -123,9 +123,11 @@ def test_fused_adam_matches_numpy():
 
 
 @pytest.mark.parametrize("k", [1, 2])
-def test_training_steps_match_numpy(k):
-    """Same weights, batches, noise and dropout masks: the same losses and parameters on both backends."""
+def test_layer_path_steps_match_numpy(k):
+    """The layers on CuPy arrays (the fused step switched off): same weights, batches, noise and dropout
+    masks give the same losses and parameters as on NumPy."""
     cpu, gpu = GAN(get_backend("numpy"), k=k, seed=3), GAN(get_backend("cupy"), k=k, seed=3)
+    gpu.fused = None
     np.testing.assert_array_equal(cupy.asnumpy(gpu.G.params), cpu.G.params)  # weights drawn on the host
     recorder = Recorder(gpu.rng, gpu.backend)
     use_rng(gpu, recorder)
@@ -146,8 +148,31 @@ def test_training_steps_match_numpy(k):
     print(f"\ncupy vs numpy, k={k}, 3 steps: max |param diff| {worst:.2e} (atol {STEP_ATOL})")
 
 
+@pytest.mark.parametrize("k", [1, 2])
+def test_fused_steps_match_numpy(k):
+    """The fused step on the GPU against the NumPy layers, fed the same noise and masks (as
+    tests/test_fused_step.py does with the kernels compiled for the CPU)."""
+    from test_fused_step import Replay, replay_draws
+
+    n, steps = 128, 3
+    gpu, cpu = GAN(get_backend("cupy"), k=k, seed=3), GAN(get_backend("numpy"), k=k, seed=3)
+    assert gpu.fused is not None
+    data = np.random.default_rng(4).random((steps, n, 784), dtype=np.float32)
+    worst = 0.0
+    for step in range(steps):
+        stats = cupy.asnumpy(gpu.train_step(cupy.asarray(data[step])))
+        use_rng(cpu, Replay(replay_draws(gpu.fused, n, step)))
+        np.testing.assert_allclose(stats, cpu.train_step(data[step]), rtol=1e-4, atol=1e-6)
+        for ours, ref in ((gpu.G, cpu.G), (gpu.D, cpu.D)):
+            diff = float(np.abs(cupy.asnumpy(ours.params) - ref.params).max())
+            worst = max(worst, diff)
+            assert diff < STEP_ATOL
+    print(f"\nfused cupy step vs numpy layers, k={k}, {steps} steps: max |param diff| {worst:.2e}")
+
+
 def test_epochs_on_both_backends_track_each_other(tmp_path):
-    """Three epochs on 1,000 images with the GPU's random draws replayed on the CPU: the per-epoch losses agree."""
+    """Three epochs on 1,000 images, the fused GPU step against the NumPy layers drawing the same numbers."""
+    from philox_reference import StepReplay
     from test_data import write_mnist
 
     from minigan.data import load_mnist
@@ -160,13 +185,8 @@ def test_epochs_on_both_backends_track_each_other(tmp_path):
     for name in ("cupy", "numpy"):
         (tmp_path / name / "samples").mkdir(parents=True)
         runs[name] = Run(config, get_backend(name), images, tmp_path / name, log=lambda s: None)
-    recorder = Recorder(runs["cupy"].gan.rng, runs["cupy"].backend)
-    use_rng(runs["cupy"].gan, recorder)
     runs["cupy"].train()
-    replay = Replay(recorder.draws)
-    # the GPU stream shuffles with a fresh NumPy generator of the run's seed: so does the replay
-    replay.permutation = np.random.default_rng(RECIPE["seed"]).permutation
-    use_rng(runs["numpy"].gan, replay)
+    use_rng(runs["numpy"].gan, StepReplay(RECIPE["seed"], 1, RECIPE["seed"]))
     runs["numpy"].train()
     losses = {name: np.array([[h["loss_D"], h["loss_G"]] for h in run.history]) for name, run in runs.items()}
     print(f"\nper-epoch losses, cupy:\n{losses['cupy']}\nnumpy:\n{losses['numpy']}")
@@ -188,3 +208,20 @@ def test_cli_trains_on_the_gpu_and_resumes_on_the_cpu(tmp_path):
     assert int(final_arrays(out)["epoch"]) == 3
     proc = run_cli("sample.py", "--backend", "cupy", "--checkpoint", out, "--n", 16, "--out", tmp_path / "s.npy")
     assert proc.returncode == 0, proc.stderr
+
+
+def test_captured_graph_replays_equal_eager_steps_and_draw_fresh_numbers():
+    """The same steps run eagerly and as replays of one captured CUDA graph give bit-identical parameters;
+    each replay reads the step counter from device memory, so it draws new noise and masks."""
+    data = cupy.asarray(np.random.default_rng(6).random((3, 128, 784), dtype=np.float32))
+    eager, graphed = GAN(get_backend("cupy"), seed=8), GAN(get_backend("cupy"), seed=8)
+    eager.fused.use_graph, graphed.fused.use_graph = False, True
+    noises = []
+    for batch in data:
+        eager.train_step(batch)
+        graphed.train_step(batch)
+        noises.append(cupy.asnumpy(graphed.fused.buffers(128)["z"][0]))
+    assert len(graphed.fused._graphs) == 1  # captured once, replayed three times
+    np.testing.assert_array_equal(cupy.asnumpy(graphed.G.params), cupy.asnumpy(eager.G.params))
+    np.testing.assert_array_equal(cupy.asnumpy(graphed.D.params), cupy.asnumpy(eager.D.params))
+    assert not np.array_equal(noises[0], noises[1]) and not np.array_equal(noises[1], noises[2])

@@ -2,12 +2,14 @@
 kernels are compiled for the host by tests/kernel_host.py, so every launch, shape and epilogue is checked
 here; tests/test_cupy.py repeats the step checks on a real GPU."""
 
+import types
+
 import numpy as np
 import pytest
 from kernel_host import HostKernels
 from philox_reference import step_uniforms
 
-from minigan.backend import get_backend
+from minigan.backend import get_backend, to_host
 from minigan.cupy_step import FusedStep, draw_ids
 from minigan.gan import GAN
 from minigan.layers import Dropout
@@ -40,7 +42,7 @@ def replay_draws(fused, n, step):
     widths = [layer.out_features for layer in fused.d_linear[:3]]
     draws = []
     for i in range(fused.gan.k):
-        draws.append(b["z"][i].copy())
+        draws.append(to_host(b["z"][i]).copy())
         draws += [step_uniforms(fused.seed, step, d, (2 * n, w)) for d, w in zip(d_draws[i], widths)]
     draws += [step_uniforms(fused.seed, step, d, (n, w)) for d, w in zip(g_draws, widths)]
     return draws
@@ -53,20 +55,30 @@ def use_rng(gan, rng):
             layer.rng = rng
 
 
+def fused_gan(k, seed):
+    """A NumPy-backend GAN with a fused step on host-compiled kernels and a (seed, step) random stream."""
+    gan = GAN(get_backend("numpy"), k=k, seed=9)
+    gan.rng = types.SimpleNamespace(seed=seed, step=0)
+    return gan
+
+
 @pytest.mark.parametrize("k", [1, 2])
 def test_fused_steps_match_the_numpy_layers(host_kernels, k):
-    n, steps, seed = 16, 2, 77
-    fused_gan, reference = GAN(get_backend("numpy"), k=k, seed=9), GAN(get_backend("numpy"), k=k, seed=9)
-    fused = FusedStep(fused_gan, np, host_kernels, seed)
+    n, steps = 16, 2
+    gan, reference = fused_gan(k, seed=77), GAN(get_backend("numpy"), k=k, seed=9)
+    fused = FusedStep(gan, np, host_kernels)
     data = np.random.default_rng(10).random((steps, n, 784), dtype=np.float32)
     worst = {"stats": 0.0, "params": 0.0, "grads": 0.0}
+    noises, masks = [], []
     for step in range(steps):
         stats = fused.train_step(data[step])
+        noises.append(fused.buffers(n)["z"][0].copy())
+        masks.append(fused.buffers(n)["dh0"] != 0)
         use_rng(reference, Replay(replay_draws(fused, n, step)))
         expected = reference.train_step(data[step])
         worst["stats"] = max(worst["stats"], float(np.abs(stats - expected).max()))
         np.testing.assert_allclose(stats, expected, rtol=1e-4, atol=1e-6)
-        for ours, ref in ((fused_gan.G, reference.G), (fused_gan.D, reference.D)):
+        for ours, ref in ((gan.G, reference.G), (gan.D, reference.D)):
             scale = np.abs(ref.grads).max()
             worst["grads"] = max(worst["grads"], float(np.abs(ours.grads - ref.grads).max() / scale))
             np.testing.assert_allclose(ours.grads, ref.grads, rtol=0, atol=1e-4 * scale)
@@ -75,20 +87,13 @@ def test_fused_steps_match_the_numpy_layers(host_kernels, k):
             for (name, a), (_, r) in zip(ours.named_buffers(), ref.named_buffers()):
                 np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-6, err_msg=name)
     assert int(fused.step[0]) == steps and int(fused.t_D[0]) == k * steps and int(fused.t_G[0]) == steps
+    assert (gan.rng.step, gan.opt_D.t, gan.opt_G.t) == (steps, k * steps, steps)  # host mirrors for checkpoints
+    # each step draws new noise and new dropout masks
+    assert not np.array_equal(noises[0], noises[1]) and not np.array_equal(masks[0], masks[1])
+    assert abs(float(noises[0].mean())) < 0.2 and 0.8 < float(noises[0].std()) < 1.2
     print(f"\nfused step vs NumPy layers, k={k}, {steps} steps: max |stats diff| {worst['stats']:.1e}, "
           f"max |grad diff| / max |grad| {worst['grads']:.1e}, max |param diff| {worst['params']:.1e} "
           f"(atol {STEP_ATOL})")
-
-
-def test_each_step_draws_new_noise_and_masks(host_kernels):
-    fused = FusedStep(GAN(get_backend("numpy"), seed=1), np, host_kernels, seed=5)
-    batch = np.random.default_rng(0).random((8, 784), dtype=np.float32)
-    fused.train_step(batch)
-    z0, h0 = fused.buffers(8)["z"][0].copy(), fused.buffers(8)["dh0"].copy()
-    fused.train_step(batch)
-    assert not np.array_equal(z0, fused.buffers(8)["z"][0])
-    assert not np.array_equal(h0 != 0, fused.buffers(8)["dh0"] != 0)  # other dropout masks
-    assert abs(float(z0.mean())) < 0.2 and 0.8 < float(z0.std()) < 1.2
 
 
 @pytest.mark.parametrize("rows, cols, inner", [(1, 1, 1), (37, 70, 129), (64, 64, 16), (130, 1, 65)])
@@ -101,7 +106,7 @@ def test_gemm_edges(host_kernels, rows, cols, inner):
     layer = Linear(inner, cols, rng)
     x = rng.standard_normal((rows, inner)).astype(np.float32)
     y = np.empty((rows, cols), np.float32)
-    fused = FusedStep(GAN(get_backend("numpy"), seed=0), np, host_kernels, seed=0)
+    fused = FusedStep(fused_gan(1, seed=0), np, host_kernels)
     fused.linear_forward(y, x, layer, rows, ACT_NONE)
     np.testing.assert_allclose(y, x @ layer.params["W"].T + layer.params["b"], rtol=1e-5, atol=1e-5)
     dy = rng.standard_normal((rows, cols)).astype(np.float32)
@@ -110,3 +115,21 @@ def test_gemm_edges(host_kernels, rows, cols, inner):
     np.testing.assert_allclose(dx, dy @ layer.params["W"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(layer.grads["W"], dy.T @ x, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(layer.grads["b"], dy.sum(0), rtol=1e-5, atol=1e-5)
+
+
+def test_step_noise_matches_its_reference_and_the_replay_sequence(host_kernels):
+    from philox_reference import StepReplay, step_normals
+
+    step = np.zeros(1, np.uint64) + 5
+    z = np.empty(1001, np.float32)
+    host_kernels("random", "normal_step_fill")((((1001 + 3) // 4 + 255) // 256,), (256,),
+                                               (z, np.int32(1001), np.uint64(42), step, np.uint32(3)))
+    np.testing.assert_allclose(z, step_normals(42, 5, 3, 1001), rtol=1e-5, atol=1e-5)
+    # StepReplay (the GPU tests' stand-in stream for the NumPy side) draws in the fused step's order
+    replay = StepReplay(42, 1, 0)
+    noise, d_draws, g_draws = draw_ids(1)
+    for s in range(2):
+        np.testing.assert_array_equal(replay.standard_normal((4, 100)), step_normals(42, s, noise[0], 400).reshape(4, 100))
+        for d in d_draws[0] + g_draws:
+            np.testing.assert_array_equal(replay.random((8, 3)), step_uniforms(42, s, d, (8, 3)).astype(np.float64))
+    assert replay.step == 2
