@@ -294,6 +294,7 @@ def test_benchmark_script_prints_its_json_lines():
     assert [line.get("impl") for line in lines[:2]] == ["minigan-numpy", "torch-eager"]
     assert all(line["ms_per_step"] > 0 and line["batch"] == 128 for line in lines[:2])
     assert set(lines[2]["ratio_vs_torch_eager"]) == {"minigan-numpy", "torch-eager"}
+    assert lines[3]["ratio_vs_fastest_torch"]["baseline"] == "torch-eager"
 
 
 @pytest.mark.parametrize("args, message", [
