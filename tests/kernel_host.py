@@ -23,19 +23,18 @@ CTYPES = [("unsigned long long", ctypes.c_ulonglong), ("long long", ctypes.c_lon
 
 
 def kernel_signatures():
-    """{family: [(name, [(ctype, arg name), ...])]} from every extern "C" kernel in kernels/*.cu."""
+    """{family: [(name, [(ctypes type, C type, arg name), ...])]} of every extern "C" kernel in kernels/*.cu."""
     out = {}
     for source in sorted(KERNELS.glob("*.cu")):
         kernels = []
         for name, params in SIGNATURE.findall(source.read_text()):
             args = []
             for param in (p.strip() for p in params.split(",")):
-                arg_type, arg_name = param.rsplit(None, 1) if "*" not in param else (param[: param.rindex("*") + 1], param[param.rindex("*") + 1 :].strip())
-                if "*" in arg_type:
-                    ctype = ctypes.c_void_p
-                else:
-                    ctype = next(c for t, c in CTYPES if arg_type.replace("const ", "").strip() == t)
-                args.append((ctype, arg_name))
+                split = param.rindex("*") + 1 if "*" in param else param.rindex(" ")
+                c_type, arg_name = param[:split].strip(), param[split:].strip()
+                bare = c_type.replace("const ", "")
+                ctype = ctypes.c_void_p if "*" in c_type else next(c for t, c in CTYPES if bare == t)
+                args.append((ctype, c_type, arg_name))
             kernels.append((name, args))
         out[source.stem] = kernels
     return out
@@ -50,10 +49,10 @@ class HostKernels:
         lines = ['#include "cuda_host.h"'] + [f'#include "{KERNELS / (f + ".cu")}"' for f in self.signatures]
         for kernels in self.signatures.values():
             for name, args in kernels:
-                params = ", ".join(f"{'void*' if c is ctypes.c_void_p else self._c_name(c)} {a}" for c, a in args)
-                casts = ", ".join(f"({self._param_type(name, a)}){a}" if c is ctypes.c_void_p else a for c, a in args)
+                params = ", ".join(f"{c_type} {arg}" for _, c_type, arg in args)
+                call = ", ".join(arg for _, _, arg in args)
                 lines.append(f'extern "C" void host_{name}(unsigned gx, unsigned gy, unsigned bx, {params}) '
-                             f"{{ launch(dim3(gx, gy), dim3(bx), [&] {{ {name}({casts}); }}); }}")
+                             f"{{ launch(dim3(gx, gy), dim3(bx), [&] {{ {name}({call}); }}); }}")
         source = self.build_dir / "kernels_host.cpp"
         source.write_text("\n".join(lines) + "\n")
         library = self.build_dir / "kernels_host.so"
@@ -64,20 +63,9 @@ class HostKernels:
         for kernels in self.signatures.values():
             for name, args in kernels:
                 fn = getattr(self.library, f"host_{name}")
-                fn.argtypes = [ctypes.c_uint] * 3 + [c for c, _ in args]
+                fn.argtypes = [ctypes.c_uint] * 3 + [c for c, _, _ in args]
                 fn.restype = None
                 self.kernels[name] = (fn, args)
-
-    def _c_name(self, ctype):
-        return next(t for t, c in CTYPES if c is ctype)
-
-    def _param_type(self, kernel, arg):
-        for source in KERNELS.glob("*.cu"):
-            for name, params in SIGNATURE.findall(source.read_text()):
-                if name == kernel:
-                    param = next(p.strip() for p in params.split(",") if re.search(rf"\b{arg}$", p.strip()))
-                    return param[: param.rindex("*") + 1]
-        raise KeyError(kernel)
 
     def __call__(self, family, name):
         fn, args = self.kernels[name]
@@ -85,7 +73,7 @@ class HostKernels:
         def launch(grid, block, values):
             grid = tuple(grid) + (1,) * (2 - len(grid))
             converted = []
-            for (ctype, arg_name), value in zip(args, values, strict=True):
+            for (ctype, _, arg_name), value in zip(args, values, strict=True):
                 if ctype is ctypes.c_void_p:
                     if not (isinstance(value, np.ndarray) and value.flags.c_contiguous):
                         raise TypeError(f"{name}: argument {arg_name} must be a C-contiguous array")

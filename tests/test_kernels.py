@@ -23,7 +23,7 @@ PHILOX_KAT = [
 
 
 def test_there_are_kernels():
-    assert {p.stem for p in SOURCES} >= {"random", "optim", "data"}
+    assert {p.stem for p in SOURCES} >= {"random", "optim", "data", "linear", "layers", "step"}
 
 
 @pytest.mark.skipif(NVCC is None, reason="no CUDA compiler (nvcc) on this machine")
@@ -52,18 +52,19 @@ def test_philox_reference_matches_known_answers():
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="no host C++ compiler")
 def test_philox_device_code_matches_the_reference_on_the_host(tmp_path):
-    """kernels/random.cu's philox4x32 is __host__ __device__: compile it for the CPU and compare."""
+    """kernels/philox.cuh's philox4x32 is __host__ __device__: compile it for the CPU and compare."""
     rng = np.random.default_rng(0)
     cases = rng.integers(0, 2**32, size=(200, 6), dtype=np.uint64)
     cases[:3] = [list(c) + list(k) for c, k, _ in PHILOX_KAT]
     harness = tmp_path / "kat.cpp"
-    harness.write_text(f'#include "{ROOT / "kernels" / "random.cu"}"\n#include <cstdio>\n'
+    harness.write_text(f'#include "{ROOT / "tests" / "cuda_host.h"}"\n#include "{ROOT / "kernels" / "philox.cuh"}"\n'
+                       "#include <cstdio>\n"
                        "int main() { unsigned int a[6];\n"
                        "  while (scanf(\"%u %u %u %u %u %u\", a, a+1, a+2, a+3, a+4, a+5) == 6) {\n"
                        "    uint4x32 r = philox4x32(a[0], a[1], a[2], a[3], a[4], a[5]);\n"
                        "    printf(\"%u %u %u %u\\n\", r.v[0], r.v[1], r.v[2], r.v[3]); } }\n")
     exe = tmp_path / "kat"
-    subprocess.run(["g++", "-x", "c++", "-O2", "-o", str(exe), str(harness)], check=True)
+    subprocess.run(["g++", "-std=c++20", "-O2", "-pthread", "-o", str(exe), str(harness)], check=True)
     out = subprocess.run([str(exe)], input="\n".join(" ".join(map(str, c)) for c in cases), capture_output=True,
                          text=True, check=True).stdout
     device = np.array([line.split() for line in out.splitlines()], dtype=np.uint64)
