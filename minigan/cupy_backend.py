@@ -12,7 +12,8 @@ The layers' formulas run unchanged through ``xp = cupy``. What the GPU needs of 
 - ``fused_step``: the whole training step as our own kernels (minigan/cupy_step.py), which
   ``GAN.train_step`` uses in place of the layer-by-layer path.
 
-Every kernel is checked against the NumPy reference in tests/test_cupy.py (run only where a GPU is).
+Every kernel is checked against the NumPy reference: on the CPU by tests/test_fused_step.py (the kernels
+compiled for the host by tests/kernel_host.py), on a GPU by tests/test_cupy.py.
 """
 
 from pathlib import Path
