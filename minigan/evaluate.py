@@ -30,7 +30,7 @@ import numpy as np
 from minigan import checkpoint as ckpt
 from minigan.data import load_mnist, to_unit_interval
 from minigan.layers import Dropout, LeakyReLU, Linear
-from minigan.losses import cross_entropy_backward, cross_entropy_forward
+from minigan.losses import cross_entropy_backward
 from minigan.model import Sequential
 from minigan.optim import Adam
 

@@ -43,6 +43,30 @@ class RecordingRng:
         return self.rng.permutation(n)
 
 
+class Replay:
+    """Hands back given draws, in order, as NumPy arrays: the other side of a RecordingRng or a device stream."""
+
+    def __init__(self, draws):
+        self.draws = list(draws)
+
+    def random(self, shape, dtype=np.float64):
+        a = self.draws.pop(0)
+        assert a.shape == tuple(shape), (a.shape, shape)
+        return a.astype(dtype)
+
+    standard_normal = random
+
+
+def use_rng(gan, rng):
+    """Make ``rng`` the GAN's random stream: its noise and every Dropout layer's masks."""
+    from minigan.layers import Dropout
+
+    gan.rng = rng
+    for layer in gan.D.layers:
+        if isinstance(layer, Dropout):
+            layer.rng = rng
+
+
 def numeric_grad(f, x, h=1e-6, indices=None):
     """Central differences of the scalar f() w.r.t. the entries of array x (modified in place and restored)."""
     flat = x.reshape(-1)

@@ -6,6 +6,7 @@ tests/test_kernels.py still compiles every kernel and checks the random stream's
 
 import numpy as np
 import pytest
+from conftest import Replay, use_rng
 from philox_reference import normals, uniforms
 
 try:
@@ -19,7 +20,6 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not HAVE_GPU, reason="needs Cu
 
 from minigan.backend import get_backend  # noqa: E402
 from minigan.gan import GAN  # noqa: E402
-from minigan.layers import Dropout  # noqa: E402
 
 STEP_ATOL = 2e-5  # float32 on two devices (cuBLAS vs OpenBLAS summation order), as the PyTorch parity test
 
@@ -42,27 +42,6 @@ class Recorder:
 
     def permutation(self, n):
         return self.rng.permutation(n)
-
-
-class Replay:
-    """Hands back recorded draws, in order, as NumPy arrays."""
-
-    def __init__(self, draws):
-        self.draws = list(draws)
-
-    def random(self, shape, dtype=np.float64):
-        a = self.draws.pop(0)
-        assert a.shape == tuple(shape)
-        return a.astype(dtype)
-
-    standard_normal = random
-
-
-def use_rng(gan, rng):
-    gan.rng = rng
-    for layer in gan.D.layers:
-        if isinstance(layer, Dropout):
-            layer.rng = rng
 
 
 def test_random_stream_matches_the_philox_reference():
@@ -152,7 +131,7 @@ def test_layer_path_steps_match_numpy(k):
 def test_fused_steps_match_numpy(k):
     """The fused step on the GPU against the NumPy layers, fed the same noise and masks (as
     tests/test_fused_step.py does with the kernels compiled for the CPU)."""
-    from test_fused_step import Replay, replay_draws
+    from test_fused_step import replay_draws
 
     n, steps = 128, 3
     gpu, cpu = GAN(get_backend("cupy"), k=k, seed=3), GAN(get_backend("numpy"), k=k, seed=3)

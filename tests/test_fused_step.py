@@ -6,13 +6,13 @@ import types
 
 import numpy as np
 import pytest
+from conftest import Replay, use_rng
 from kernel_host import HostKernels
 from philox_reference import step_uniforms
 
 from minigan.backend import get_backend, to_host
 from minigan.cupy_step import FusedStep, draw_ids
 from minigan.gan import GAN
-from minigan.layers import Dropout
 
 pytestmark = pytest.mark.skipif(not HostKernels.available, reason="no host C++ compiler")
 STEP_ATOL = 2e-5  # float32, different summation orders (as the PyTorch parity test)
@@ -21,18 +21,6 @@ STEP_ATOL = 2e-5  # float32, different summation orders (as the PyTorch parity t
 @pytest.fixture(scope="module")
 def host_kernels():
     return HostKernels()
-
-
-class Replay:
-    def __init__(self, draws):
-        self.draws = list(draws)
-
-    def random(self, shape, dtype=np.float64):
-        a = self.draws.pop(0)
-        assert a.shape == tuple(shape), (a.shape, shape)
-        return a.astype(dtype)
-
-    standard_normal = random
 
 
 def replay_draws(fused, n, step):
@@ -46,13 +34,6 @@ def replay_draws(fused, n, step):
         draws += [step_uniforms(fused.seed, step, d, (2 * n, w)) for d, w in zip(d_draws[i], widths)]
     draws += [step_uniforms(fused.seed, step, d, (n, w)) for d, w in zip(g_draws, widths)]
     return draws
-
-
-def use_rng(gan, rng):
-    gan.rng = rng
-    for layer in gan.D.layers:
-        if isinstance(layer, Dropout):
-            layer.rng = rng
 
 
 def fused_gan(k, seed):

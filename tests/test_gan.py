@@ -9,13 +9,6 @@ from minigan.layers import Dropout
 from minigan.losses import bce_backward, bce_forward
 
 
-def use_rng(gan, rng):
-    gan.rng = rng
-    for layer in gan.D.layers:
-        if isinstance(layer, Dropout):
-            layer.rng = rng
-
-
 def test_one_pass_over_real_and_fake_equals_two_passes():
     """D has no BatchNorm, so D([real; fake]) with masks [m_r; m_f] is D(real) with m_r and D(fake) with m_f:
     the same loss and the same parameter gradient as the reference's two passes."""
