@@ -102,7 +102,8 @@ def load_model(arrays, prefix, model, path="checkpoint"):
 
 
 def optimizer_arrays(prefix, opt):
-    return {f"{prefix}/{k}": to_host(v) for k, v in opt.state().items()}
+    """Copies of the optimizer's state (never views: training may go on while a checkpoint is written)."""
+    return {f"{prefix}/{k}": np.array(to_host(v)) for k, v in opt.state().items()}
 
 
 def load_optimizer(arrays, prefix, opt):

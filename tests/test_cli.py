@@ -320,3 +320,16 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path):
         os.umask(old)
     assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "a.bin").read_bytes() == b"x" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_a_failed_background_checkpoint_write_is_not_lost(data_dir, tmp_path, monkeypatch):
+    """The epoch-end checkpoint is written in a thread; its error still stops the run."""
+    run = make_run(data_dir, tmp_path / "r", 3)
+
+    def disk_full(path, arrays):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(ckpt, "save_npz", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        run.train()
+    assert run.epoch <= 2  # stopped at the next checkpoint, not after all epochs
