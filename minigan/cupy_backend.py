@@ -41,18 +41,21 @@ def _import_cupy():
     return cupy
 
 
-_modules = {}
+_modules, _kernels = {}, {}
 
 
 def kernel(family, name):
     """Kernel ``name`` of kernels/<family>.cu, compiled on first use and cached for the process."""
     import cupy
 
-    module = _modules.get(family)
-    if module is None:
-        source = (KERNELS / f"{family}.cu").read_text()
-        module = _modules[family] = cupy.RawModule(code=source, options=("--std=c++17", f"-I{KERNELS}"))
-    return module.get_function(name)
+    found = _kernels.get((family, name))
+    if found is None:
+        module = _modules.get(family)
+        if module is None:
+            source = (KERNELS / f"{family}.cu").read_text()
+            module = _modules[family] = cupy.RawModule(code=source, options=("--std=c++17", f"-I{KERNELS}"))
+        found = _kernels[(family, name)] = module.get_function(name)
+    return found
 
 
 def _blocks(n):
