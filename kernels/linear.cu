@@ -13,9 +13,10 @@
 // on the CPU against the NumPy layers, tests/test_cupy.py on the GPU.
 //
 // Launch (all GEMMs): 256 threads, grid (ceil(cols / 64), ceil(rows / 64)) of the output. Each block computes
-// a 64 x 64 tile in steps of 16 along the inner dimension through shared memory; each thread a 4 x 4 patch.
-// This is the correct, simple version: register blocking wider than 4 x 4, vectorised loads, double
-// buffering and split-K are the next steps, to be measured on the GPU against cuBLAS.
+// a 64 x 64 tile in steps of 16 along the inner dimension through shared memory (loads coalesced, stores
+// free of bank conflicts); each thread a 4 x 4 patch. Register blocking wider than 4 x 4, vectorised loads,
+// double buffering and split-K for the small-M shapes are the next steps, to be measured on the GPU
+// against cuBLAS.
 #include "philox.cuh"
 
 #define TILE 64
@@ -30,18 +31,26 @@ enum Activation { ACT_NONE = 0, ACT_LEAKY = 1, ACT_LEAKY_DROPOUT = 2, ACT_SIGMOI
 template <class Epilogue>
 __device__ __forceinline__ void gemm_tile(const float* A, long long a_i, long long a_k, const float* B, long long b_k,
                                           long long b_j, int rows, int cols, int inner, Epilogue epilogue) {
-    __shared__ float As[TILE_K][TILE];  // As[k][i]
-    __shared__ float Bs[TILE_K][TILE];  // Bs[k][j]
+    // +1 column of padding: a warp storing down a column of As or Bs hits 32 different banks
+    __shared__ float As[TILE_K][TILE + 1];  // As[k][i]
+    __shared__ float Bs[TILE_K][TILE + 1];  // Bs[k][j]
     int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
     int row0 = blockIdx.y * TILE, col0 = blockIdx.x * TILE;
     float acc[4][4];
     for (int r = 0; r < 4; ++r)
         for (int c = 0; c < 4; ++c) acc[r][c] = 0.0f;
+    // Consecutive threads load consecutive addresses (coalesced): along k where that stride is 1, else along
+    // the row (or column) index. The choice is the same for the whole block, so no thread diverges.
+    bool a_along_k = a_k == 1, b_along_k = b_k == 1;
     for (int k0 = 0; k0 < inner; k0 += TILE_K) {
         for (int l = threadIdx.x; l < TILE * TILE_K; l += THREADS) {
-            int kk = l / TILE, t = l % TILE;
-            int k = k0 + kk, i = row0 + t, j = col0 + t;
+            int kk = a_along_k ? l % TILE_K : l / TILE, t = a_along_k ? l / TILE_K : l % TILE;
+            int k = k0 + kk, i = row0 + t;
             As[kk][t] = (i < rows && k < inner) ? A[i * a_i + k * a_k] : 0.0f;
+            kk = b_along_k ? l % TILE_K : l / TILE;
+            t = b_along_k ? l / TILE_K : l % TILE;
+            k = k0 + kk;
+            int j = col0 + t;
             Bs[kk][t] = (j < cols && k < inner) ? B[k * b_k + j * b_j] : 0.0f;
         }
         __syncthreads();

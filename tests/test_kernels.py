@@ -36,6 +36,12 @@ def test_kernel_compiles(source, tmp_path):
     ptx = (tmp_path / "out.ptx").read_text()
     for name in _extern_c_kernels(source):
         assert f".entry {name}(" in ptx, f"{name} missing from the PTX"
+    # and to machine code: no kernel spills registers to local memory
+    proc = subprocess.run([NVCC, "-cubin", "-arch=sm_90", "--std=c++17", "-Xptxas", "-v", "-o", str(tmp_path / "out.cubin"),
+                           str(source)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    spills = [line for line in proc.stderr.splitlines() if "spill" in line and " 0 bytes spill stores, 0 bytes spill loads" not in line]
+    assert not spills, spills
 
 
 def _extern_c_kernels(source):
