@@ -3,53 +3,79 @@
 // minigan/losses.py (PyTorch's): biased batch variance to normalise, unbiased into running_var,
 // BCE's logs clamped at -100 and its gradient (p - t) / max(p (1 - p), 1e-12) / n.
 
-// y = gamma (x - mu) r + beta over the M rows, r = 1 / sqrt(var + eps); keeps x_hat and r for backward and
-// updates the running statistics. X, Y, X_hat (M, C). Launch: C threads, one per feature (column).
+// BatchNorm reduces each column over the batch. A block of 256 threads takes 32 adjacent columns: thread
+// (lane, column) sums rows lane, lane + 8, ... (a warp reads 32 adjacent floats of one row: coalesced), then
+// the 8 lanes' partial sums are added in shared memory. Launch: ceil(C / 32) blocks of 256 threads.
+#define BN_COLUMNS 32
+#define BN_LANES 8
+
+// The sum over the block's 8 lanes of v, for this thread's column; every thread gets it.
+__device__ __forceinline__ float sum_over_lanes(float v, float (*partial)[BN_COLUMNS]) {
+    int column = threadIdx.x % BN_COLUMNS, lane = threadIdx.x / BN_COLUMNS;
+    partial[lane][column] = v;
+    __syncthreads();
+    float total = 0.0f;
+    for (int l = 0; l < BN_LANES; ++l) total += partial[l][column];
+    __syncthreads();  // partial is reused by the next call
+    return total;
+}
+
+// y = gamma (x - mu) r + beta over the M rows, r = 1 / sqrt(var + eps), var the biased batch variance;
+// keeps x_hat and r for backward and updates the running statistics (unbiased variance). X, Y, X_hat (M, C).
 extern "C" __global__ void batchnorm_forward(float* Y, float* X_hat, float* inv_std, const float* X,
                                              const float* gamma, const float* beta, float* running_mean,
                                              float* running_var, int M, int C, float eps, float momentum) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C) return;
+    __shared__ float partial[BN_LANES][BN_COLUMNS];
+    int c = blockIdx.x * BN_COLUMNS + threadIdx.x % BN_COLUMNS, lane = threadIdx.x / BN_COLUMNS;
+    bool inside = c < C;  // threads past the last column still take part in the barriers
     float sum = 0.0f;
-    for (int m = 0; m < M; ++m) sum += X[(long long)m * C + c];
-    float mu = sum / M;
+    for (int m = lane; inside && m < M; m += BN_LANES) sum += X[(long long)m * C + c];
+    float mu = sum_over_lanes(sum, partial) / M;
     float squares = 0.0f;
-    for (int m = 0; m < M; ++m) {
+    for (int m = lane; inside && m < M; m += BN_LANES) {
         float d = X[(long long)m * C + c] - mu;
         squares += d * d;
     }
-    float var = squares / M;
+    float var = sum_over_lanes(squares, partial) / M;
+    if (!inside) return;
     float r = 1.0f / sqrtf(var + eps);
-    for (int m = 0; m < M; ++m) {
+    for (int m = lane; m < M; m += BN_LANES) {
         long long at = (long long)m * C + c;
         float x_hat = (X[at] - mu) * r;
         X_hat[at] = x_hat;
         Y[at] = x_hat * gamma[c] + beta[c];
     }
-    inv_std[c] = r;
-    running_mean[c] = running_mean[c] * (1.0f - momentum) + momentum * mu;
-    running_var[c] = running_var[c] * (1.0f - momentum) + (momentum * M / (M - 1)) * var;
+    if (lane == 0) {
+        inv_std[c] = r;
+        running_mean[c] = running_mean[c] * (1.0f - momentum) + momentum * mu;
+        running_var[c] = running_var[c] * (1.0f - momentum) + (momentum * M / (M - 1)) * var;
+    }
 }
 
 // BatchNorm's backward, then the LeakyReLU's before it (A is the BatchNorm input = LeakyReLU output):
 //   dgamma = sum dy x_hat, dbeta = sum dy, dx = ((x_hat dgamma + dbeta) (-1/M) + dy) gamma r,
 //   dpre = dx * (A > 0 ? 1 : slope).
-// Launch: C threads, one per feature.
 extern "C" __global__ void batchnorm_leaky_backward(float* dpre, float* dgamma, float* dbeta, const float* dY,
                                                     const float* X_hat, const float* inv_std, const float* gamma,
                                                     const float* A, int M, int C, float slope) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C) return;
+    __shared__ float partial[BN_LANES][BN_COLUMNS];
+    int c = blockIdx.x * BN_COLUMNS + threadIdx.x % BN_COLUMNS, lane = threadIdx.x / BN_COLUMNS;
+    bool inside = c < C;
     float sum_dy = 0.0f, sum_dy_x_hat = 0.0f;
-    for (int m = 0; m < M; ++m) {
+    for (int m = lane; inside && m < M; m += BN_LANES) {
         long long at = (long long)m * C + c;
         sum_dy += dY[at];
         sum_dy_x_hat += dY[at] * X_hat[at];
     }
-    dgamma[c] = sum_dy_x_hat;
-    dbeta[c] = sum_dy;
+    sum_dy = sum_over_lanes(sum_dy, partial);
+    sum_dy_x_hat = sum_over_lanes(sum_dy_x_hat, partial);
+    if (!inside) return;
+    if (lane == 0) {
+        dgamma[c] = sum_dy_x_hat;
+        dbeta[c] = sum_dy;
+    }
     float scale = gamma[c] * inv_std[c];
-    for (int m = 0; m < M; ++m) {
+    for (int m = lane; m < M; m += BN_LANES) {
         long long at = (long long)m * C + c;
         float dx = ((X_hat[at] * sum_dy_x_hat + sum_dy) * (-1.0f / M) + dY[at]) * scale;
         dpre[at] = dx * (A[at] > 0.0f ? 1.0f : slope);

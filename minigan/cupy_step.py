@@ -96,6 +96,9 @@ class FusedStep:
     def _launch(self, family, name, threads, args, block=THREADS):
         self.kernel(family, name)(((threads + block - 1) // block,), (block,), args)
 
+    def _bn_threads(self, columns):
+        return ((columns + 31) // 32) * THREADS  # blocks of 256 threads, 32 columns each (kernels/layers.cu)
+
     def _gemm_grid(self, rows, cols):
         return ((cols + TILE - 1) // TILE, (rows + TILE - 1) // TILE)
 
@@ -135,7 +138,7 @@ class FusedStep:
         h = z
         for i, (layer, norm) in enumerate(zip(self.g_linear, self.g_norm)):
             self.linear_forward(b[f"ga{i}"], h, layer, n, ACT_LEAKY)
-            self._launch("layers", "batchnorm_forward", layer.out_features,
+            self._launch("layers", "batchnorm_forward", self._bn_threads(layer.out_features),
                          (b[f"gy{i}"], b[f"gx_hat{i}"], b[f"ginv_std{i}"], b[f"ga{i}"], norm.params["gamma"],
                           norm.params["beta"], norm.buffers["running_mean"], norm.buffers["running_var"],
                           np.int32(n), np.int32(layer.out_features), np.float32(norm.eps),
@@ -173,7 +176,7 @@ class FusedStep:
             self.linear_backward(dy, layer_in, layer, n, b[f"gdy{i - 1}"] if i > 0 else None)
             if i > 0:
                 norm, c = self.g_norm[i - 1], self.g_linear[i - 1].out_features
-                self._launch("layers", "batchnorm_leaky_backward", c,
+                self._launch("layers", "batchnorm_leaky_backward", self._bn_threads(c),
                              (b[f"gdpre{i - 1}"], norm.grads["gamma"], norm.grads["beta"], b[f"gdy{i - 1}"],
                               b[f"gx_hat{i - 1}"], b[f"ginv_std{i - 1}"], norm.params["gamma"], b[f"ga{i - 1}"],
                               np.int32(n), np.int32(c), self.slope))

@@ -114,3 +114,35 @@ def test_step_noise_matches_its_reference_and_the_replay_sequence(host_kernels):
         for d in d_draws[0] + g_draws:
             np.testing.assert_array_equal(replay.random((8, 3)), step_uniforms(42, s, d, (8, 3)).astype(np.float64))
     assert replay.step == 2
+
+
+@pytest.mark.parametrize("rows, columns", [(13, 45), (2, 1), (128, 256)])
+def test_batchnorm_kernels_on_ragged_shapes(host_kernels, rows, columns):
+    """Columns that do not fill a block, batches that do not fill the row lanes: as the NumPy BatchNorm1d
+    followed by LeakyReLU's backward."""
+    from minigan.layers import BatchNorm1d
+
+    rng = np.random.default_rng(rows)
+    x = (rng.standard_normal((rows, columns)) * 2 + 1).astype(np.float32)
+    a = np.maximum(x, np.float32(0.2) * x)  # a LeakyReLU output, as the fused step feeds BatchNorm
+    norm = BatchNorm1d(columns)
+    norm.params["gamma"][...] = rng.uniform(0.5, 1.5, columns)
+    norm.params["beta"][...] = rng.standard_normal(columns)
+    gamma, beta = norm.params["gamma"].copy(), norm.params["beta"].copy()
+    rm, rv = np.zeros(columns, np.float32), np.ones(columns, np.float32)
+    y, x_hat, inv_std = np.empty_like(a), np.empty_like(a), np.empty(columns, np.float32)
+    blocks = (columns + 31) // 32
+    host_kernels("layers", "batchnorm_forward")((blocks,), (256,), (y, x_hat, inv_std, a, gamma, beta, rm, rv,
+                                                np.int32(rows), np.int32(columns), np.float32(1e-5), np.float32(0.1)))
+    expected = norm.forward(a)
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(rm, norm.buffers["running_mean"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rv, norm.buffers["running_var"], rtol=1e-5, atol=1e-6)
+    dy = rng.standard_normal((rows, columns)).astype(np.float32)
+    dpre, dgamma, dbeta = np.empty_like(dy), np.empty(columns, np.float32), np.empty(columns, np.float32)
+    host_kernels("layers", "batchnorm_leaky_backward")((blocks,), (256,), (dpre, dgamma, dbeta, dy, x_hat, inv_std, gamma,
+                                                       a, np.int32(rows), np.int32(columns), np.float32(0.2)))
+    dx = norm.backward(dy)
+    np.testing.assert_allclose(dgamma, norm.grads["gamma"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(dbeta, norm.grads["beta"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(dpre, dx * np.where(a > 0, 1, np.float32(0.2)), rtol=1e-4, atol=1e-5)
