@@ -3,8 +3,7 @@
 //
 //   linear_forward         Y = act(X W^T + b)            act: none | LeakyReLU | LeakyReLU+Dropout | Sigmoid
 //   linear_backward_input  dX = (dY W) * act'(Y_prev)    act' of the layer *before* (its output is X)
-//   linear_backward_weight dW = dY^T X
-//   bias_backward          db = sum over rows of dY
+//   linear_backward_weight dW = dY^T X, and db = sum over rows of dY from the same tiles
 //
 // Shapes: X (M, K), W (N, K), b (N,), Y (M, N), all row-major float32. Dropout masks are not stored: the
 // epilogues regenerate them from philox counters (element, draw, *step) (philox.cuh). Because the stored
@@ -28,9 +27,12 @@ enum Activation { ACT_NONE = 0, ACT_LEAKY = 1, ACT_LEAKY_DROPOUT = 2, ACT_SIGMOI
 // C (rows, cols) = A (rows, inner) B (inner, cols) with A(i, k) = A[i * a_i + k * a_k] and
 // B(k, j) = B[k * b_k + j * b_j]: the strides express every transpose the layers need.
 // Calls epilogue(i, j, value) for each element of the block's tile inside the matrix.
+// If a_row_sums is not null, the blocks of the first column of tiles also write the row sums of A
+// (sum over k of A(i, k)) from the tiles they load anyway: the bias gradient, for free.
 template <class Epilogue>
 __device__ __forceinline__ void gemm_tile(const float* A, long long a_i, long long a_k, const float* B, long long b_k,
-                                          long long b_j, int rows, int cols, int inner, Epilogue epilogue) {
+                                          long long b_j, int rows, int cols, int inner, float* a_row_sums,
+                                          Epilogue epilogue) {
     // +1 column of padding: a warp storing down a column of As or Bs hits 32 different banks
     __shared__ float As[TILE_K][TILE + 1];  // As[k][i]
     __shared__ float Bs[TILE_K][TILE + 1];  // Bs[k][j]
@@ -42,6 +44,8 @@ __device__ __forceinline__ void gemm_tile(const float* A, long long a_i, long lo
     // Consecutive threads load consecutive addresses (coalesced): along k where that stride is 1, else along
     // the row (or column) index. The choice is the same for the whole block, so no thread diverges.
     bool a_along_k = a_k == 1, b_along_k = b_k == 1;
+    bool sums_rows = a_row_sums != nullptr && blockIdx.x == 0 && threadIdx.x < TILE;
+    float row_sum = 0.0f;
     for (int k0 = 0; k0 < inner; k0 += TILE_K) {
         for (int l = threadIdx.x; l < TILE * TILE_K; l += THREADS) {
             int kk = a_along_k ? l % TILE_K : l / TILE, t = a_along_k ? l / TILE_K : l % TILE;
@@ -54,6 +58,8 @@ __device__ __forceinline__ void gemm_tile(const float* A, long long a_i, long lo
             Bs[kk][t] = (j < cols && k < inner) ? B[k * b_k + j * b_j] : 0.0f;
         }
         __syncthreads();
+        if (sums_rows)
+            for (int kk = 0; kk < TILE_K; ++kk) row_sum += As[kk][threadIdx.x];
         for (int kk = 0; kk < TILE_K; ++kk) {
             float a[4], b[4];
             for (int r = 0; r < 4; ++r) a[r] = As[kk][ty * 4 + r];
@@ -63,6 +69,7 @@ __device__ __forceinline__ void gemm_tile(const float* A, long long a_i, long lo
         }
         __syncthreads();
     }
+    if (sums_rows && row0 + (int)threadIdx.x < rows) a_row_sums[row0 + threadIdx.x] = row_sum;
     for (int r = 0; r < 4; ++r)
         for (int c = 0; c < 4; ++c) {
             int i = row0 + ty * 4 + r, j = col0 + tx * 4 + c;
@@ -93,7 +100,7 @@ extern "C" __global__ void linear_forward(float* Y, const float* X, const float*
                                           unsigned long long seed, const unsigned long long* step,
                                           unsigned int draw) {
     ForwardEpilogue epilogue = {Y, b, N, activation, slope, drop_p, drop_scale, seed, *step, draw};
-    gemm_tile(X, K, 1, W, 1, K, M, N, K, epilogue);
+    gemm_tile(X, K, 1, W, 1, K, M, N, K, nullptr, epilogue);
 }
 
 struct InputGradEpilogue {
@@ -126,7 +133,7 @@ extern "C" __global__ void linear_backward_input(float* dX, const float* dY, con
                                                  float drop_scale, unsigned long long seed,
                                                  const unsigned long long* step, unsigned int draw) {
     InputGradEpilogue epilogue = {dX, Y_prev, K, activation, slope, drop_p, drop_scale, seed, *step, draw};
-    gemm_tile(dY, N, 1, W, K, 1, M, K, N, epilogue);
+    gemm_tile(dY, N, 1, W, K, 1, M, K, N, nullptr, epilogue);
 }
 
 struct StoreEpilogue {
@@ -135,17 +142,9 @@ struct StoreEpilogue {
     __device__ __forceinline__ void operator()(int i, int j, float v) const { C[(long long)i * cols + j] = v; }
 };
 
-// dW (N, K) = dY (M, N)^T X (M, K). Grid (ceil(K / 64), ceil(N / 64)).
-extern "C" __global__ void linear_backward_weight(float* dW, const float* dY, const float* X, int M, int N, int K) {
+// dW (N, K) = dY (M, N)^T X (M, K) and db (N,) = sum over the M rows of dY. Grid (ceil(K / 64), ceil(N / 64)).
+extern "C" __global__ void linear_backward_weight(float* dW, float* db, const float* dY, const float* X, int M, int N,
+                                                  int K) {
     StoreEpilogue epilogue = {dW, K};
-    gemm_tile(dY, 1, N, X, K, 1, N, K, M, epilogue);
-}
-
-// db (N,) = sum_m dY (M, N). Launch: N threads, one per column (reads coalesce across the warp).
-extern "C" __global__ void bias_backward(float* db, const float* dY, int M, int N) {
-    int j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= N) return;
-    float sum = 0.0f;
-    for (int m = 0; m < M; ++m) sum += dY[(long long)m * N + j];
-    db[j] = sum;
+    gemm_tile(dY, 1, N, X, K, 1, N, K, M, db, epilogue);
 }

@@ -24,7 +24,7 @@ ACT_NONE, ACT_LEAKY, ACT_LEAKY_DROPOUT, ACT_SIGMOID = 0, 1, 2, 3
 NOISE, D_STEP_DROPOUT, G_STEP_DROPOUT = 1, 1 << 16, 1 << 24
 THREADS, TILE = 256, 64
 KERNELS_USED = [("random", "normal_step_fill"), ("linear", "linear_forward"), ("linear", "linear_backward_input"),
-                ("linear", "linear_backward_weight"), ("linear", "bias_backward"), ("layers", "batchnorm_forward"),
+                ("linear", "linear_backward_weight"), ("layers", "batchnorm_forward"),
                 ("layers", "batchnorm_leaky_backward"), ("layers", "sigmoid_bce"), ("optim", "adam_step_counted"),
                 ("optim", "adam_count"), ("step", "stats_reset"), ("step", "step_finish")]
 
@@ -116,8 +116,7 @@ class FusedStep:
         if param_grads:
             self.kernel("linear", "linear_backward_weight")(
                 self._gemm_grid(n_out, n_in), (THREADS,),
-                (layer.grads["W"], dy, x, np.int32(rows), np.int32(n_out), np.int32(n_in)))
-            self._launch("linear", "bias_backward", n_out, (layer.grads["b"], dy, np.int32(rows), np.int32(n_out)))
+                (layer.grads["W"], layer.grads["b"], dy, x, np.int32(rows), np.int32(n_out), np.int32(n_in)))
         if dx is not None:
             self.kernel("linear", "linear_backward_input")(
                 self._gemm_grid(rows, n_in), (THREADS,),
