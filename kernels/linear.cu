@@ -11,14 +11,13 @@
 // gives both derivatives. The semantics are minigan/layers.py's; tests/test_kernels.py runs these kernels
 // on the CPU against the NumPy layers, tests/test_cupy.py on the GPU.
 //
-// Launch (all GEMMs): 256 threads, grid (ceil(cols / 64), ceil(rows / 64)) of the output. Each block computes
-// a 64 x 64 tile in steps of 16 along the inner dimension through shared memory (loads coalesced, stores
-// free of bank conflicts); each thread a 4 x 4 patch. Register blocking wider than 4 x 4, vectorised loads,
+// Launch (all GEMMs): 256 threads, grid (ceil(cols / tile), ceil(rows / tile)) of the output, tile 64 or 32.
+// Each block computes a tile x tile patch in steps of 16 along the inner dimension through shared memory
+// (loads coalesced, stores free of bank conflicts); each thread a (tile / 16)^2 patch. Register blocking wider than 4 x 4, vectorised loads,
 // double buffering and split-K for the small-M shapes are the next steps, to be measured on the GPU
 // against cuBLAS.
 #include "philox.cuh"
 
-#define TILE 64
 #define TILE_K 16
 #define THREADS 256
 
@@ -29,18 +28,21 @@ enum Activation { ACT_NONE = 0, ACT_LEAKY = 1, ACT_LEAKY_DROPOUT = 2, ACT_SIGMOI
 // Calls epilogue(i, j, value) for each element of the block's tile inside the matrix.
 // If a_row_sums is not null, the blocks of the first column of tiles also write the row sums of A
 // (sum over k of A(i, k)) from the tiles they load anyway: the bias gradient, for free.
-template <class Epilogue>
+// TILE is 64 (each of the 16 x 16 threads computes 4 x 4 outputs) or 32 (2 x 2 outputs each): the smaller
+// tile gives 4x the blocks, for the small-M products that would otherwise leave most SMs idle.
+template <int TILE, class Epilogue>
 __device__ __forceinline__ void gemm_tile(const float* A, long long a_i, long long a_k, const float* B, long long b_k,
                                           long long b_j, int rows, int cols, int inner, float* a_row_sums,
                                           Epilogue epilogue) {
     // +1 column of padding: a warp storing down a column of As or Bs hits 32 different banks
     __shared__ float As[TILE_K][TILE + 1];  // As[k][i]
     __shared__ float Bs[TILE_K][TILE + 1];  // Bs[k][j]
+    constexpr int PER = TILE / 16;  // outputs per thread along each side
     int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
     int row0 = blockIdx.y * TILE, col0 = blockIdx.x * TILE;
-    float acc[4][4];
-    for (int r = 0; r < 4; ++r)
-        for (int c = 0; c < 4; ++c) acc[r][c] = 0.0f;
+    float acc[PER][PER];
+    for (int r = 0; r < PER; ++r)
+        for (int c = 0; c < PER; ++c) acc[r][c] = 0.0f;
     // Consecutive threads load consecutive addresses (coalesced): along k where that stride is 1, else along
     // the row (or column) index. The choice is the same for the whole block, so no thread diverges.
     bool a_along_k = a_k == 1, b_along_k = b_k == 1;
@@ -61,20 +63,31 @@ __device__ __forceinline__ void gemm_tile(const float* A, long long a_i, long lo
         if (sums_rows)
             for (int kk = 0; kk < TILE_K; ++kk) row_sum += As[kk][threadIdx.x];
         for (int kk = 0; kk < TILE_K; ++kk) {
-            float a[4], b[4];
-            for (int r = 0; r < 4; ++r) a[r] = As[kk][ty * 4 + r];
-            for (int c = 0; c < 4; ++c) b[c] = Bs[kk][tx * 4 + c];
-            for (int r = 0; r < 4; ++r)
-                for (int c = 0; c < 4; ++c) acc[r][c] += a[r] * b[c];
+            float a[PER], b[PER];
+            for (int r = 0; r < PER; ++r) a[r] = As[kk][ty * PER + r];
+            for (int c = 0; c < PER; ++c) b[c] = Bs[kk][tx * PER + c];
+            for (int r = 0; r < PER; ++r)
+                for (int c = 0; c < PER; ++c) acc[r][c] += a[r] * b[c];
         }
         __syncthreads();
     }
     if (sums_rows && row0 + (int)threadIdx.x < rows) a_row_sums[row0 + threadIdx.x] = row_sum;
-    for (int r = 0; r < 4; ++r)
-        for (int c = 0; c < 4; ++c) {
-            int i = row0 + ty * 4 + r, j = col0 + tx * 4 + c;
+    for (int r = 0; r < PER; ++r)
+        for (int c = 0; c < PER; ++c) {
+            int i = row0 + ty * PER + r, j = col0 + tx * PER + c;
             if (i < rows && j < cols) epilogue(i, j, acc[r][c]);
         }
+}
+
+// Every GEMM kernel takes `tile` (64 or 32; the same for the whole grid) and the matching grid.
+template <class Epilogue>
+__device__ __forceinline__ void gemm(int tile, const float* A, long long a_i, long long a_k, const float* B,
+                                     long long b_k, long long b_j, int rows, int cols, int inner, float* a_row_sums,
+                                     Epilogue epilogue) {
+    if (tile == 32)
+        gemm_tile<32>(A, a_i, a_k, B, b_k, b_j, rows, cols, inner, a_row_sums, epilogue);
+    else
+        gemm_tile<64>(A, a_i, a_k, B, b_k, b_j, rows, cols, inner, a_row_sums, epilogue);
 }
 
 struct ForwardEpilogue {
@@ -94,13 +107,13 @@ struct ForwardEpilogue {
     }
 };
 
-// Y (M, N) = act(X (M, K) W (N, K)^T + b). Grid (ceil(N / 64), ceil(M / 64)).
+// Y (M, N) = act(X (M, K) W (N, K)^T + b). Grid (ceil(N / tile), ceil(M / tile)).
 extern "C" __global__ void linear_forward(float* Y, const float* X, const float* W, const float* b, int M, int N,
                                           int K, int activation, float slope, float drop_p, float drop_scale,
                                           unsigned long long seed, const unsigned long long* step,
-                                          unsigned int draw) {
+                                          unsigned int draw, int tile) {
     ForwardEpilogue epilogue = {Y, b, N, activation, slope, drop_p, drop_scale, seed, *step, draw};
-    gemm_tile(X, K, 1, W, 1, K, M, N, K, nullptr, epilogue);
+    gemm(tile, X, K, 1, W, 1, K, M, N, K, nullptr, epilogue);
 }
 
 struct InputGradEpilogue {
@@ -127,13 +140,13 @@ struct InputGradEpilogue {
 };
 
 // dX (M, K) = (dY (M, N) W (N, K)) * act'(Y_prev), Y_prev (M, K) the output of the layer before (its
-// activation `activation`, its dropout draw `draw`). Grid (ceil(K / 64), ceil(M / 64)).
+// activation `activation`, its dropout draw `draw`). Grid (ceil(K / tile), ceil(M / tile)).
 extern "C" __global__ void linear_backward_input(float* dX, const float* dY, const float* W, const float* Y_prev,
                                                  int M, int N, int K, int activation, float slope, float drop_p,
                                                  float drop_scale, unsigned long long seed,
-                                                 const unsigned long long* step, unsigned int draw) {
+                                                 const unsigned long long* step, unsigned int draw, int tile) {
     InputGradEpilogue epilogue = {dX, Y_prev, K, activation, slope, drop_p, drop_scale, seed, *step, draw};
-    gemm_tile(dY, N, 1, W, K, 1, M, K, N, nullptr, epilogue);
+    gemm(tile, dY, N, 1, W, K, 1, M, K, N, nullptr, epilogue);
 }
 
 struct StoreEpilogue {
@@ -142,9 +155,9 @@ struct StoreEpilogue {
     __device__ __forceinline__ void operator()(int i, int j, float v) const { C[(long long)i * cols + j] = v; }
 };
 
-// dW (N, K) = dY (M, N)^T X (M, K) and db (N,) = sum over the M rows of dY. Grid (ceil(K / 64), ceil(N / 64)).
+// dW (N, K) = dY (M, N)^T X (M, K) and db (N,) = sum over the M rows of dY. Grid (ceil(K / tile), ceil(N / tile)).
 extern "C" __global__ void linear_backward_weight(float* dW, float* db, const float* dY, const float* X, int M, int N,
-                                                  int K) {
+                                                  int K, int tile) {
     StoreEpilogue epilogue = {dW, K};
-    gemm_tile(dY, 1, N, X, K, 1, N, K, M, db, epilogue);
+    gemm(tile, dY, 1, N, X, K, 1, N, K, M, db, epilogue);
 }

@@ -22,7 +22,11 @@ from minigan.layers import BatchNorm1d, Dropout, LeakyReLU, Linear
 
 ACT_NONE, ACT_LEAKY, ACT_LEAKY_DROPOUT, ACT_SIGMOID = 0, 1, 2, 3
 NOISE, D_STEP_DROPOUT, G_STEP_DROPOUT = 1, 1 << 16, 1 << 24
-THREADS, TILE = 256, 64
+THREADS = 256
+# A product whose 64 x 64 tiles would make fewer blocks than this runs with 32 x 32 tiles (4x the blocks):
+# most of the step's products have M = 128 or 256 rows and would leave most of an H100/H200's 132 SMs idle.
+# A first guess, to be set from measurements on the GPU (examples/benchmark.py).
+SMALL_TILE_BELOW = 100
 KERNELS_USED = [("random", "normal_step_fill"), ("linear", "linear_forward"), ("linear", "linear_backward_input"),
                 ("linear", "linear_backward_weight"), ("layers", "batchnorm_forward"),
                 ("layers", "batchnorm_leaky_backward"), ("layers", "sigmoid_bce"), ("optim", "adam_step_counted"),
@@ -99,30 +103,31 @@ class FusedStep:
     def _bn_threads(self, columns):
         return ((columns + 31) // 32) * THREADS  # blocks of 256 threads, 32 columns each (kernels/layers.cu)
 
-    def _gemm_grid(self, rows, cols):
-        return ((cols + TILE - 1) // TILE, (rows + TILE - 1) // TILE)
+    def _gemm(self, name, rows, cols, args):
+        """Launch GEMM kernel ``name`` for a (rows, cols) output, choosing the tile size for the SMs' sake."""
+        tile = 64 if -(-rows // 64) * -(-cols // 64) >= SMALL_TILE_BELOW else 32
+        grid = ((cols + tile - 1) // tile, (rows + tile - 1) // tile)
+        self.kernel("linear", name)(grid, (THREADS,), args + (np.int32(tile),))
 
     def linear_forward(self, y, x, layer, rows, activation, draw=0):
         W, b = layer.params["W"], layer.params["b"]
-        self.kernel("linear", "linear_forward")(
-            self._gemm_grid(rows, layer.out_features), (THREADS,),
-            (y, x, W, b, np.int32(rows), np.int32(layer.out_features), np.int32(layer.in_features),
-             np.int32(activation), self.slope, self.drop_p, self.drop_scale, self.seed, self.step, np.uint32(draw)))
+        self._gemm("linear_forward", rows, layer.out_features,
+                   (y, x, W, b, np.int32(rows), np.int32(layer.out_features), np.int32(layer.in_features),
+                    np.int32(activation), self.slope, self.drop_p, self.drop_scale, self.seed, self.step,
+                    np.uint32(draw)))
 
     def linear_backward(self, dy, x, layer, rows, dx=None, y_prev=None, activation=ACT_NONE, draw=0,
                         param_grads=True):
         """dW, db of ``layer`` (unless param_grads is False) and dx * act'(y_prev) into ``dx`` (if given)."""
         n_out, n_in = layer.out_features, layer.in_features
         if param_grads:
-            self.kernel("linear", "linear_backward_weight")(
-                self._gemm_grid(n_out, n_in), (THREADS,),
-                (layer.grads["W"], layer.grads["b"], dy, x, np.int32(rows), np.int32(n_out), np.int32(n_in)))
+            self._gemm("linear_backward_weight", n_out, n_in,
+                       (layer.grads["W"], layer.grads["b"], dy, x, np.int32(rows), np.int32(n_out), np.int32(n_in)))
         if dx is not None:
-            self.kernel("linear", "linear_backward_input")(
-                self._gemm_grid(rows, n_in), (THREADS,),
-                (dx, dy, layer.params["W"], dx if y_prev is None else y_prev, np.int32(rows), np.int32(n_out),
-                 np.int32(n_in), np.int32(activation), self.slope, self.drop_p, self.drop_scale, self.seed,
-                 self.step, np.uint32(draw)))
+            self._gemm("linear_backward_input", rows, n_in,
+                       (dx, dy, layer.params["W"], dx if y_prev is None else y_prev, np.int32(rows), np.int32(n_out),
+                        np.int32(n_in), np.int32(activation), self.slope, self.drop_p, self.drop_scale, self.seed,
+                        self.step, np.uint32(draw)))
 
     def adam(self, opt, t):
         n = opt.params.size

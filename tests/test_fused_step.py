@@ -77,12 +77,16 @@ def test_fused_steps_match_the_numpy_layers(host_kernels, k):
           f"(atol {STEP_ATOL})")
 
 
+@pytest.mark.parametrize("tile", [32, 64])
 @pytest.mark.parametrize("rows, cols, inner", [(1, 1, 1), (37, 70, 129), (64, 64, 16), (130, 1, 65)])
-def test_gemm_edges(host_kernels, rows, cols, inner):
-    """Tiles that straddle the matrix edges, inner sizes that are not multiples of the tile, a single column."""
+def test_gemm_edges(host_kernels, rows, cols, inner, tile, monkeypatch):
+    """Tiles that straddle the matrix edges, inner sizes that are not multiples of the tile, a single column,
+    with either tile size."""
+    from minigan import cupy_step
     from minigan.cupy_step import ACT_NONE
     from minigan.layers import Linear
 
+    monkeypatch.setattr(cupy_step, "SMALL_TILE_BELOW", 0 if tile == 64 else 10**9)
     rng = np.random.default_rng(rows)
     layer = Linear(inner, cols, rng)
     x = rng.standard_normal((rows, inner)).astype(np.float32)
