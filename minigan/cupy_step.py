@@ -4,8 +4,8 @@ The layers in minigan/layers.py are the reference; this is the same step written
 buffers allocated once, elementwise ops fused into the GEMM epilogues (kernels/linear.cu), BatchNorm and the
 sigmoid + BCE head as batch reductions (kernels/layers.cu), noise and dropout masks from Philox counters
 (element, draw, step) with ``step`` in device memory, Adam in one launch per model with its step count in
-device memory (kernels/optim.cu), and the bookkeeping on the device too (kernels/step.cu). Nothing in a
-step reads a host value, so the step can be captured once as a CUDA graph and replayed for every batch.
+device memory (kernels/optim.cu), and the step counter advanced on the device (kernels/step.cu). Nothing in
+a step reads a host value, so the step can be captured once as a CUDA graph and replayed for every batch.
 
 It runs on any "device": ``xp`` and ``kernel`` are CuPy and cupy.RawModule kernels on a GPU, or NumPy and
 kernels compiled for the CPU (tests/kernel_host.py) in the tests, which check it against the NumPy layers.
@@ -59,11 +59,9 @@ class FusedStep:
         self.slope, self.drop_p = np.float32(slopes.pop()), np.float32(drops.pop())
         self.drop_scale = np.float32(1.0 / (1.0 - float(self.drop_p)))  # as Dropout: float32(1 / (1 - p))
         self.step = xp.zeros(1, np.uint64)  # feeds the random streams; +1 per step
-        self.batch_index = xp.zeros(1, np.uint64)  # batch within the epoch
         self.t_G, self.t_D = xp.zeros(1, np.int64), xp.zeros(1, np.int64)  # Adam step counts
         self.stats = xp.zeros(4, np.float32)  # loss_D, loss_G, D(x), D(G(z)) of the current step
-        self.step_stats = xp.zeros((1, 4), np.float32)
-        self.epoch_sums = xp.zeros(4, np.float64)
+        self._device_counters = None  # the host counters the device counters are known to equal
         self._buffers = {}
         # On a GPU each batch size's step is captured once as a CUDA graph (on a stream of its own, which
         # synchronises with the default stream) and replayed: one launch per step instead of ~60.
@@ -208,8 +206,7 @@ class FusedStep:
         self.discriminator_backward(b, fake, n, "g", g_draws, param_grads=False, dx=b["dfake"])
         self.generator_backward(b, b["z"][gan.k - 1], n)
         self.adam(gan.opt_G, self.t_G)
-        self._launch("step", "step_finish", 4, (self.step_stats, self.epoch_sums, self.stats, self.batch_index,
-                                                self.step, np.int32(n)), block=4)
+        self._launch("step", "step_finish", 1, (self.step,), block=1)
 
     def graph(self, n):
         """The step for n rows, captured as a CUDA graph on first use."""
@@ -235,11 +232,11 @@ class FusedStep:
         """
         gan, n = self.gan, real.shape[0]
         b = self.buffers(n)
+        counters = (gan.rng.step, gan.opt_G.t, gan.opt_D.t)
         with self.stream if self.stream is not None else contextlib.nullcontext():
             b["x"][:n] = real
-            self.step[...] = gan.rng.step
-            self.t_G[...], self.t_D[...] = gan.opt_G.t, gan.opt_D.t
-            self.batch_index[...] = 0  # this entry point records into step_stats row 0
+            if counters != self._device_counters:  # first step, or a checkpoint was loaded
+                self.step[...], self.t_G[...], self.t_D[...] = counters
             if self.use_graph:
                 self.graph(n).launch(stream=self.stream)
             else:
@@ -248,4 +245,5 @@ class FusedStep:
         gan.rng.step += 1
         gan.opt_G.t += 1
         gan.opt_D.t += gan.k
+        self._device_counters = (gan.rng.step, gan.opt_G.t, gan.opt_D.t)  # advanced on the device too
         return stats
