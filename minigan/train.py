@@ -373,6 +373,6 @@ def main(argv=None):
     except Interrupted as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 128 + e.signum
-    except KeyboardInterrupt:  # before training started: nothing to save
-        print(f"{prog}: interrupted before training started", file=sys.stderr)
+    except KeyboardInterrupt:  # before or after the training loop (which saves on SIGINT itself)
+        print(f"{prog}: interrupted outside the training loop; no training state was lost", file=sys.stderr)
         return 128 + signal.SIGINT
