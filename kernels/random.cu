@@ -18,13 +18,16 @@ __device__ __forceinline__ void box_muller(unsigned int a, unsigned int b, float
     *z1 = radius * s;
 }
 
+// Block k of the layer path's stream `seed`: counter (k_lo, k_hi, 0, 0).
+__device__ __forceinline__ uint4x32 offset_block(unsigned long long seed, unsigned long long k) {
+    return philox4x32((unsigned int)k, (unsigned int)(k >> 32), 0u, 0u, (unsigned int)seed, (unsigned int)(seed >> 32));
+}
+
 // out[i] ~ U[0, 1), i < n. Launch: ceil(n / 4) threads, one Philox block each.
 extern "C" __global__ void uniform_fill(float* out, long long n, unsigned long long seed, unsigned long long offset) {
     long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (4 * t >= n) return;
-    unsigned long long k = offset + (unsigned long long)t;
-    uint4x32 r = philox4x32((unsigned int)k, (unsigned int)(k >> 32), 0u, 0u, (unsigned int)seed,
-                            (unsigned int)(seed >> 32));
+    uint4x32 r = offset_block(seed, offset + (unsigned long long)t);
     for (int j = 0; j < 4 && 4 * t + j < n; ++j) out[4 * t + j] = uniform_from_bits(r.v[j]);
 }
 
@@ -32,9 +35,7 @@ extern "C" __global__ void uniform_fill(float* out, long long n, unsigned long l
 extern "C" __global__ void normal_fill(float* out, long long n, unsigned long long seed, unsigned long long offset) {
     long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (4 * t >= n) return;
-    unsigned long long k = offset + (unsigned long long)t;
-    uint4x32 r = philox4x32((unsigned int)k, (unsigned int)(k >> 32), 0u, 0u, (unsigned int)seed,
-                            (unsigned int)(seed >> 32));
+    uint4x32 r = offset_block(seed, offset + (unsigned long long)t);
     float z[4];
     box_muller(r.v[0], r.v[1], &z[0], &z[1]);
     box_muller(r.v[2], r.v[3], &z[2], &z[3]);
