@@ -150,3 +150,16 @@ def test_batchnorm_kernels_on_ragged_shapes(host_kernels, rows, columns):
     np.testing.assert_allclose(dgamma, norm.grads["gamma"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(dbeta, norm.grads["beta"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(dpre, dx * np.where(a > 0, 1, np.float32(0.2)), rtol=1e-4, atol=1e-5)
+
+
+def test_layer_path_random_kernels_match_their_reference(host_kernels):
+    """uniform_fill / normal_fill (minigan.cupy_backend.PhiloxRng) draw the reference stream from any offset."""
+    from philox_reference import normals, uniforms
+
+    for n, offset in ((1, 0), (1003, 7), (4096, 2**33)):
+        u, z = np.empty(n, np.float32), np.empty(n, np.float32)
+        grid = (((n + 3) // 4 + 255) // 256,)
+        host_kernels("random", "uniform_fill")(grid, (256,), (u, np.int64(n), np.uint64(99), np.uint64(offset)))
+        host_kernels("random", "normal_fill")(grid, (256,), (z, np.int64(n), np.uint64(99), np.uint64(offset)))
+        np.testing.assert_array_equal(u, uniforms(99, offset, n))
+        np.testing.assert_allclose(z, normals(99, offset, n), rtol=1e-5, atol=1e-5)
