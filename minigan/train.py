@@ -339,6 +339,9 @@ def main(argv=None):
             images = images[: config["train_size"]]
         if config["batch_size"] > len(images):
             raise UsageError(f"--batch-size {config['batch_size']} exceeds the {len(images)} training images")
+        if len(images) % config["batch_size"] == 1:
+            raise UsageError(f"{len(images)} images in batches of {config['batch_size']} leave a last batch of 1, "
+                             f"and BatchNorm needs 2 rows: change --batch-size or --train-size")
         if arrays is None:
             atomic_write_bytes(run_dir / "config.json", (json.dumps(config, indent=2) + "\n").encode())
         run = Run(config, backend, images, run_dir, arrays)

@@ -162,6 +162,7 @@ def test_exploding_run_ends_with_one_line(data_dir, tmp_path):
     (["--backend", "tpu"], "unknown backend 'tpu'"),
     (["--epochs", "two"], "invalid int value"),
     (["--batch-size", "1000"], "exceeds the 300 training images"),
+    (["--batch-size", "299"], "leave a last batch of 1"),
     (["--no-such-flag"], "unrecognized arguments"),
 ])
 def test_bad_arguments_are_refused_before_training(data_dir, tmp_path, args, message):
