@@ -334,3 +334,19 @@ def test_a_failed_background_checkpoint_write_is_not_lost(data_dir, tmp_path, mo
     with pytest.raises(OSError, match="No space left"):
         run.train()
     assert run.epoch <= 2  # stopped at the next checkpoint, not after all epochs
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "missing"])
+def test_resume_from_a_damaged_checkpoint_is_one_line(data_dir, tmp_path, damage):
+    make_run(data_dir, tmp_path / "r", 1).train()
+    path = tmp_path / "r" / "checkpoint.npz"
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":
+        path.write_bytes(data[:1000] + bytes(b ^ 0xFF for b in data[1000:1100]) + data[1100:])
+    else:
+        path.unlink()
+    line = one_line_error(run_cli("train_mnist.py", "--data-dir", data_dir, "--resume", tmp_path / "r",
+                                  "--epochs", 2), 1)
+    assert "checkpoint.npz" in line
