@@ -23,7 +23,7 @@ from minigan.data import load_mnist, to_unit_interval
 from minigan.fileio import atomic_write_bytes
 from minigan.gan import make_generator
 from minigan.images import save_grid
-from minigan.train import RECIPE, format_epoch
+from minigan.train import RECIPE, format_epoch, write_metrics
 
 
 def main(argv=None):
@@ -60,7 +60,7 @@ def main(argv=None):
         with torch.no_grad():
             save_grid(args.out / "samples" / f"epoch_{epoch:03d}.png", G(fixed_z).cpu().numpy())
         G.train()
-        atomic_write_bytes(args.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history).encode())
+        write_metrics(args.out, history)
         print(format_epoch(record, args.epochs), flush=True)
     G_minigan = make_generator(config["latent_dim"], np.random.default_rng(0))
     torch_gan.copy_to_minigan(G_minigan, G.cpu())

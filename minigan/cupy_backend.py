@@ -3,7 +3,8 @@
 The layers' formulas run unchanged through ``xp = cupy``. What the GPU needs of its own lives here and in
 ``kernels/*.cu`` (loaded with ``cupy.RawModule``, compiled once per process):
 
-- ``PhiloxRng``: a counter-based random stream (kernels/random.cu) whose whole state is (seed, offset),
+- ``PhiloxRng``: a counter-based random stream (kernels/random.cu) whose whole state is integers (seed,
+  offset, and the fused step's step count),
   so noise and dropout masks are drawn on the GPU and a checkpoint stores the stream exactly;
 - ``adam_step``: Adam over a model's flat buffer in one launch (kernels/optim.cu), instead of a dozen
   whole-buffer array operations;

@@ -25,8 +25,10 @@ NOISE, D_STEP_DROPOUT, G_STEP_DROPOUT = 1, 1 << 16, 1 << 24
 THREADS = 256
 # A product whose 64 x 64 tiles would make fewer blocks than this runs with 32 x 32 tiles (4x the blocks):
 # most of the step's products have M = 128 or 256 rows and would leave most of an H100/H200's 132 SMs idle.
-# A first guess, to be set from measurements on the GPU (examples/benchmark.py).
+# A first guess, to be set from measurements on the GPU (examples/bench_gemm.py).
 SMALL_TILE_BELOW = 100
+# Every kernel run() launches, fetched (compiled and loaded) before a graph capture; tests/test_fused_step.py
+# checks the list against the launches.
 KERNELS_USED = [("random", "normal_step_fill"), ("linear", "linear_forward"), ("linear", "linear_backward_input"),
                 ("linear", "linear_backward_weight"), ("layers", "batchnorm_forward"),
                 ("layers", "batchnorm_leaky_backward"), ("layers", "sigmoid_bce"), ("optim", "adam_step_counted"),

@@ -238,11 +238,14 @@ class Run:
         self._writer = threading.Thread(target=write, name="checkpoint-writer")
         self._writer.start()
 
-    def wait_for_checkpoint(self):
-        """Finish a background checkpoint write; raise its error, if it had one."""
+    def _join_writer(self):
         if self._writer is not None:
             self._writer.join()
             self._writer = None
+
+    def wait_for_checkpoint(self):
+        """Finish a background checkpoint write; raise its error, if it had one."""
+        self._join_writer()
         if self._write_error is not None:
             error, self._write_error = self._write_error, None
             raise error
@@ -263,9 +266,7 @@ class Run:
         try:
             self._train(stop, progress_stream)
         finally:  # whatever stopped training, a checkpoint being written is completed, not cut off
-            if self._writer is not None:
-                self._writer.join()
-                self._writer = None
+            self._join_writer()
 
     def _train(self, stop, progress_stream):
         config, backend, xp = self.config, self.backend, self.backend.xp
@@ -309,8 +310,7 @@ class Run:
             save_grid(self.run_dir / "samples" / f"epoch_{self.epoch:03d}.png",
                       backend.to_numpy(self.gan.generate(self.fixed_z)))
             self.save_checkpoint(background=True)
-            atomic_write_bytes(self.run_dir / "metrics.jsonl",
-                               "".join(json.dumps(r) + "\n" for r in self.history).encode())
+            write_metrics(self.run_dir, self.history)
             self.log(format_epoch(record, config["epochs"]))
         self.wait_for_checkpoint()
         self.save_generator()
@@ -319,6 +319,11 @@ class Run:
         arrays = {"format_version": np.int64(ckpt.FORMAT_VERSION), "config": ckpt.text(self.config),
                   "epoch": np.int64(self.epoch), **ckpt.model_arrays("G", self.gan.G)}
         ckpt.save_npz(self.run_dir / "generator.npz", arrays)
+
+
+def write_metrics(run_dir, history):
+    """metrics.jsonl from the whole history (rewritten, so a resumed run never repeats a line)."""
+    atomic_write_bytes(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history).encode())
 
 
 def format_epoch(r, epochs):

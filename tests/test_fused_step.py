@@ -11,7 +11,7 @@ from kernel_host import HostKernels
 from philox_reference import step_uniforms
 
 from minigan.backend import get_backend, to_host
-from minigan.cupy_step import FusedStep, draw_ids
+from minigan.cupy_step import KERNELS_USED, FusedStep, draw_ids
 from minigan.gan import GAN
 
 pytestmark = pytest.mark.skipif(not HostKernels.available, reason="no host C++ compiler")
@@ -47,7 +47,13 @@ def fused_gan(k, seed):
 def test_fused_steps_match_the_numpy_layers(host_kernels, k):
     n, steps = 16, 2
     gan, reference = fused_gan(k, seed=77), GAN(get_backend("numpy"), k=k, seed=9)
-    fused = FusedStep(gan, np, host_kernels)
+    launched = set()
+
+    def recording_kernels(family, name):
+        launched.add((family, name))
+        return host_kernels(family, name)
+
+    fused = FusedStep(gan, np, recording_kernels)
     data = np.random.default_rng(10).random((steps, n, 784), dtype=np.float32)
     worst = {"stats": 0.0, "params": 0.0, "grads": 0.0}
     noises, masks = [], []
@@ -67,6 +73,7 @@ def test_fused_steps_match_the_numpy_layers(host_kernels, k):
             np.testing.assert_allclose(ours.params, ref.params, rtol=0, atol=STEP_ATOL)
             for (name, a), (_, r) in zip(ours.named_buffers(), ref.named_buffers()):
                 np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert launched == set(KERNELS_USED)  # the list fetched before a graph capture is complete
     assert int(fused.step[0]) == steps and int(fused.t_D[0]) == k * steps and int(fused.t_G[0]) == steps
     assert (gan.rng.step, gan.opt_D.t, gan.opt_G.t) == (steps, k * steps, steps)  # host mirrors for checkpoints
     # each step draws new noise and new dropout masks
