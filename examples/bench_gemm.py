@@ -2,10 +2,11 @@
 
     python examples/bench_gemm.py            # needs CuPy and an NVIDIA GPU
 
-For each product it first checks our result against cuBLAS's (max relative error), then times both tile
-sizes of ours and cuBLAS back to back on the GPU with CUDA events (so host launch overhead is hidden, as
-inside the captured step), and prints one JSON line: microseconds per call and the ratio to cuBLAS.
-Use it to set minigan.cupy_step.SMALL_TILE_BELOW and to see how far the GEMM is from cuBLAS.
+For each product it first checks every tile shape of ours against cuBLAS (max relative error), then times
+them and cuBLAS with CUDA events, launches queued behind kernels/step.cu::hold so that the host's launch
+rate is hidden, as inside the captured step. It prints one JSON line per product: microseconds per call of
+each tile shape at the split-K the step uses (minigan.cupy_step.split_k), the best tile at each split count
+(to check that rule), cuBLAS's, and the ratio of our best to cuBLAS.
 """
 
 import json
@@ -30,17 +31,24 @@ def products(n=128):
 def main():
     try:
         import cupy
-    except ImportError:
+
+        cupy.cuda.runtime.getDeviceCount()
+    except Exception:
         sys.exit("bench_gemm.py: error: needs CuPy and an NVIDIA GPU")
     from minigan.cupy_backend import kernel
+    from minigan.cupy_step import GEMM_TILES, HOLD_CYCLES, MAX_SPLITS, launch_gemm, split_k
 
     rng = np.random.default_rng(0)
     step = cupy.zeros(1, np.uint64)
     f32, i32 = np.float32, np.int32
+    sms = cupy.cuda.Device().attributes["MultiProcessorCount"]
+    partials = cupy.empty(MAX_SPLITS * 1024 * 1024 * 2, f32)  # enough for any split of any product here
+    counters = cupy.zeros(4096, np.uint32)
 
-    def timed(launch, reps=200):
+    def timed(launch, reps=50):
         launch()
         start, end = cupy.cuda.Event(), cupy.cuda.Event()
+        kernel("step", "hold")((1,), (1,), (np.int64(HOLD_CYCLES * 3),))
         start.record()
         for _ in range(reps):
             launch()
@@ -48,45 +56,49 @@ def main():
         end.synchronize()
         return cupy.cuda.get_elapsed_time(start, end) / reps * 1e3  # microseconds
 
+    print(json.dumps({"device": cupy.cuda.runtime.getDeviceProperties(0)["name"].decode(), "sms": sms}))
     for kind, rows, cols, inner in products():
         # C (rows, cols) = A (rows, inner) B (inner, cols), with the operands laid out as the layers have them
+        act = (i32(0), f32(0.2), f32(0.3), f32(1 / 0.7), np.uint64(0), step, np.uint32(0), partials, counters)
         if kind == "forward":  # Y = X W^T: X (rows, inner), W (cols, inner)
             X = cupy.asarray(rng.standard_normal((rows, inner), dtype=f32))
             W = cupy.asarray(rng.standard_normal((cols, inner), dtype=f32))
-            b = cupy.zeros(cols, f32)
             C, R = cupy.empty((rows, cols), f32), cupy.empty((rows, cols), f32)
             reference = lambda: cupy.matmul(X, W.T, out=R)  # noqa: E731
-            args = lambda tile: (C, X, W, b, i32(rows), i32(cols), i32(inner), i32(0), f32(0.2), f32(0.3),  # noqa: E731
-                                 f32(1 / 0.7), np.uint64(0), step, np.uint32(0), i32(tile))
-            name = "linear_forward"
+            name, args = "linear_forward", (C, X, W, cupy.zeros(cols, f32), i32(rows), i32(cols), i32(inner)) + act
         elif kind == "weight":  # dW = dY^T X: dY (inner, rows), X (inner, cols)
             dY = cupy.asarray(rng.standard_normal((inner, rows), dtype=f32))
             X = cupy.asarray(rng.standard_normal((inner, cols), dtype=f32))
             C, R, db = cupy.empty((rows, cols), f32), cupy.empty((rows, cols), f32), cupy.empty(rows, f32)
             reference = lambda: cupy.matmul(dY.T, X, out=R)  # noqa: E731
-            args = lambda tile: (C, db, dY, X, i32(inner), i32(rows), i32(cols), i32(tile))  # noqa: E731
-            name = "linear_backward_weight"
+            name, args = "linear_backward_weight", (C, db, dY, X, i32(inner), i32(rows), i32(cols))
         else:  # dX = dY W: dY (rows, inner), W (inner, cols)
             dY = cupy.asarray(rng.standard_normal((rows, inner), dtype=f32))
             W = cupy.asarray(rng.standard_normal((inner, cols), dtype=f32))
             C, R = cupy.empty((rows, cols), f32), cupy.empty((rows, cols), f32)
             reference = lambda: cupy.matmul(dY, W, out=R)  # noqa: E731
-            args = lambda tile: (C, dY, W, C, i32(rows), i32(inner), i32(cols), i32(0), f32(0.2), f32(0.3),  # noqa: E731
-                                 f32(1 / 0.7), np.uint64(0), step, np.uint32(0), i32(tile))
-            name = "linear_backward_input"
-        result = {"product": kind, "rows": rows, "cols": cols, "inner": inner}
+            name, args = "linear_backward_input", (C, dY, W, C, i32(rows), i32(inner), i32(cols)) + act
+        rule = 1 if kind == "weight" else split_k(rows, cols, inner, sms)
         expected = reference().copy()
-        for tile in (32, 64):
-            grid = ((cols + tile - 1) // tile, (rows + tile - 1) // tile)
-            launch = lambda: kernel("linear", name)(grid, (256,), args(tile))  # noqa: E731
-            launch()
-            error = float(cupy.abs(C - expected).max() / cupy.abs(expected).max())
-            if error > 1e-4:
-                sys.exit(f"bench_gemm.py: error: {name} tile {tile} at {rows}x{cols}x{inner} is wrong "
-                         f"(max relative error {error:.1e})")
-            result[f"tile{tile}_us"] = round(timed(launch), 2)
+        scale = float(cupy.abs(expected).max())
+        result = {"product": kind, "rows": rows, "cols": cols, "inner": inner, "splits": rule, "us": {}}
+        best_at_splits = {}
+        for splits in ([1] if kind == "weight" else [s for s in (1, 2, 4, 8) if s <= MAX_SPLITS]):
+            for tile in GEMM_TILES:
+                launch = lambda: launch_gemm(kernel, name, tile, rows, cols, splits, args)  # noqa: E731
+                C.fill(np.nan)
+                launch()
+                error = float(cupy.abs(C - expected).max()) / scale
+                if not error <= 1e-4:
+                    sys.exit(f"bench_gemm.py: error: {name} {tile} splits {splits} at {rows}x{cols}x{inner} is "
+                             f"wrong (max relative error {error:.1e})")
+                us = round(timed(launch), 2)
+                best_at_splits[splits] = min(best_at_splits.get(splits, us), us)
+                if splits == rule:
+                    result["us"][tile] = us
+        result["best_us_at_splits"] = best_at_splits
         result["cublas_us"] = round(timed(reference), 2)
-        result["best_ratio_to_cublas"] = round(min(result["tile32_us"], result["tile64_us"]) / result["cublas_us"], 2)
+        result["ratio_to_cublas"] = round(min(result["us"].values()) / result["cublas_us"], 2)
         print(json.dumps(result), flush=True)
 
 

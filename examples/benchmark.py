@@ -8,10 +8,13 @@ and, with --compare-torch, PyTorch's step on the same device (torch-eager; with 
 torch-cuda-graph, the whole step captured in one CUDA graph) and two lines of ratios: each time over
 torch-eager's, and minigan's over the fastest PyTorch variant's.
 Each implementation first runs its warm-up steps (and must produce finite losses), then is timed
-over --steps steps; the figure is the median of --repeats such timings, taken in turns.
+over --steps steps; the figure is the median of --repeats such timings, taken in turns. minigan's line also
+gives its first step's time (on the GPU: compiling the kernels, timing the GEMM tiles) and, on CuPy, how many
+of the step's products chose each GEMM tile shape.
 """
 
 import argparse
+import collections
 import json
 import os
 import platform
@@ -40,12 +43,18 @@ def setup_minigan(args, real):
     backend = get_backend(args.backend)
     gan = GAN(backend, k=args.k, seed=0)
     real = backend.asarray(real)
+    start = time.perf_counter()
+    stats = gan.train_step(real)  # on the GPU: compiles the kernels and times the GEMM tiles
+    backend.synchronize()
+    meta = {"impl": f"minigan-{args.backend}", "device": backend.device,
+            "first_step_s": round(time.perf_counter() - start, 3)}
     for _ in range(args.warmup):
         stats = gan.train_step(real)
     if not np.all(np.isfinite(backend.to_numpy(stats))):
         raise SystemExit("benchmark.py: error: minigan produced non-finite losses")
-    return {"impl": f"minigan-{args.backend}", "device": backend.device}, lambda: gan.train_step(real), \
-        backend.synchronize
+    if gan.fused is not None:  # how many of the step's products chose each tile shape
+        meta["gemm_tiles"] = dict(collections.Counter(gan.fused.tiles.values()))
+    return meta, lambda: gan.train_step(real), backend.synchronize
 
 
 def setup_torch(args, real):

@@ -7,3 +7,12 @@ extern "C" __global__ void stats_reset(float* stats) {
 
 // End of step: advance the step counter that feeds the random streams. Launch: 1 thread.
 extern "C" __global__ void step_finish(unsigned long long* step) { *step += 1; }
+
+// Keep the stream busy for `cycles` clock cycles. The GEMM tuner (minigan/cupy_step.py) queues its timed
+// launches behind this, so that its events time the GPU's work rather than the host's launch rate.
+// Launch: 1 thread.
+extern "C" __global__ void hold(long long cycles) {
+    long long start = clock64();
+    while (clock64() - start < cycles) {
+    }
+}

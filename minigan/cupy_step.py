@@ -1,7 +1,8 @@
 """The whole training step as our own kernels: the fused GPU path of ``GAN.train_step``.
 
 The layers in minigan/layers.py are the reference; this is the same step written for the GPU, llm.c style:
-buffers allocated once, elementwise ops fused into the GEMM epilogues (kernels/linear.cu), BatchNorm and the
+buffers allocated once, elementwise ops fused into the GEMM epilogues (kernels/linear.cu: the tile shape
+timed per product, split-K by a fixed rule), BatchNorm and the
 sigmoid + BCE head as batch reductions (kernels/layers.cu), noise and dropout masks from Philox counters
 (element, draw, step) with ``step`` in device memory, Adam in one launch per model with its step count in
 device memory (kernels/optim.cu), and the step counter advanced on the device (kernels/step.cu). Nothing in
@@ -23,16 +24,39 @@ from minigan.layers import BatchNorm1d, Dropout, LeakyReLU, Linear
 ACT_NONE, ACT_LEAKY, ACT_LEAKY_DROPOUT, ACT_SIGMOID = 0, 1, 2, 3
 NOISE, D_STEP_DROPOUT, G_STEP_DROPOUT = 1, 1 << 16, 1 << 24
 THREADS = 256
-# A product whose 64 x 64 tiles would make fewer blocks than this runs with 32 x 32 tiles (4x the blocks):
-# most of the step's products have M = 128 or 256 rows and would leave most of an H100/H200's 132 SMs idle.
-# A first guess, to be set from measurements on the GPU (examples/bench_gemm.py).
-SMALL_TILE_BELOW = 100
-# Every kernel run() launches, fetched (compiled and loaded) before a graph capture; tests/test_fused_step.py
-# checks the list against the launches.
-KERNELS_USED = [("random", "normal_step_fill"), ("linear", "linear_forward"), ("linear", "linear_backward_input"),
-                ("linear", "linear_backward_weight"), ("layers", "batchnorm_forward"),
-                ("layers", "batchnorm_leaky_backward"), ("layers", "sigmoid_bce"), ("optim", "adam_step_counted"),
-                ("optim", "adam_count"), ("step", "stats_reset"), ("step", "step_finish")]
+# The tile shapes of kernels/linear.cu's GEMMs, "BMxBN_TMxTN": a block's output patch and a thread's. They give
+# bit-identical results, so each product of the step runs with the one measured fastest on the GPU at hand.
+GEMM_TILES = ("32x32_4x4", "64x64_4x4", "64x64_8x8", "128x64_8x4", "128x128_8x8")
+DEFAULT_TILE = "64x64_4x4"  # where nothing is timed (the kernels compiled for the CPU)
+MAX_SPLITS, MIN_SPLIT_INNER = 8, 128
+H100_SMS = 132  # H100 and H200 SXM: the SM count the splits are planned for where there is no GPU to ask
+HOLD_CYCLES = 2_000_000  # about 1 ms: longer than the host takes to queue a timed batch of launches
+
+
+def tile_shape(tile):
+    """(BM, BN, TM, TN) of a GEMM_TILES name."""
+    (bm, bn), (tm, tn) = (map(int, part.split("x")) for part in tile.split("_"))
+    return bm, bn, tm, tn
+
+
+def split_k(rows, cols, inner, sms):
+    """How many blocks share the inner dimension of a (rows, cols) output: doubled while the 64 x 64 tiles
+    times the splits still fit the SMs in one wave and each split keeps MIN_SPLIT_INNER of the inner dimension.
+
+    Most of the step's products have 128 or 256 rows, too few tiles to fill an H100's 132 SMs. This is a fixed
+    rule and not a timing, because the splits group the sums and so set the last bits of the result: a run
+    must not depend on a stopwatch.
+    """
+    tiles, splits = -(-rows // 64) * -(-cols // 64), 1
+    while splits < MAX_SPLITS and tiles * splits * 2 <= sms and inner >= splits * 2 * MIN_SPLIT_INNER:
+        splits *= 2
+    return splits
+
+
+def launch_gemm(kernel, name, tile, rows, cols, splits, args):
+    """Launch kernels/linear.cu's ``name`` (linear_forward, ...) with ``tile`` for a (rows, cols) output."""
+    bm, bn, tm, tn = tile_shape(tile)
+    kernel("linear", f"{name}_{tile}")((-(-cols // bn), -(-rows // bm), splits), ((bm // tm) * (bn // tn),), args)
 
 
 def draw_ids(k):
@@ -45,9 +69,15 @@ def draw_ids(k):
 
 class FusedStep:
     """The step for ``gan``, whose ``rng`` has ``seed`` and ``step`` (minigan.cupy_backend.PhiloxRng): the
-    random counters are (element, draw, rng.step). ``kernel(family, name)`` returns a launchable kernel."""
+    random counters are (element, draw, rng.step). ``kernel(family, name)`` returns a launchable kernel.
 
-    def __init__(self, gan, xp, kernel):
+    The first step of each batch size runs launch by launch and times every GEMM tile shape on each of its
+    products (``timer(launch)`` -> seconds per launch; on a GPU, CUDA events); from the second on the
+    step is one CUDA graph with the fastest tiles. Where ``timer`` is None (the CPU) every product uses
+    DEFAULT_TILE. ``sms`` (the GPU's SM count, H100_SMS without one) sets the split-K rule.
+    """
+
+    def __init__(self, gan, xp, kernel, timer=None, sms=None):
         self.gan, self.xp, self.kernel = gan, xp, kernel
         self.seed = np.uint64(gan.rng.seed)
         G, D = gan.G, gan.D
@@ -66,10 +96,18 @@ class FusedStep:
         self._device_counters = None  # the host counters the device counters are known to equal
         self._buffers = {}
         # On a GPU each batch size's step is captured once as a CUDA graph (on a stream of its own, which
-        # synchronises with the default stream) and replayed: one launch per step instead of ~60.
-        self.stream = xp.cuda.Stream(non_blocking=False) if hasattr(xp, "cuda") else None
-        self.use_graph = self.stream is not None
-        self._graphs = {}
+        # synchronises with the default stream) and replayed: one launch per step instead of ~50.
+        on_gpu = hasattr(xp, "cuda")
+        self.stream = xp.cuda.Stream(non_blocking=False) if on_gpu else None
+        self.use_graph = on_gpu
+        self._graphs, self._ran = {}, set()  # batch sizes captured; batch sizes run (and tuned) once
+        self.timer = self._gpu_time if on_gpu and timer is None else timer
+        self.sms = sms or (xp.cuda.Device().attributes["MultiProcessorCount"] if on_gpu else H100_SMS)
+        self.tiles, self.tile_times = {}, {}  # (kernel, rows, cols, inner) -> fastest tile; -> {tile: s}
+        # Split-K scratch, shared by every product (one GEMM runs at a time on the stream). splits > 1 only
+        # when the 64 x 64 tiles times the splits fit the SMs, so no tile shape needs more than this.
+        self.partials = xp.empty(self.sms * 128 * 128, np.float32)
+        self.tile_counters = xp.zeros(4 * self.sms, np.uint32)  # zero between launches
 
     def buffers(self, n):
         """Activations and gradients for a batch of n rows, allocated on first use."""
@@ -103,15 +141,45 @@ class FusedStep:
     def _bn_threads(self, columns):
         return ((columns + 31) // 32) * THREADS  # blocks of 256 threads, 32 columns each (kernels/layers.cu)
 
-    def _gemm(self, name, rows, cols, args):
-        """Launch GEMM kernel ``name`` for a (rows, cols) output, choosing the tile size for the SMs' sake."""
-        tile = 64 if -(-rows // 64) * -(-cols // 64) >= SMALL_TILE_BELOW else 32
-        grid = ((cols + tile - 1) // tile, (rows + tile - 1) // tile)
-        self.kernel("linear", name)(grid, (THREADS,), args + (np.int32(tile),))
+    def _gemm(self, name, rows, cols, inner, args):
+        """Launch GEMM kernel ``name`` for a (rows, cols) output: split-K by rule, the tile by timing."""
+        splits = 1 if name == "linear_backward_weight" else split_k(rows, cols, inner, self.sms)
+        if name != "linear_backward_weight":
+            args = args + (self.partials, self.tile_counters)
+        key = (name, rows, cols, inner)
+        tile = self.tiles.get(key)
+        if tile is None:
+            tile = self.tiles[key] = self._fastest_tile(key, splits, args) if self.timer else DEFAULT_TILE
+        if splits > 1:
+            bm, bn, _, _ = tile_shape(tile)
+            tiles = -(-rows // bm) * -(-cols // bn)
+            assert splits * tiles * bm * bn <= self.partials.size and tiles <= self.tile_counters.size
+        launch_gemm(self.kernel, name, tile, rows, cols, splits, args)
+
+    def _fastest_tile(self, key, splits, args):
+        """Time every tile shape on this product (all give the same bits, so the launches do no harm)."""
+        name, rows, cols, _ = key
+        times = {tile: self.timer(lambda tile=tile: launch_gemm(self.kernel, name, tile, rows, cols, splits, args))
+                 for tile in GEMM_TILES}
+        self.tile_times[key] = times
+        return min(times, key=times.get)
+
+    def _gpu_time(self, launch, reps=20):
+        """Seconds per launch on the GPU, queued behind kernels/step.cu::hold so the host's pace is hidden."""
+        cuda = self.xp.cuda
+        launch()  # warm-up
+        start, end = cuda.Event(), cuda.Event()
+        self._launch("step", "hold", 1, (np.int64(HOLD_CYCLES),), block=1)
+        start.record()
+        for _ in range(reps):
+            launch()
+        end.record()
+        end.synchronize()
+        return cuda.get_elapsed_time(start, end) / 1e3 / reps
 
     def linear_forward(self, y, x, layer, rows, activation, draw=0):
         W, b = layer.params["W"], layer.params["b"]
-        self._gemm("linear_forward", rows, layer.out_features,
+        self._gemm("linear_forward", rows, layer.out_features, layer.in_features,
                    (y, x, W, b, np.int32(rows), np.int32(layer.out_features), np.int32(layer.in_features),
                     np.int32(activation), self.slope, self.drop_p, self.drop_scale, self.seed, self.step,
                     np.uint32(draw)))
@@ -121,10 +189,10 @@ class FusedStep:
         """dW, db of ``layer`` (unless param_grads is False) and dx * act'(y_prev) into ``dx`` (if given)."""
         n_out, n_in = layer.out_features, layer.in_features
         if param_grads:
-            self._gemm("linear_backward_weight", n_out, n_in,
+            self._gemm("linear_backward_weight", n_out, n_in, rows,
                        (layer.grads["W"], layer.grads["b"], dy, x, np.int32(rows), np.int32(n_out), np.int32(n_in)))
         if dx is not None:
-            self._gemm("linear_backward_input", rows, n_in,
+            self._gemm("linear_backward_input", rows, n_in, n_out,
                        (dx, dy, layer.params["W"], dx if y_prev is None else y_prev, np.int32(rows), np.int32(n_out),
                         np.int32(n_in), np.int32(activation), self.slope, self.drop_p, self.drop_scale, self.seed,
                         self.step, np.uint32(draw)))
@@ -211,12 +279,10 @@ class FusedStep:
         self._launch("step", "step_finish", 1, (self.step,), block=1)
 
     def graph(self, n):
-        """The step for n rows, captured as a CUDA graph on first use."""
+        """The step for n rows, captured as a CUDA graph on first use (after one eager step: every kernel is
+        loaded and every tile chosen, since neither may happen during a capture)."""
         graph = self._graphs.get(n)
         if graph is None:
-            for family, name in KERNELS_USED:  # compile and load every kernel before the capture
-                self.kernel(family, name)
-            self.buffers(n)
             with self.stream:
                 self.stream.begin_capture()
                 try:
@@ -239,10 +305,11 @@ class FusedStep:
             b["x"][:n] = real
             if counters != self._device_counters:  # first step, or a checkpoint was loaded
                 self.step[...], self.t_G[...], self.t_D[...] = counters
-            if self.use_graph:
+            if self.use_graph and n in self._ran:
                 self.graph(n).launch(stream=self.stream)
             else:
                 self.run(n)
+                self._ran.add(n)
             stats = self.stats.astype(np.float64)
         gan.rng.step += 1
         gan.opt_G.t += 1

@@ -3,9 +3,14 @@
 // over the block's threads; __shared__ is function-static storage, safe because one block runs at a time.
 // Only what minigan's kernels use is here: they avoid warp-synchronous code (no shuffles, no implicit warp
 // sync), so this schedule is one of the many a GPU may choose, and a kernel that is correct under every
-// schedule is correct under this one. Speed means nothing here.
+// schedule is correct under this one. Speed means nothing here. Blocks running one after another also
+// means the split-K GEMM's last block to arrive is always the last split; the others' early exit and the
+// fixed summation order are still exercised.
 #pragma once
+#include <algorithm>
+#include <atomic>
 #include <barrier>
+#include <chrono>
 #include <cmath>
 #include <mutex>
 #include <thread>
@@ -29,16 +34,31 @@ inline std::barrier<>* block_barrier = nullptr;
 #define __forceinline__ inline
 #define __shared__ static
 #define __restrict__
+#define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
+
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+using std::min;
+template <class T>
+inline T __ldcg(const T* p) {
+    return *p;
+}
+inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+inline long long clock64() { return std::chrono::steady_clock::now().time_since_epoch().count(); }
 
 inline void __syncthreads() { block_barrier->arrive_and_wait(); }
 inline void sincospif(float x, float* s, float* c) {
     *s = (float)std::sin(M_PI * (double)x);
     *c = (float)std::cos(M_PI * (double)x);
 }
-inline float atomicAdd(float* address, float value) {
+template <class T>
+inline T atomicAdd(T* address, T value) {
     static std::mutex mutex;
     std::lock_guard<std::mutex> lock(mutex);
-    float old = *address;
+    T old = *address;
     *address = old + value;
     return old;
 }

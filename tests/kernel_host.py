@@ -16,10 +16,20 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 KERNELS = ROOT / "kernels"
-SIGNATURE = re.compile(r'extern "C" __global__ void (\w+)\(([^)]*)\)', re.S)
+SIGNATURE = re.compile(r'extern "C" __global__ void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\(([^)]*)\)', re.S)
 CTYPES = [("unsigned long long", ctypes.c_ulonglong), ("long long", ctypes.c_longlong),
           ("unsigned int", ctypes.c_uint), ("int", ctypes.c_int), ("float", ctypes.c_float),
           ("double", ctypes.c_double)]
+
+
+def preprocessed(source):
+    """The text of a kernels/*.cu file after the C preprocessor: kernels stamped out by macros show up."""
+    return subprocess.run(["g++", "-E", "-P", "-x", "c++", f"-I{KERNELS}", str(source)], capture_output=True,
+                          text=True, check=True).stdout
+
+
+def kernel_names(source):
+    return [name for name, _ in SIGNATURE.findall(preprocessed(source))]
 
 
 def kernel_signatures():
@@ -27,7 +37,7 @@ def kernel_signatures():
     out = {}
     for source in sorted(KERNELS.glob("*.cu")):
         kernels = []
-        for name, params in SIGNATURE.findall(source.read_text()):
+        for name, params in SIGNATURE.findall(preprocessed(source)):
             args = []
             for param in (p.strip() for p in params.split(",")):
                 split = param.rindex("*") + 1 if "*" in param else param.rindex(" ")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from conftest import Replay, use_rng
 from philox_reference import normals, uniforms
+from test_fused_step import GEMM_SHAPES, check_gemm_tiles
 
 try:
     import cupy
@@ -189,9 +190,20 @@ def test_cli_trains_on_the_gpu_and_resumes_on_the_cpu(tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.parametrize("rows, cols, inner", GEMM_SHAPES + [(256, 1024, 784), (128, 784, 1024)])
+@pytest.mark.parametrize("splits", [1, 3, 8])
+def test_gemm_tiles_on_the_gpu(rows, cols, inner, splits):
+    """Every tile shape and split-K on the device (blocks really concurrent: the split-K hand-over) against
+    NumPy, bit-identical across tile shapes, as tests/test_fused_step.py checks on the CPU."""
+    from minigan.cupy_backend import kernel
+
+    check_gemm_tiles(kernel, cupy, rows, cols, inner, splits)
+
+
 def test_captured_graph_replays_equal_eager_steps_and_draw_fresh_numbers():
-    """The same steps run eagerly and as replays of one captured CUDA graph give bit-identical parameters;
-    each replay reads the step counter from device memory, so it draws new noise and masks."""
+    """The same steps run eagerly and as replays of one captured CUDA graph give bit-identical parameters
+    (each chose its GEMM tiles by its own timings: any choice gives the same bits); each replay reads the
+    step counter from device memory, so it draws new noise and masks."""
     data = cupy.asarray(np.random.default_rng(6).random((3, 128, 784), dtype=np.float32))
     eager, graphed = GAN(get_backend("cupy"), seed=8), GAN(get_backend("cupy"), seed=8)
     eager.fused.use_graph, graphed.fused.use_graph = False, True
@@ -200,7 +212,7 @@ def test_captured_graph_replays_equal_eager_steps_and_draw_fresh_numbers():
         eager.train_step(batch)
         graphed.train_step(batch)
         noises.append(cupy.asnumpy(graphed.fused.buffers(128)["z"][0]))
-    assert len(graphed.fused._graphs) == 1  # captured once, replayed three times
+    assert len(graphed.fused._graphs) == 1  # a first eager step (tiles timed), then captured once, replayed
     np.testing.assert_array_equal(cupy.asnumpy(graphed.G.params), cupy.asnumpy(eager.G.params))
     np.testing.assert_array_equal(cupy.asnumpy(graphed.D.params), cupy.asnumpy(eager.D.params))
     assert not np.array_equal(noises[0], noises[1]) and not np.array_equal(noises[1], noises[2])

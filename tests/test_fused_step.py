@@ -11,7 +11,7 @@ from kernel_host import HostKernels
 from philox_reference import step_uniforms
 
 from minigan.backend import get_backend, to_host
-from minigan.cupy_step import KERNELS_USED, FusedStep, draw_ids
+from minigan.cupy_step import FusedStep, draw_ids
 from minigan.gan import GAN
 
 pytestmark = pytest.mark.skipif(not HostKernels.available, reason="no host C++ compiler")
@@ -47,13 +47,7 @@ def fused_gan(k, seed):
 def test_fused_steps_match_the_numpy_layers(host_kernels, k):
     n, steps = 16, 2
     gan, reference = fused_gan(k, seed=77), GAN(get_backend("numpy"), k=k, seed=9)
-    launched = set()
-
-    def recording_kernels(family, name):
-        launched.add((family, name))
-        return host_kernels(family, name)
-
-    fused = FusedStep(gan, np, recording_kernels)
+    fused = FusedStep(gan, np, host_kernels)
     data = np.random.default_rng(10).random((steps, n, 784), dtype=np.float32)
     worst = {"stats": 0.0, "params": 0.0, "grads": 0.0}
     noises, masks = [], []
@@ -73,7 +67,6 @@ def test_fused_steps_match_the_numpy_layers(host_kernels, k):
             np.testing.assert_allclose(ours.params, ref.params, rtol=0, atol=STEP_ATOL)
             for (name, a), (_, r) in zip(ours.named_buffers(), ref.named_buffers()):
                 np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-6, err_msg=name)
-    assert launched == set(KERNELS_USED)  # the list fetched before a graph capture is complete
     assert int(fused.step[0]) == steps and int(fused.t_D[0]) == k * steps and int(fused.t_G[0]) == steps
     assert (gan.rng.step, gan.opt_D.t, gan.opt_G.t) == (steps, k * steps, steps)  # host mirrors for checkpoints
     # each step draws new noise and new dropout masks
@@ -84,29 +77,93 @@ def test_fused_steps_match_the_numpy_layers(host_kernels, k):
           f"(atol {STEP_ATOL})")
 
 
-@pytest.mark.parametrize("tile", [32, 64])
-@pytest.mark.parametrize("rows, cols, inner", [(1, 1, 1), (37, 70, 129), (64, 64, 16), (130, 1, 65)])
-def test_gemm_edges(host_kernels, rows, cols, inner, tile, monkeypatch):
-    """Tiles that straddle the matrix edges, inner sizes that are not multiples of the tile, a single column,
-    with either tile size."""
-    from minigan import cupy_step
-    from minigan.cupy_step import ACT_NONE
-    from minigan.layers import Linear
+def gemm_products(kernel, xp, tile, splits, x, W, b, dy):
+    """Y = x W^T + b, dX = dy W, dW = dy^T x and db through kernels/linear.cu with one tile shape, on
+    ``xp`` arrays (NumPy with the host-compiled kernels, or CuPy with cupy_backend.kernel)."""
+    from minigan.cupy_step import ACT_NONE, launch_gemm, tile_shape
 
-    monkeypatch.setattr(cupy_step, "SMALL_TILE_BELOW", 0 if tile == 64 else 10**9)
-    rng = np.random.default_rng(rows)
-    layer = Linear(inner, cols, rng)
-    x = rng.standard_normal((rows, inner)).astype(np.float32)
-    y = np.empty((rows, cols), np.float32)
-    fused = FusedStep(fused_gan(1, seed=0), np, host_kernels)
-    fused.linear_forward(y, x, layer, rows, ACT_NONE)
-    np.testing.assert_allclose(y, x @ layer.params["W"].T + layer.params["b"], rtol=1e-5, atol=1e-5)
-    dy = rng.standard_normal((rows, cols)).astype(np.float32)
-    dx = np.empty_like(x)
-    fused.linear_backward(dy, x, layer, rows, dx)
-    np.testing.assert_allclose(dx, dy @ layer.params["W"], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(layer.grads["W"], dy.T @ x, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(layer.grads["b"], dy.sum(0), rtol=1e-5, atol=1e-5)
+    (rows, inner), cols = x.shape, W.shape[0]
+    bm, bn, _, _ = tile_shape(tile)
+    tiles = -(-max(rows, inner) // bm) * -(-max(cols, inner) // bn)  # of either output
+    partials = xp.full(splits * tiles * bm * bn, np.nan, np.float32)  # NaN: a sum that reads stale scratch shows
+    counters = xp.zeros(tiles, np.uint32)
+    step, f32, i32 = xp.zeros(1, np.uint64), np.float32, np.int32
+    y, dx = xp.empty((rows, cols), np.float32), xp.empty_like(x)
+    dW, db = xp.empty_like(W), xp.empty_like(b)
+    act = (i32(ACT_NONE), f32(0.2), f32(0.3), f32(1 / 0.7), np.uint64(0), step, np.uint32(0), partials, counters)
+    launch_gemm(kernel, "linear_forward", tile, rows, cols, splits,
+                (y, x, W, b, i32(rows), i32(cols), i32(inner)) + act)
+    launch_gemm(kernel, "linear_backward_input", tile, rows, inner, splits,
+                (dx, dy, W, dx, i32(rows), i32(cols), i32(inner)) + act)
+    launch_gemm(kernel, "linear_backward_weight", tile, cols, inner, 1,
+                (dW, db, dy, x, i32(rows), i32(cols), i32(inner)))
+    assert not counters.any()  # every split launch leaves its tile counters at zero for the next
+    return [to_host(a) for a in (y, dx, dW, db)]
+
+
+def check_gemm_tiles(kernel, xp, rows, cols, inner, splits):
+    """Every tile shape against NumPy; and every tile shape gives the same bits."""
+    from minigan.cupy_step import GEMM_TILES
+
+    rng = np.random.default_rng(rows + splits)
+    x, W = rng.standard_normal((rows, inner)).astype(np.float32), rng.standard_normal((cols, inner)).astype(np.float32)
+    b, dy = rng.standard_normal(cols).astype(np.float32), rng.standard_normal((rows, cols)).astype(np.float32)
+    on_device = [xp.asarray(a) for a in (x, W, b, dy)]
+    results = {tile: gemm_products(kernel, xp, tile, splits, *on_device) for tile in GEMM_TILES}
+    for tile, (y, dx, dW, db) in results.items():
+        np.testing.assert_allclose(y, x @ W.T + b, rtol=1e-5, atol=1e-5, err_msg=tile)
+        np.testing.assert_allclose(dx, dy @ W, rtol=1e-5, atol=1e-5, err_msg=tile)
+        np.testing.assert_allclose(dW, dy.T @ x, rtol=1e-5, atol=1e-5, err_msg=tile)
+        np.testing.assert_allclose(db, dy.sum(0), rtol=1e-5, atol=1e-5, err_msg=tile)
+        for got, first in zip((y, dx, dW, db), results[GEMM_TILES[0]]):
+            np.testing.assert_array_equal(got, first, err_msg=tile)
+
+
+GEMM_SHAPES = [(1, 1, 1), (37, 70, 129), (64, 64, 16), (130, 1, 65)]
+
+
+@pytest.mark.parametrize("rows, cols, inner", GEMM_SHAPES)
+@pytest.mark.parametrize("splits", [1, 3])
+def test_gemm_tiles_on_ragged_shapes(host_kernels, rows, cols, inner, splits):
+    """Every tile shape, with and without split-K (3 splits: uneven ranges, some empty where the inner size
+    is small), on tiles that straddle the matrix edges, against NumPy; and every tile shape gives the same
+    bits, which is what lets the GPU pick the fastest."""
+    check_gemm_tiles(host_kernels, np, rows, cols, inner, splits)
+
+
+def test_split_rule_fills_the_sms_and_keeps_whole_ranges():
+    from minigan.cupy_step import MAX_SPLITS, split_k
+
+    assert split_k(128, 784, 1024, 132) == 4  # 13 x 2 tiles of 64 x 64: 104 blocks
+    assert split_k(256, 1024, 784, 132) == 2
+    assert split_k(1024, 784, 256, 132) == 1  # 208 tiles fill the SMs already
+    assert split_k(16, 16, 100, 132) == 1  # too short to cut
+    assert split_k(1, 1, 10**6, 132) == MAX_SPLITS
+
+
+def test_tiles_chosen_by_timing_give_the_same_step(host_kernels):
+    """The tuner times every tile shape on every product of the first step and keeps the fastest; the
+    timing launches leave no trace, and the step is bit for bit the untimed one."""
+    from minigan.cupy_step import GEMM_TILES
+
+    n, favourite = 16, "128x64_8x4"
+    calls = []
+
+    def timer(launch):  # runs the launch, as the GPU timer does, and prefers one tile shape
+        launch()
+        calls.append(1)
+        return 1.0 if len(calls) % len(GEMM_TILES) != GEMM_TILES.index(favourite) + 1 else 0.5
+
+    data = np.random.default_rng(3).random((2, n, 784), dtype=np.float32)
+    timed, untimed = fused_gan(1, seed=5), fused_gan(1, seed=5)
+    timed_step, untimed_step = FusedStep(timed, np, host_kernels, timer=timer), FusedStep(untimed, np, host_kernels)
+    for batch in data:
+        np.testing.assert_array_equal(timed_step.train_step(batch), untimed_step.train_step(batch))
+    assert set(timed_step.tiles.values()) == {favourite} and set(untimed_step.tiles.values()) == {"64x64_4x4"}
+    assert len(calls) == len(GEMM_TILES) * len(timed_step.tiles)  # each product timed once, on the first step
+    for a, b in ((timed.G, untimed.G), (timed.D, untimed.D)):
+        np.testing.assert_array_equal(a.params, b.params)
+        np.testing.assert_array_equal(a.grads, b.grads)
 
 
 def test_step_noise_matches_its_reference_and_the_replay_sequence(host_kernels):

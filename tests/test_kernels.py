@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from kernel_host import kernel_names
 from philox_reference import philox4x32
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,7 +35,9 @@ def test_kernel_compiles(source, tmp_path):
                            "-o", str(tmp_path / "out.ptx"), str(source)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     ptx = (tmp_path / "out.ptx").read_text()
-    for name in _extern_c_kernels(source):
+    names = kernel_names(source)
+    assert names
+    for name in names:
         assert f".entry {name}(" in ptx, f"{name} missing from the PTX"
     # and to machine code: no kernel spills registers to local memory
     proc = subprocess.run([NVCC, "-cubin", "-arch=sm_90", "--std=c++17", "-Xptxas", "-v", "-o", str(tmp_path / "out.cubin"),
@@ -44,10 +47,6 @@ def test_kernel_compiles(source, tmp_path):
     assert not spills, spills
 
 
-def _extern_c_kernels(source):
-    import re
-
-    return re.findall(r'extern "C" __global__ void (\w+)\(', source.read_text())
 
 
 def test_philox_reference_matches_known_answers():
