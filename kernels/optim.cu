@@ -18,18 +18,25 @@ extern "C" __global__ void adam_step(float* p, const float* g, float* m, float* 
     p[i] -= mi / (sqrtf(vi) * inv_scale + eps_scaled);
 }
 
-// The fused step's Adam: as adam_step, with the step count t in device memory (read here, incremented by
-// adam_count launched after it), so a replayed CUDA graph applies the right bias corrections. They are
-// computed in double, as the host computes them for adam_step. Launch: n threads.
+// The fused step's Adam: as adam_step, with the step count in device memory, so a replayed CUDA graph
+// applies the right bias corrections: this is update number *t + t_offset + 1 (t_offset: the D iteration
+// within a step; kernels/step.cu::step_finish advances *t at the end of the step). The corrections are computed in
+// double, as the host computes them for adam_step, once per block rather than once per parameter.
+// Launch: n threads in blocks of 256.
 extern "C" __global__ void adam_step_counted(float* p, const float* g, float* m, float* v, long long n, double lr,
-                                             double beta1, double beta2, double eps, const long long* t) {
+                                             double beta1, double beta2, double eps, const long long* t,
+                                             int t_offset) {
+    __shared__ float inv_scale, eps_scaled;
+    if (threadIdx.x == 0) {
+        double step = (double)(*t + t_offset + 1);
+        double step_size = lr / (1.0 - pow(beta1, step));
+        double bias_correction2_sqrt = sqrt(1.0 - pow(beta2, step));
+        inv_scale = (float)(1.0 / (bias_correction2_sqrt * step_size));
+        eps_scaled = (float)(eps / step_size);
+    }
+    __syncthreads();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    double step = (double)(*t + 1);
-    double step_size = lr / (1.0 - pow(beta1, step));
-    double bias_correction2_sqrt = sqrt(1.0 - pow(beta2, step));
-    float inv_scale = (float)(1.0 / (bias_correction2_sqrt * step_size));
-    float eps_scaled = (float)(eps / step_size);
     float gi = g[i];
     float mi = m[i] + (float)(1.0 - beta1) * (gi - m[i]);
     float vi = (float)beta2 * v[i] + (float)(1.0 - beta2) * (gi * gi);
@@ -37,6 +44,3 @@ extern "C" __global__ void adam_step_counted(float* p, const float* g, float* m,
     v[i] = vi;
     p[i] -= mi / (sqrtf(vi) * inv_scale + eps_scaled);
 }
-
-// t += 1 after a counted Adam step. Launch: 1 thread.
-extern "C" __global__ void adam_count(long long* t) { *t += 1; }

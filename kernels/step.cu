@@ -5,8 +5,13 @@ extern "C" __global__ void stats_reset(float* stats) {
     if (threadIdx.x < 4) stats[threadIdx.x] = 0.0f;
 }
 
-// End of step: advance the step counter that feeds the random streams. Launch: 1 thread.
-extern "C" __global__ void step_finish(unsigned long long* step) { *step += 1; }
+// End of step: advance the step counter that feeds the random streams and the optimizers' step counts
+// (G's by one, D's by its k updates). Launch: 1 thread.
+extern "C" __global__ void step_finish(unsigned long long* step, long long* t_G, long long* t_D, int k) {
+    *step += 1;
+    *t_G += 1;
+    *t_D += k;
+}
 
 // Keep the stream busy for `cycles` clock cycles. The GEMM tuner (minigan/cupy_step.py) queues its timed
 // launches behind this, so that its events time the GPU's work rather than the host's launch rate.

@@ -5,7 +5,7 @@ buffers allocated once, elementwise ops fused into the GEMM epilogues (kernels/l
 timed per product, split-K by a fixed rule), BatchNorm and the
 sigmoid + BCE head as batch reductions (kernels/layers.cu), noise and dropout masks from Philox counters
 (element, draw, step) with ``step`` in device memory, Adam in one launch per model with its step count in
-device memory (kernels/optim.cu), and the step counter advanced on the device (kernels/step.cu). Nothing in
+device memory (kernels/optim.cu), and the step's counters advanced on the device (kernels/step.cu). Nothing in
 a step reads a host value, so the step can be captured once as a CUDA graph and replayed for every batch.
 
 It runs on any "device": ``xp`` and ``kernel`` are CuPy and cupy.RawModule kernels on a GPU, or NumPy and
@@ -197,12 +197,12 @@ class FusedStep:
                         np.int32(n_in), np.int32(activation), self.slope, self.drop_p, self.drop_scale, self.seed,
                         self.step, np.uint32(draw)))
 
-    def adam(self, opt, t):
+    def adam(self, opt, t, t_offset=0):
         n = opt.params.size
         self._launch("optim", "adam_step_counted", n,
                      (opt.params, opt.grads, opt.m, opt.v, np.int64(n), np.float64(opt.lr),
-                      np.float64(opt.betas[0]), np.float64(opt.betas[1]), np.float64(opt.eps), t))
-        self._launch("optim", "adam_count", 1, (t,), block=1)
+                      np.float64(opt.betas[0]), np.float64(opt.betas[1]), np.float64(opt.eps), t,
+                      np.int32(t_offset)))
 
     # -- the step ------------------------------------------------------------------------------------
 
@@ -268,7 +268,7 @@ class FusedStep:
             self._launch("layers", "sigmoid_bce", THREADS, (b["dp"], b["ddlogit"], self.stats, b["dlogit"],
                                                             np.int32(n), np.int32(0)))
             self.discriminator_backward(b, b["x"], 2 * n, "d", d_draws[i], param_grads=True)
-            self.adam(gan.opt_D, self.t_D)
+            self.adam(gan.opt_D, self.t_D, t_offset=i)
         fake = b["x"][n:]
         self.discriminator_forward(b, fake, n, "g", g_draws)
         self._launch("layers", "sigmoid_bce", THREADS, (b["gp"], b["gdlogit"], self.stats, b["glogit"],
@@ -276,7 +276,7 @@ class FusedStep:
         self.discriminator_backward(b, fake, n, "g", g_draws, param_grads=False, dx=b["dfake"])
         self.generator_backward(b, b["z"][gan.k - 1], n)
         self.adam(gan.opt_G, self.t_G)
-        self._launch("step", "step_finish", 1, (self.step,), block=1)
+        self._launch("step", "step_finish", 1, (self.step, self.t_G, self.t_D, np.int32(gan.k)), block=1)
 
     def graph(self, n):
         """The step for n rows, captured as a CUDA graph on first use (after one eager step: every kernel is
