@@ -11,6 +11,7 @@ setup(
         # torchvision only downloads MNIST when the IDX files are missing.
         "mnist": ["torchvision"],
         "cupy": ["cupy-cuda12x"],
-        "test": ["pytest", "hypothesis"],
+        # NVRTC (no GPU needed) lets the tests compile the kernels exactly as CuPy does on the GPU.
+        "test": ["pytest", "hypothesis", "nvidia-cuda-nvrtc; platform_system == 'Linux' and platform_machine == 'x86_64'"],
     },
 )

@@ -24,6 +24,7 @@ import numpy as np
 from minigan.backend import BackendError
 
 KERNELS = Path(__file__).resolve().parent.parent / "kernels"
+NVRTC_OPTIONS = ("--std=c++17", f"-I{KERNELS}")  # tests/test_kernels.py compiles with these too
 THREADS = 256
 
 
@@ -54,7 +55,7 @@ def kernel(family, name):
         module = _modules.get(family)
         if module is None:
             source = (KERNELS / f"{family}.cu").read_text()
-            module = _modules[family] = cupy.RawModule(code=source, options=("--std=c++17", f"-I{KERNELS}"))
+            module = _modules[family] = cupy.RawModule(code=source, options=NVRTC_OPTIONS)
         found = _kernels[(family, name)] = module.get_function(name)
     return found
 

@@ -1,5 +1,6 @@
-"""The CUDA sources, checked without a GPU: every kernels/*.cu compiles with nvcc, and the device helpers
-that can run on the host (Philox) match their published known answers and the NumPy reference."""
+"""The CUDA sources, checked without a GPU: every kernels/*.cu compiles with nvcc and with NVRTC (as CuPy
+compiles it on the GPU), and the device helpers that can run on the host (Philox) match their published
+known answers and the NumPy reference."""
 
 import shutil
 import subprocess
@@ -47,6 +48,63 @@ def test_kernel_compiles(source, tmp_path):
     assert not spills, spills
 
 
+
+
+def _nvrtc():
+    """libnvrtc from the nvidia-cuda-nvrtc wheel (the test extra), a CUDA toolkit, or the library path."""
+    import ctypes
+    import ctypes.util
+    import glob
+    import os
+
+    candidates = []
+    try:
+        import nvidia
+
+        candidates += sorted(p for d in nvidia.__path__ for p in glob.glob(os.path.join(d, "cu*", "lib", "libnvrtc.so*")))
+    except ImportError:
+        pass
+    candidates += glob.glob(os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "lib64", "libnvrtc.so*"))
+    candidates += [ctypes.util.find_library("nvrtc")] if ctypes.util.find_library("nvrtc") else []
+    for path in candidates:
+        try:
+            return ctypes.CDLL(path)
+        except OSError:
+            continue
+    return None
+
+
+NVRTC = _nvrtc()
+
+
+@pytest.mark.skipif(NVRTC is None, reason="no NVRTC library (pip install nvidia-cuda-nvrtc)")
+@pytest.mark.parametrize("source", SOURCES, ids=[p.name for p in SOURCES])
+def test_kernel_compiles_with_nvrtc_as_cupy_does(source):
+    """NVRTC with minigan.cupy_backend's options, plus what CuPy's RawModule adds (-ftz=true, the arch): the
+    compiler the GPU path really uses, whose built-in headers differ from nvcc's."""
+    import ctypes
+
+    from minigan.cupy_backend import NVRTC_OPTIONS
+
+    program = ctypes.c_void_p()
+    assert NVRTC.nvrtcCreateProgram(ctypes.byref(program), source.read_bytes(), source.name.encode(), 0, None,
+                                    None) == 0
+    try:
+        options = [o.encode() for o in NVRTC_OPTIONS + ("-ftz=true", "-arch=compute_90")]
+        result = NVRTC.nvrtcCompileProgram(program, len(options), (ctypes.c_char_p * len(options))(*options))
+        size = ctypes.c_size_t()
+        NVRTC.nvrtcGetProgramLogSize(program, ctypes.byref(size))
+        log = ctypes.create_string_buffer(size.value)
+        NVRTC.nvrtcGetProgramLog(program, log)
+        assert result == 0, log.value.decode()
+        assert "warning" not in log.value.decode(), log.value.decode()
+        NVRTC.nvrtcGetPTXSize(program, ctypes.byref(size))
+        ptx = ctypes.create_string_buffer(size.value)
+        NVRTC.nvrtcGetPTX(program, ptx)
+    finally:
+        NVRTC.nvrtcDestroyProgram(ctypes.byref(program))
+    for name in kernel_names(source):
+        assert f".entry {name}(" in ptx.value.decode(), f"{name} missing from NVRTC's PTX"
 
 
 def test_philox_reference_matches_known_answers():
