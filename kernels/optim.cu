@@ -22,7 +22,7 @@ extern "C" __global__ void adam_step(float* p, const float* g, float* m, float* 
 // applies the right bias corrections: this is update number *t + t_offset + 1 (t_offset: the D iteration
 // within a step; kernels/step.cu::step_finish advances *t at the end of the step). The corrections are computed in
 // double, as the host computes them for adam_step, once per block rather than once per parameter.
-// Launch: n threads in blocks of 256.
+// Launch: any number of blocks of 256 threads (a grid-stride loop; one block per 256 parameters at most).
 extern "C" __global__ void adam_step_counted(float* p, const float* g, float* m, float* v, long long n, double lr,
                                              double beta1, double beta2, double eps, const long long* t,
                                              int t_offset) {
@@ -35,12 +35,13 @@ extern "C" __global__ void adam_step_counted(float* p, const float* g, float* m,
         eps_scaled = (float)(eps / step_size);
     }
     __syncthreads();
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    float gi = g[i];
-    float mi = m[i] + (float)(1.0 - beta1) * (gi - m[i]);
-    float vi = (float)beta2 * v[i] + (float)(1.0 - beta2) * (gi * gi);
-    m[i] = mi;
-    v[i] = vi;
-    p[i] -= mi / (sqrtf(vi) * inv_scale + eps_scaled);
+    float one_minus_beta1 = (float)(1.0 - beta1), beta2_f = (float)beta2, one_minus_beta2 = (float)(1.0 - beta2);
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        float gi = g[i];
+        float mi = m[i] + one_minus_beta1 * (gi - m[i]);
+        float vi = beta2_f * v[i] + one_minus_beta2 * (gi * gi);
+        m[i] = mi;
+        v[i] = vi;
+        p[i] -= mi / (sqrtf(vi) * inv_scale + eps_scaled);
+    }
 }

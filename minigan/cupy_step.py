@@ -27,7 +27,7 @@ THREADS = 256
 # The tile shapes of kernels/linear.cu's GEMMs, "BMxBN_TMxTN": a block's output patch and a thread's. They give
 # bit-identical results, so each product of the step runs with the one measured fastest on the GPU at hand.
 GEMM_TILES = ("32x32_4x4", "64x64_4x4", "64x64_8x8", "128x64_8x4", "128x128_8x8")
-DEFAULT_TILE = "64x64_4x4"  # where nothing is timed (the kernels compiled for the CPU)
+DEFAULT_TILE = "32x32_4x4"  # where nothing is timed: the kernels compiled for the CPU, where 64 threads run fastest
 MAX_SPLITS, MIN_SPLIT_INNER = 8, 128
 H100_SMS = 132  # H100 and H200 SXM: the SM count the splits are planned for where there is no GPU to ask
 HOLD_CYCLES = 2_000_000  # about 1 ms: longer than the host takes to queue a timed batch of launches
@@ -199,7 +199,8 @@ class FusedStep:
 
     def adam(self, opt, t, t_offset=0):
         n = opt.params.size
-        self._launch("optim", "adam_step_counted", n,
+        # 8 blocks of 256 per SM fill an H100's SMs (2048 threads each); the kernel strides over the rest
+        self._launch("optim", "adam_step_counted", min(n, 8 * self.sms * THREADS),
                      (opt.params, opt.grads, opt.m, opt.v, np.int64(n), np.float64(opt.lr),
                       np.float64(opt.betas[0]), np.float64(opt.betas[1]), np.float64(opt.eps), t,
                       np.int32(t_offset)))

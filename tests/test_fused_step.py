@@ -2,6 +2,7 @@
 kernels are compiled for the host by tests/kernel_host.py, so every launch, shape and epilogue is checked
 here; tests/test_cupy.py repeats the step checks on a real GPU."""
 
+import contextlib
 import types
 
 import numpy as np
@@ -11,7 +12,7 @@ from kernel_host import HostKernels
 from philox_reference import step_uniforms
 
 from minigan.backend import get_backend, to_host
-from minigan.cupy_step import FusedStep, draw_ids
+from minigan.cupy_step import DEFAULT_TILE, GEMM_TILES, FusedStep, draw_ids
 from minigan.gan import GAN
 
 pytestmark = pytest.mark.skipif(not HostKernels.available, reason="no host C++ compiler")
@@ -43,11 +44,76 @@ def fused_gan(k, seed):
     return gan
 
 
-@pytest.mark.parametrize("k", [1, 2])
-def test_fused_steps_match_the_numpy_layers(host_kernels, k):
-    n, steps = 16, 2
+class FakeCuda:
+    """The parts of cupy.cuda the fused step uses, on the CPU: while a stream captures, kernel launches are
+    recorded (a CUDA graph keeps each launch's arguments: pointers and scalar values) instead of run, and the
+    graph replays them. An array operation during a capture would run once, not at every replay, so a step
+    that did one would fail the tests, as it should: a captured step must be kernels only."""
+
+    def __init__(self, host_kernels, favourite_tile):
+        self.host_kernels, self.captured, self.graph_launches = host_kernels, None, 0
+        self.favourite, self.timings = GEMM_TILES.index(favourite_tile), 0
+
+    def kernel(self, family, name):
+        run = self.host_kernels(family, name)
+
+        def launch(grid, block, args):
+            if self.captured is not None:
+                self.captured.append((run, grid, block, args))
+            else:
+                run(grid, block, args)
+
+        return launch
+
+    def timer(self, launch):  # called for each tile in GEMM_TILES order
+        assert self.captured is None, "a GEMM was timed during a capture"
+        self.timings += 1
+        return 0.5 if (self.timings - 1) % len(GEMM_TILES) == self.favourite else 1.0
+
+    def Stream(self, non_blocking=False):
+        cuda = self
+
+        class Stream(contextlib.nullcontext):
+            def begin_capture(self):
+                cuda.captured = []
+
+            def end_capture(self):
+                launches, cuda.captured = cuda.captured, None
+                return types.SimpleNamespace(launch=lambda stream=None: cuda.replay(launches))
+
+        return Stream()
+
+    def replay(self, launches):
+        self.graph_launches += 1
+        for run, grid, block, args in launches:
+            run(grid, block, args)
+
+    def Device(self):
+        return types.SimpleNamespace(attributes={"MultiProcessorCount": 132})
+
+
+class FakeGpuArrays:
+    """NumPy, with a ``cuda`` attribute: what minigan.cupy_step takes for CuPy."""
+
+    def __init__(self, cuda):
+        self.cuda = cuda
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+@pytest.mark.parametrize("k, mode", [(1, "graph"), (2, "eager")])
+def test_fused_steps_match_the_numpy_layers(host_kernels, k, mode):
+    """Three fused steps against the NumPy layers fed the same noise and masks. In "graph" mode the step
+    takes its GPU path with a stand-in for CUDA (FakeCuda): the first step runs launch by launch (GEMM tiles
+    timed), the second is captured and replayed, the third replays the same graph."""
+    n, steps = 16, 3
     gan, reference = fused_gan(k, seed=77), GAN(get_backend("numpy"), k=k, seed=9)
-    fused = FusedStep(gan, np, host_kernels)
+    if mode == "graph":
+        cuda = FakeCuda(host_kernels, favourite_tile="64x64_8x8")
+        fused = FusedStep(gan, FakeGpuArrays(cuda), cuda.kernel, timer=cuda.timer)
+    else:
+        fused = FusedStep(gan, np, host_kernels)
     data = np.random.default_rng(10).random((steps, n, 784), dtype=np.float32)
     worst = {"stats": 0.0, "params": 0.0, "grads": 0.0}
     noises, masks = [], []
@@ -69,10 +135,14 @@ def test_fused_steps_match_the_numpy_layers(host_kernels, k):
                 np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-6, err_msg=name)
     assert int(fused.step[0]) == steps and int(fused.t_D[0]) == k * steps and int(fused.t_G[0]) == steps
     assert (gan.rng.step, gan.opt_D.t, gan.opt_G.t) == (steps, k * steps, steps)  # host mirrors for checkpoints
-    # each step draws new noise and new dropout masks
-    assert not np.array_equal(noises[0], noises[1]) and not np.array_equal(masks[0], masks[1])
+    # each step (each replay of one graph) draws new noise and new dropout masks
+    for a, b in ((0, 1), (1, 2)):
+        assert not np.array_equal(noises[a], noises[b]) and not np.array_equal(masks[a], masks[b])
+    if mode == "graph":
+        assert len(fused._graphs) == 1 and cuda.graph_launches == steps - 1
+        assert set(fused.tiles.values()) == {"64x64_8x8"}  # chosen by the (stand-in) timer
     assert abs(float(noises[0].mean())) < 0.2 and 0.8 < float(noises[0].std()) < 1.2
-    print(f"\nfused step vs NumPy layers, k={k}, {steps} steps: max |stats diff| {worst['stats']:.1e}, "
+    print(f"\nfused step ({mode}) vs NumPy layers, k={k}, {steps} steps: max |stats diff| {worst['stats']:.1e}, "
           f"max |grad diff| / max |grad| {worst['grads']:.1e}, max |param diff| {worst['params']:.1e} "
           f"(atol {STEP_ATOL})")
 
@@ -103,7 +173,6 @@ def gemm_products(kernel, xp, tile, splits, x, W, b, dy):
 
 def check_gemm_tiles(kernel, xp, rows, cols, inner, splits):
     """Every tile shape against NumPy; and every tile shape gives the same bits."""
-    from minigan.cupy_step import GEMM_TILES
 
     rng = np.random.default_rng(rows + splits)
     x, W = rng.standard_normal((rows, inner)).astype(np.float32), rng.standard_normal((cols, inner)).astype(np.float32)
@@ -144,9 +213,8 @@ def test_split_rule_fills_the_sms_and_keeps_whole_ranges():
 def test_tiles_chosen_by_timing_give_the_same_step(host_kernels):
     """The tuner times every tile shape on every product of the first step and keeps the fastest; the
     timing launches leave no trace, and the step is bit for bit the untimed one."""
-    from minigan.cupy_step import GEMM_TILES
 
-    n, favourite = 16, "128x64_8x4"
+    n, favourite = 16, "64x64_8x8"
     calls = []
 
     def timer(launch):  # runs the launch, as the GPU timer does, and prefers one tile shape
@@ -159,7 +227,7 @@ def test_tiles_chosen_by_timing_give_the_same_step(host_kernels):
     timed_step, untimed_step = FusedStep(timed, np, host_kernels, timer=timer), FusedStep(untimed, np, host_kernels)
     for batch in data:
         np.testing.assert_array_equal(timed_step.train_step(batch), untimed_step.train_step(batch))
-    assert set(timed_step.tiles.values()) == {favourite} and set(untimed_step.tiles.values()) == {"64x64_4x4"}
+    assert set(timed_step.tiles.values()) == {favourite} and set(untimed_step.tiles.values()) == {DEFAULT_TILE}
     assert len(calls) == len(GEMM_TILES) * len(timed_step.tiles)  # each product timed once, on the first step
     for a, b in ((timed.G, untimed.G), (timed.D, untimed.D)):
         np.testing.assert_array_equal(a.params, b.params)
