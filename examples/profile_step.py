@@ -1,0 +1,98 @@
+"""Where the GPU time of one fused training step goes, launch by launch (needs CuPy and an NVIDIA GPU).
+
+    python examples/profile_step.py [--batch 128] [--k 1]
+
+After three warm-up steps (kernels compiled, GEMM tiles timed, graph captured) it times the graph replay,
+then runs one step launch by launch with a CUDA event before each launch, all queued behind
+kernels/step.cu::hold so the events time the GPU and not the host. Prints one JSON line per launch (kernel,
+grid, block, microseconds), one per kernel family (launches, total, share) and a summary: the sum of the
+launches against the replayed graph's time per step (the difference is what the graph's launches cost).
+The last launch's figure also holds the conversion of the step's statistics that follows it.
+"""
+
+import argparse
+import collections
+import json
+import sys
+
+import numpy as np
+
+
+def profile(gan, real, replays=200):
+    """([(kernel, grid, block, us)] of one step run launch by launch, graph replay ms per step)."""
+    import cupy
+
+    from minigan import cupy_backend
+    from minigan.cupy_step import HOLD_CYCLES
+
+    fused = gan.fused
+    for _ in range(3):
+        gan.train_step(real)
+    cupy.cuda.Device().synchronize()
+    start, end = cupy.cuda.Event(), cupy.cuda.Event()
+    with fused.stream:
+        start.record()
+        for _ in range(replays):
+            gan.train_step(real)
+        end.record()
+    end.synchronize()
+    graph_ms = cupy.cuda.get_elapsed_time(start, end) / replays
+
+    marks = []
+
+    def marked(family, name):
+        launch = cupy_backend.kernel(family, name)
+
+        def run(grid, block, args):
+            marks.append((name, tuple(grid), tuple(block), fused.stream.record()))
+            launch(grid, block, args)
+
+        return run
+
+    fused.kernel, fused.use_graph = marked, False
+    try:
+        with fused.stream:
+            cupy_backend.kernel("step", "hold")((1,), (1,), (np.int64(HOLD_CYCLES * 5),))
+            gan.train_step(real)
+            last = fused.stream.record()
+        last.synchronize()
+    finally:
+        fused.kernel, fused.use_graph = cupy_backend.kernel, True
+    ends = [m[3] for m in marks[1:]] + [last]
+    launches = [(name, grid, block, cupy.cuda.get_elapsed_time(event, after) * 1e3)
+                for (name, grid, block, event), after in zip(marks, ends)]
+    return launches, graph_ms
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--k", type=int, default=1)
+    args = p.parse_args(argv)
+    from minigan.backend import BackendError, get_backend
+    from minigan.gan import GAN
+
+    try:
+        backend = get_backend("cupy")
+    except BackendError as e:
+        print(f"profile_step.py: error: {e}", file=sys.stderr)
+        return 1
+    gan = GAN(backend, k=args.k, seed=0)
+    real = backend.asarray(np.random.default_rng(0).random((args.batch, 784), dtype=np.float32))
+    launches, graph_ms = profile(gan, real)
+    families = collections.defaultdict(lambda: [0, 0.0])
+    for i, (name, grid, block, us) in enumerate(launches):
+        print(json.dumps({"launch": i, "kernel": name, "grid": grid, "block": block, "us": round(us, 2)}))
+        family = "_".join(name.split("_")[:-2]) if name.startswith("linear") else name
+        families[family][0] += 1
+        families[family][1] += us
+    total = sum(us for *_, us in launches)
+    for family, (count, us) in sorted(families.items(), key=lambda f: -f[1][1]):
+        print(json.dumps({"kernel": family, "launches": count, "us": round(us, 1), "share": round(us / total, 3)}))
+    print(json.dumps({"device": backend.device, "batch": args.batch, "k": args.k, "launches": len(launches),
+                      "sum_of_launches_ms": round(total / 1e3, 4), "graph_ms_per_step": round(graph_ms, 4)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
