@@ -6,7 +6,8 @@ timed per product, split-K by a fixed rule), BatchNorm and the
 sigmoid + BCE head as batch reductions (kernels/layers.cu), noise and dropout masks from Philox counters
 (element, draw, step) with ``step`` in device memory, Adam in one launch per model with its step count in
 device memory (kernels/optim.cu), and the step's counters advanced on the device (kernels/step.cu). Nothing in
-a step reads a host value, so the step can be captured once as a CUDA graph and replayed for every batch.
+a step reads a host value, so the step can be captured once as a CUDA graph and replayed for every batch. The
+weight gradients go to a second stream (a branch of the graph), off the critical path of input gradients.
 
 It runs on any "device": ``xp`` and ``kernel`` are CuPy and cupy.RawModule kernels on a GPU, or NumPy and
 kernels compiled for the CPU (tests/kernel_host.py) in the tests, which check it against the NumPy layers.
@@ -100,6 +101,11 @@ class FusedStep:
         on_gpu = hasattr(xp, "cuda")
         self.stream = xp.cuda.Stream(non_blocking=False) if on_gpu else None
         self.use_graph = on_gpu
+        # The weight gradients run on a second stream, beside the chain of input gradients that is the step's
+        # critical path (nothing reads them before Adam, which waits for them): a branch of the graph.
+        self.side = xp.cuda.Stream(non_blocking=False) if on_gpu else None
+        self.forked, self.joined = ((xp.cuda.Event(disable_timing=True), xp.cuda.Event(disable_timing=True))
+                                    if on_gpu else (None, None))
         self._graphs, self._ran = {}, set()  # batch sizes captured; batch sizes run (and tuned) once
         self.timer = self._gpu_time if on_gpu and timer is None else timer
         self.sms = sms or (xp.cuda.Device().attributes["MultiProcessorCount"] if on_gpu else H100_SMS)
@@ -167,6 +173,7 @@ class FusedStep:
     def _gpu_time(self, launch, reps=20):
         """Seconds per launch on the GPU, queued behind kernels/step.cu::hold so the host's pace is hidden."""
         cuda = self.xp.cuda
+        cuda.Device().synchronize()  # nothing else running (the other stream's work included)
         launch()  # warm-up
         start, end = cuda.Event(), cuda.Event()
         self._launch("step", "hold", 1, (np.int64(HOLD_CYCLES),), block=1)
@@ -184,13 +191,32 @@ class FusedStep:
                     np.int32(activation), self.slope, self.drop_p, self.drop_scale, self.seed, self.step,
                     np.uint32(draw)))
 
+    @contextlib.contextmanager
+    def weight_branch(self):
+        """Launches inside go to the side stream, after all launched so far on the main one (on a GPU)."""
+        if self.side is None:
+            yield
+            return
+        self.stream.record(self.forked)
+        self.side.wait_event(self.forked)
+        with self.side:
+            yield
+
+    def join(self):
+        """The main stream waits for the side stream's launches so far (before Adam reads the gradients)."""
+        if self.side is not None:
+            self.side.record(self.joined)
+            self.stream.wait_event(self.joined)
+
     def linear_backward(self, dy, x, layer, rows, dx=None, y_prev=None, activation=ACT_NONE, draw=0,
                         param_grads=True):
         """dW, db of ``layer`` (unless param_grads is False) and dx * act'(y_prev) into ``dx`` (if given)."""
         n_out, n_in = layer.out_features, layer.in_features
         if param_grads:
-            self._gemm("linear_backward_weight", n_out, n_in, rows,
-                       (layer.grads["W"], layer.grads["b"], dy, x, np.int32(rows), np.int32(n_out), np.int32(n_in)))
+            with self.weight_branch():
+                self._gemm("linear_backward_weight", n_out, n_in, rows,
+                           (layer.grads["W"], layer.grads["b"], dy, x, np.int32(rows), np.int32(n_out),
+                            np.int32(n_in)))
         if dx is not None:
             self._gemm("linear_backward_input", rows, n_in, n_out,
                        (dx, dy, layer.params["W"], dx if y_prev is None else y_prev, np.int32(rows), np.int32(n_out),
@@ -198,6 +224,7 @@ class FusedStep:
                         self.step, np.uint32(draw)))
 
     def adam(self, opt, t, t_offset=0):
+        self.join()  # the weight gradients are complete
         n = opt.params.size
         # 8 blocks of 256 per SM fill an H100's SMs (2048 threads each); the kernel strides over the rest
         self._launch("optim", "adam_step_counted", min(n, 8 * self.sms * THREADS),

@@ -2,7 +2,6 @@
 kernels are compiled for the host by tests/kernel_host.py, so every launch, shape and epilogue is checked
 here; tests/test_cupy.py repeats the step checks on a real GPU."""
 
-import contextlib
 import types
 
 import numpy as np
@@ -47,17 +46,28 @@ def fused_gan(k, seed):
 class FakeCuda:
     """The parts of cupy.cuda the fused step uses, on the CPU: while a stream captures, kernel launches are
     recorded (a CUDA graph keeps each launch's arguments: pointers and scalar values) instead of run, and the
-    graph replays them. An array operation during a capture would run once, not at every replay, so a step
-    that did one would fail the tests, as it should: a captured step must be kernels only."""
+    graph replays them in launch order. An array operation during a capture would run once, not at every
+    replay, so a step that did one fails the tests, as it should: a captured step must be kernels only.
+
+    Launch order is one legal schedule of two streams; what would make it the wrong one is checked: a launch
+    on the side stream must follow a wait for everything launched on the main stream so far (the fork), and
+    every side launch must be waited for by the main stream before the capture ends (CUDA refuses an unjoined
+    capture) and before Adam reads the gradients (checked through the numbers)."""
 
     def __init__(self, host_kernels, favourite_tile):
         self.host_kernels, self.captured, self.graph_launches = host_kernels, None, 0
         self.favourite, self.timings = GEMM_TILES.index(favourite_tile), 0
+        self.current, self.streams = None, []
 
     def kernel(self, family, name):
         run = self.host_kernels(family, name)
 
         def launch(grid, block, args):
+            stream, main = self.current, self.streams[0]
+            assert stream is not None, f"{name} launched outside the step's streams"
+            if stream is not main:
+                assert stream.waited.get(id(main)) == main.launches, f"{name} on the side stream without a fork"
+            stream.launches += 1
             if self.captured is not None:
                 self.captured.append((run, grid, block, args))
             else:
@@ -70,14 +80,36 @@ class FakeCuda:
         self.timings += 1
         return 0.5 if (self.timings - 1) % len(GEMM_TILES) == self.favourite else 1.0
 
+    def Event(self, **options):
+        return types.SimpleNamespace(stream=None, launches=0)
+
     def Stream(self, non_blocking=False):
         cuda = self
 
-        class Stream(contextlib.nullcontext):
+        class Stream:
+            def __init__(self):
+                self.launches, self.waited, self.outer = 0, {}, []
+                cuda.streams.append(self)
+
+            def __enter__(self):
+                self.outer.append(cuda.current)
+                cuda.current = self
+
+            def __exit__(self, *exc):
+                cuda.current = self.outer.pop()
+
+            def record(self, event):
+                event.stream, event.launches = self, self.launches
+
+            def wait_event(self, event):
+                self.waited[id(event.stream)] = event.launches
+
             def begin_capture(self):
                 cuda.captured = []
 
             def end_capture(self):
+                for other in cuda.streams[1:]:
+                    assert self.waited.get(id(other), 0) == other.launches, "capture ended with an unjoined stream"
                 launches, cuda.captured = cuda.captured, None
                 return types.SimpleNamespace(launch=lambda stream=None: cuda.replay(launches))
 
