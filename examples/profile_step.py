@@ -3,10 +3,10 @@
     python examples/profile_step.py [--batch 128] [--k 1]
 
 After three warm-up steps (kernels compiled, GEMM tiles timed, graph captured) it times the graph replay,
-then runs one step launch by launch with a CUDA event before each launch, all queued behind
+and the replay of a graph without the weight gradients' branch (one stream), then runs one step launch by launch on one stream with a CUDA event before each launch, all queued behind
 kernels/step.cu::hold so the events time the GPU and not the host. Prints one JSON line per launch (kernel,
 grid, block, microseconds), one per kernel family (launches, total, share) and a summary: the sum of the
-launches against the replayed graph's time per step (the difference is what the graph's launches cost).
+launches against the replayed graphs' times per step.
 The last launch's figure also holds the conversion of the step's statistics that follows it.
 """
 
@@ -18,26 +18,31 @@ import sys
 import numpy as np
 
 
-def profile(gan, real, replays=200):
-    """([(kernel, grid, block, us)] of one step run launch by launch, graph replay ms per step)."""
+def replay_ms(gan, real, replays=200):
+    """GPU milliseconds per step of the replayed graph, after three warm-up steps."""
+    import cupy
+
+    for _ in range(3):
+        gan.train_step(real)
+    cupy.cuda.Device().synchronize()
+    start, end = cupy.cuda.Event(), cupy.cuda.Event()
+    with gan.fused.stream:
+        start.record()
+        for _ in range(replays):
+            gan.train_step(real)
+        end.record()
+    end.synchronize()
+    return cupy.cuda.get_elapsed_time(start, end) / replays
+
+
+def profile(gan, real):
+    """[(kernel, grid, block, us)] of one step of ``gan`` (warmed up) run launch by launch."""
     import cupy
 
     from minigan import cupy_backend
     from minigan.cupy_step import HOLD_CYCLES
 
     fused = gan.fused
-    for _ in range(3):
-        gan.train_step(real)
-    cupy.cuda.Device().synchronize()
-    start, end = cupy.cuda.Event(), cupy.cuda.Event()
-    with fused.stream:
-        start.record()
-        for _ in range(replays):
-            gan.train_step(real)
-        end.record()
-    end.synchronize()
-    graph_ms = cupy.cuda.get_elapsed_time(start, end) / replays
-
     marks = []
 
     def marked(family, name):
@@ -49,6 +54,8 @@ def profile(gan, real, replays=200):
 
         return run
 
+    # one stream (the weight gradients' branch folded in), so that consecutive events bracket one launch each
+    side, fused.side = fused.side, None
     fused.kernel, fused.use_graph = marked, False
     try:
         with fused.stream:
@@ -57,11 +64,10 @@ def profile(gan, real, replays=200):
             last = fused.stream.record()
         last.synchronize()
     finally:
-        fused.kernel, fused.use_graph = cupy_backend.kernel, True
+        fused.kernel, fused.use_graph, fused.side = cupy_backend.kernel, True, side
     ends = [m[3] for m in marks[1:]] + [last]
-    launches = [(name, grid, block, cupy.cuda.get_elapsed_time(event, after) * 1e3)
-                for (name, grid, block, event), after in zip(marks, ends)]
-    return launches, graph_ms
+    return [(name, grid, block, cupy.cuda.get_elapsed_time(event, after) * 1e3)
+            for (name, grid, block, event), after in zip(marks, ends)]
 
 
 def main(argv=None):
@@ -77,9 +83,11 @@ def main(argv=None):
     except BackendError as e:
         print(f"profile_step.py: error: {e}", file=sys.stderr)
         return 1
-    gan = GAN(backend, k=args.k, seed=0)
+    gan, one_stream = GAN(backend, k=args.k, seed=0), GAN(backend, k=args.k, seed=0)
+    one_stream.fused.side = None  # its graph has no branch: the weight gradients wait their turn
     real = backend.asarray(np.random.default_rng(0).random((args.batch, 784), dtype=np.float32))
-    launches, graph_ms = profile(gan, real)
+    graph_ms, one_stream_ms = replay_ms(gan, real), replay_ms(one_stream, real)
+    launches = profile(gan, real)
     families = collections.defaultdict(lambda: [0, 0.0])
     for i, (name, grid, block, us) in enumerate(launches):
         print(json.dumps({"launch": i, "kernel": name, "grid": grid, "block": block, "us": round(us, 2)}))
@@ -90,7 +98,8 @@ def main(argv=None):
     for family, (count, us) in sorted(families.items(), key=lambda f: -f[1][1]):
         print(json.dumps({"kernel": family, "launches": count, "us": round(us, 1), "share": round(us / total, 3)}))
     print(json.dumps({"device": backend.device, "batch": args.batch, "k": args.k, "launches": len(launches),
-                      "sum_of_launches_ms": round(total / 1e3, 4), "graph_ms_per_step": round(graph_ms, 4)}))
+                      "sum_of_launches_ms": round(total / 1e3, 4), "graph_ms_per_step": round(graph_ms, 4),
+                      "graph_one_stream_ms_per_step": round(one_stream_ms, 4)}))
     return 0
 
 
