@@ -52,11 +52,15 @@ def kernel(family, name):
 
     found = _kernels.get((family, name))
     if found is None:
-        module = _modules.get(family)
-        if module is None:
-            source = (KERNELS / f"{family}.cu").read_text()
-            module = _modules[family] = cupy.RawModule(code=source, options=NVRTC_OPTIONS)
-        found = _kernels[(family, name)] = module.get_function(name)
+        try:
+            module = _modules.get(family)
+            if module is None:
+                source = (KERNELS / f"{family}.cu").read_text()
+                module = _modules[family] = cupy.RawModule(code=source, options=NVRTC_OPTIONS)
+            found = _kernels[(family, name)] = module.get_function(name)  # compiles on first use
+        except Exception as e:  # CompileException (NVRTC), CUDADriverError (loading), OSError (the source)
+            first_line = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+            raise BackendError(f"kernels/{family}.cu: {name}: {first_line}") from None
     return found
 
 

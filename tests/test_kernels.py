@@ -134,3 +134,27 @@ def test_philox_device_code_matches_the_reference_on_the_host(tmp_path):
     reference = np.stack(philox4x32(*(cases[:, i] for i in range(6))), axis=1).astype(np.uint64)
     np.testing.assert_array_equal(device, reference)
     assert [tuple(int(w) for w in row) for row in device[:3]] == [e for _, _, e in PHILOX_KAT]
+
+
+def test_a_kernel_that_fails_to_compile_or_load_is_one_line(monkeypatch):
+    """What CuPy raises from NVRTC or the driver becomes a BackendError naming the file and kernel, which
+    the programs print as one line (tests/test_cupy.py runs the real compiler)."""
+    import sys
+    import types
+
+    from minigan import cupy_backend
+    from minigan.backend import BackendError
+
+    class FailingModule:
+        def __init__(self, code, options):
+            assert "extern \"C\"" in code and options == cupy_backend.NVRTC_OPTIONS
+
+        def get_function(self, name):
+            raise RuntimeError("\nnvrtc: error: failed to compile the program\n(long log)")
+
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(RawModule=FailingModule))
+    monkeypatch.setattr(cupy_backend, "_modules", {})
+    monkeypatch.setattr(cupy_backend, "_kernels", {})
+    with pytest.raises(BackendError) as error:
+        cupy_backend.kernel("linear", "linear_forward_32x32_4x4")
+    assert str(error.value) == "kernels/linear.cu: linear_forward_32x32_4x4: nvrtc: error: failed to compile the program"
