@@ -25,6 +25,34 @@
 
 enum Activation { ACT_NONE = 0, ACT_LEAKY = 1, ACT_LEAKY_DROPOUT = 2, ACT_SIGMOID = 3 };
 
+// One operand's slice of TILE_K along the inner dimension by EXTENT along its other (row or column) index t,
+// X(t, k) = X[t * t_stride + k * k_stride], t in [t0, t0 + EXTENT), zero outside [.., t_end) x [.., k_end).
+// Each of the THREADS threads fetches LOADS elements into registers; consecutive threads take consecutive
+// addresses (coalesced): along k where that stride is 1, else along t. The choice is the same for the whole
+// block, so no thread diverges.
+template <int EXTENT, int LOADS, int THREADS>
+__device__ __forceinline__ void fetch_slice(float (&out)[LOADS], const float* X, long long t_stride, long long k_stride,
+                                            int t0, int t_end, int k0, int k_end) {
+    bool along_k = k_stride == 1;
+#pragma unroll
+    for (int u = 0; u < LOADS; ++u) {
+        int l = threadIdx.x + u * THREADS;
+        int kk = along_k ? l % TILE_K : l / EXTENT, t = along_k ? l / TILE_K : l % EXTENT;
+        int k = k0 + kk, i = t0 + t;
+        out[u] = (i < t_end && k < k_end) ? X[i * t_stride + k * k_stride] : 0.0f;
+    }
+}
+
+// ... and into shared memory, as S[k][t].
+template <int EXTENT, int LOADS, int THREADS>
+__device__ __forceinline__ void store_slice(float (*S)[EXTENT + 4], const float (&in)[LOADS], bool along_k) {
+#pragma unroll
+    for (int u = 0; u < LOADS; ++u) {
+        int l = threadIdx.x + u * THREADS;
+        S[along_k ? l % TILE_K : l / EXTENT][along_k ? l / TILE_K : l % EXTENT] = in[u];
+    }
+}
+
 // C (rows, cols) = A (rows, inner) B (inner, cols) with A(i, k) = A[i * a_i + k * a_k] and
 // B(k, j) = B[k * b_k + j * b_j]: the strides express every transpose the layers need.
 // Calls epilogue(i, j, value) for each element of the block's tile inside the matrix.
@@ -58,47 +86,21 @@ __device__ __forceinline__ void gemm(const float* A, long long a_i, long long a_
     for (int r = 0; r < TM; ++r)
 #pragma unroll
         for (int c = 0; c < TN; ++c) acc[r][c] = 0.0f;
-    // Consecutive threads load consecutive addresses (coalesced): along k where that stride is 1, else along
-    // the row (or column) index. The choice is the same for the whole block, so no thread diverges.
-    bool a_along_k = a_k == 1, b_along_k = b_k == 1;
     float a_next[A_LOADS], b_next[B_LOADS];
-    auto fetch = [&](int k0) {
-#pragma unroll
-        for (int u = 0; u < A_LOADS; ++u) {
-            int l = tid + u * THREADS;
-            int kk = a_along_k ? l % TILE_K : l / BM, t = a_along_k ? l / TILE_K : l % BM;
-            int k = k0 + kk, i = row0 + t;
-            a_next[u] = (i < rows && k < k_end) ? A[i * a_i + k * a_k] : 0.0f;
-        }
-#pragma unroll
-        for (int u = 0; u < B_LOADS; ++u) {
-            int l = tid + u * THREADS;
-            int kk = b_along_k ? l % TILE_K : l / BN, t = b_along_k ? l / TILE_K : l % BN;
-            int k = k0 + kk, j = col0 + t;
-            b_next[u] = (j < cols && k < k_end) ? B[k * b_k + j * b_j] : 0.0f;
-        }
-    };
-    auto store = [&](int stage) {
-#pragma unroll
-        for (int u = 0; u < A_LOADS; ++u) {
-            int l = tid + u * THREADS;
-            As[stage][a_along_k ? l % TILE_K : l / BM][a_along_k ? l / TILE_K : l % BM] = a_next[u];
-        }
-#pragma unroll
-        for (int u = 0; u < B_LOADS; ++u) {
-            int l = tid + u * THREADS;
-            Bs[stage][b_along_k ? l % TILE_K : l / BN][b_along_k ? l / TILE_K : l % BN] = b_next[u];
-        }
-    };
     bool sums_rows = a_row_sums != nullptr && blockIdx.x == 0 && tid < BM;
     float row_sum = 0.0f;
-    fetch(k_begin);
-    store(0);
+    fetch_slice<BM, A_LOADS, THREADS>(a_next, A, a_i, a_k, row0, rows, k_begin, k_end);
+    fetch_slice<BN, B_LOADS, THREADS>(b_next, B, b_j, b_k, col0, cols, k_begin, k_end);
+    store_slice<BM, A_LOADS, THREADS>(As[0], a_next, a_k == 1);
+    store_slice<BN, B_LOADS, THREADS>(Bs[0], b_next, b_k == 1);
     __syncthreads();
     int stage = 0;
     for (int k0 = k_begin; k0 < k_end; k0 += TILE_K, stage ^= 1) {
         bool more = k0 + TILE_K < k_end;
-        if (more) fetch(k0 + TILE_K);  // in flight during the products below
+        if (more) {  // in flight during the products below
+            fetch_slice<BM, A_LOADS, THREADS>(a_next, A, a_i, a_k, row0, rows, k0 + TILE_K, k_end);
+            fetch_slice<BN, B_LOADS, THREADS>(b_next, B, b_j, b_k, col0, cols, k0 + TILE_K, k_end);
+        }
         if (sums_rows)
             for (int kk = 0; kk < TILE_K; ++kk) row_sum += As[stage][kk][tid];
 #pragma unroll
@@ -119,7 +121,10 @@ __device__ __forceinline__ void gemm(const float* A, long long a_i, long long a_
 #pragma unroll
                 for (int c = 0; c < TN; ++c) acc[r][c] += a[r] * b[c];
         }
-        if (more) store(stage ^ 1);  // the other stage was last read before the previous barrier
+        if (more) {  // the other stage was last read before the previous barrier
+            store_slice<BM, A_LOADS, THREADS>(As[stage ^ 1], a_next, a_k == 1);
+            store_slice<BN, B_LOADS, THREADS>(Bs[stage ^ 1], b_next, b_k == 1);
+        }
         __syncthreads();
     }
     if (sums_rows && row0 + tid < rows) a_row_sums[row0 + tid] = row_sum;

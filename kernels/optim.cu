@@ -1,21 +1,27 @@
-// Adam over a model's flat parameter buffer: one launch per model and step, one thread per parameter.
+// Adam over a model's flat parameter buffer: one launch per model and step.
 // The same update, in the same grouping, as minigan/optim.py::Adam (PyTorch's):
 //   m <- m + (1 - beta1) (g - m);  v <- beta2 v + (1 - beta2) g^2
 //   p <- p - m / (sqrt(v) * inv_scale + eps_scaled),
 // with inv_scale = 1 / (sqrt(1 - beta2^t) * step_size), eps_scaled = eps / step_size and
-// step_size = lr / (1 - beta1^t), computed on the host in double precision.
+// step_size = lr / (1 - beta1^t), computed in double precision (on the host for adam_step).
 
-extern "C" __global__ void adam_step(float* p, const float* g, float* m, float* v, long long n,
-                                     float one_minus_beta1, float beta2, float one_minus_beta2,
-                                     float inv_scale, float eps_scaled) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
+__device__ __forceinline__ void adam_update(float* p, const float* g, float* m, float* v, long long i,
+                                            float one_minus_beta1, float beta2, float one_minus_beta2,
+                                            float inv_scale, float eps_scaled) {
     float gi = g[i];
     float mi = m[i] + one_minus_beta1 * (gi - m[i]);
     float vi = beta2 * v[i] + one_minus_beta2 * (gi * gi);
     m[i] = mi;
     v[i] = vi;
     p[i] -= mi / (sqrtf(vi) * inv_scale + eps_scaled);
+}
+
+// Launch: n threads in blocks of 256.
+extern "C" __global__ void adam_step(float* p, const float* g, float* m, float* v, long long n,
+                                     float one_minus_beta1, float beta2, float one_minus_beta2,
+                                     float inv_scale, float eps_scaled) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) adam_update(p, g, m, v, i, one_minus_beta1, beta2, one_minus_beta2, inv_scale, eps_scaled);
 }
 
 // The fused step's Adam: as adam_step, with the step count in device memory, so a replayed CUDA graph
@@ -35,13 +41,6 @@ extern "C" __global__ void adam_step_counted(float* p, const float* g, float* m,
         eps_scaled = (float)(eps / step_size);
     }
     __syncthreads();
-    float one_minus_beta1 = (float)(1.0 - beta1), beta2_f = (float)beta2, one_minus_beta2 = (float)(1.0 - beta2);
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
-        float gi = g[i];
-        float mi = m[i] + one_minus_beta1 * (gi - m[i]);
-        float vi = beta2_f * v[i] + one_minus_beta2 * (gi * gi);
-        m[i] = mi;
-        v[i] = vi;
-        p[i] -= mi / (sqrtf(vi) * inv_scale + eps_scaled);
-    }
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+        adam_update(p, g, m, v, i, (float)(1.0 - beta1), (float)beta2, (float)(1.0 - beta2), inv_scale, eps_scaled);
 }
