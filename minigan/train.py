@@ -139,7 +139,8 @@ def prepare_run_dir(run_dir):
 class Progress:
     """A one-line progress bar within an epoch, redrawn at most 10 times a second, on a terminal only."""
 
-    def __init__(self, total, label, stream=sys.stderr, enabled=None):
+    def __init__(self, total, label, stream=None, enabled=None):
+        stream = sys.stderr if stream is None else stream  # at call time: sys.stderr may have been replaced
         self.total, self.label, self.stream = total, label, stream
         self.enabled = stream.isatty() if enabled is None else enabled
         self.start = self.last = time.perf_counter()
@@ -261,7 +262,7 @@ class Run:
                 f"Loss_G={stats[s, 1]}); stopped; last good checkpoint: "
                 f"{ckpt.describe(self.run_dir / 'checkpoint.npz')}")
 
-    def train(self, stop=None, progress_stream=sys.stderr):
+    def train(self, stop=None, progress_stream=None):
         """Train up to config["epochs"]; check ``stop`` (a StopFlag) after every step."""
         try:
             self._train(stop, progress_stream)

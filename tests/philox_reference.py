@@ -98,3 +98,7 @@ class StepReplay:
 
     def permutation(self, n):
         return self.host.permutation(n)
+
+    @property
+    def bit_generator(self):  # what the NumPy backend's checkpoints save of a stream: here, the shuffling's
+        return self.host.bit_generator

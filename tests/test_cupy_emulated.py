@@ -1,0 +1,82 @@
+"""The CuPy backend's whole program on an emulated GPU (tests/fake_cupy.py): the training loop with the data
+on the device, the Philox stream, the fused step (eager, then captured and replayed), checkpoints across
+backends and sampling run minigan's GPU code unchanged, with the kernels compiled for the CPU.
+tests/test_cupy.py runs the same paths on a real GPU."""
+
+import sys
+
+import numpy as np
+import pytest
+from fake_cupy import FakeCuda, fake_cupy
+from kernel_host import HostKernels
+from test_data import write_mnist
+
+from minigan import checkpoint as ckpt
+from minigan.backend import get_backend
+
+pytestmark = pytest.mark.skipif(not HostKernels.available, reason="no host C++ compiler")
+
+
+@pytest.fixture(scope="module")
+def host_kernels():
+    return HostKernels()
+
+
+@pytest.fixture
+def emulated_gpu(host_kernels, monkeypatch):
+    from minigan import cupy_backend
+    from minigan.cupy_step import FusedStep
+
+    cuda = FakeCuda(host_kernels, timings=[1.0])  # every GEMM tile alike: the first is kept
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(cuda))
+    monkeypatch.setattr(cupy_backend, "kernel", cuda.kernel)
+    monkeypatch.setattr(FusedStep, "_gpu_time", lambda self, launch: cuda.timer(launch))
+    return cuda
+
+
+def test_the_program_trains_on_the_emulated_gpu_resumes_on_the_cpu_and_samples(emulated_gpu, tmp_path, capsys):
+    from minigan import sample, train
+
+    write_mnist(tmp_path, n=64)
+    out = tmp_path / "run"
+    assert train.main(["--backend", "cupy", "--data-dir", str(tmp_path), "--epochs", "2", "--batch-size", "16",
+                       "--out", str(out)]) == 0
+    assert "cupy on emulated GPU" in capsys.readouterr().out
+    assert emulated_gpu.graph_launches == 2 * 4 - 1  # the first step eager, the other seven one graph
+    arrays = ckpt.load_npz(out / "checkpoint.npz")
+    assert int(arrays["epoch"]) == 2 and len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert (out / "samples" / "epoch_002.png").exists() and (out / "losses.png").exists()
+    # the checkpoint of the GPU run continues on the CPU
+    assert train.main(["--backend", "numpy", "--data-dir", str(tmp_path), "--resume", str(out), "--epochs", "3"]) == 0
+    assert int(ckpt.load_npz(out / "checkpoint.npz")["epoch"]) == 3
+    # and samples back on the GPU
+    assert sample.main(["--backend", "cupy", "--checkpoint", str(out), "--n", "16",
+                        "--out", str(tmp_path / "s.npy")]) == 0
+    images = np.load(tmp_path / "s.npy")
+    assert images.shape[0] == 16 and images.dtype == np.uint8 and images.max() > images.min()
+
+
+def test_epochs_on_the_emulated_gpu_track_the_numpy_backend(emulated_gpu, tmp_path):
+    """As tests/test_cupy.py's three epochs on a GPU: the fused step against the NumPy layers drawing the
+    same numbers (philox_reference.StepReplay), here with the GPU emulated, so they agree more closely."""
+    from conftest import use_rng
+    from philox_reference import StepReplay
+
+    from minigan.data import load_mnist
+    from minigan.train import RECIPE, Run
+
+    write_mnist(tmp_path, n=96, seed=5)
+    images = load_mnist(tmp_path)[0]
+    config = {**RECIPE, "batch_size": 32, "epochs": 2}
+    runs = {}
+    for name in ("cupy", "numpy"):
+        (tmp_path / name / "samples").mkdir(parents=True)
+        runs[name] = Run(config, get_backend(name), images, tmp_path / name, log=lambda s: None)
+    runs["cupy"].train()
+    use_rng(runs["numpy"].gan, StepReplay(RECIPE["seed"], 1, RECIPE["seed"]))
+    runs["numpy"].train()
+    losses = {name: np.array([[h[m] for m in ("loss_D", "loss_G", "D_x", "D_G_z")] for h in run.history])
+              for name, run in runs.items()}
+    print(f"\nper-epoch loss_D, loss_G, D(x), D(G(z)), emulated GPU:\n{losses['cupy']}\nnumpy:\n{losses['numpy']}")
+    np.testing.assert_allclose(losses["cupy"], losses["numpy"], rtol=1e-4)
+    np.testing.assert_allclose(runs["cupy"].gan.G.params, runs["numpy"].gan.G.params, rtol=0, atol=1e-4)
