@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -8,6 +9,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))  # torch_gan.py, the reference program
 
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
+
+if os.environ.get("MINIGAN_EMULATE_GPU"):  # the GPU tests on the CPU (tests/fake_cupy.py), before any imports cupy
+    from fake_cupy import install
+    from kernel_host import HostKernels
+
+    install(HostKernels())
 
 
 class RecordingRng:

@@ -9,8 +9,12 @@ before the capturing stream waited for the others' launches (CUDA refuses an unj
 graph replays the recorded launches (a CUDA graph keeps each launch's arguments: pointers and scalar
 values); an array operation during a capture would run once, at capture time, and not at every replay, so a
 step that did one fails the tests, as it should: a captured step must be kernels only.
+
+``MINIGAN_EMULATE_GPU=1 pytest tests/test_cupy.py`` runs the GPU tests on it (tests/conftest.py installs
+it; slow: minutes).
 """
 
+import sys
 import time
 import types
 
@@ -129,3 +133,20 @@ def fake_cupy(cuda):
     module.cuda = cuda
     module.__version__ = "emulated"
     return module
+
+
+def install(host_kernels, setattr_=setattr, modules=None):
+    """Make ``import cupy`` give the emulated GPU and minigan launch the host-compiled kernels; returns the
+    FakeCuda. ``setattr_`` and ``modules`` let a test undo it (pytest's monkeypatch.setattr, setitem)."""
+    from minigan import cupy_backend
+    from minigan.cupy_step import FusedStep
+
+    cuda = FakeCuda(host_kernels, timings=[1.0])  # every GEMM tile alike: the first is kept
+    if modules is None:
+        sys.modules["cupy"] = fake_cupy(cuda)
+    else:
+        modules("cupy", fake_cupy(cuda))
+    setattr_(cupy_backend, "kernel", cuda.kernel)
+    # emulated time means nothing: the stand-in timer, not CUDA events behind a spinning kernel
+    setattr_(FusedStep, "_gpu_time", lambda self, launch: cuda.timer(launch))
+    return cuda

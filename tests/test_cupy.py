@@ -173,6 +173,8 @@ def test_epochs_on_both_backends_track_each_other(tmp_path):
     np.testing.assert_allclose(losses["cupy"], losses["numpy"], rtol=1e-2)
 
 
+@pytest.mark.skipif(HAVE_GPU and cupy.__version__ == "emulated",
+                    reason="a subprocess does not see the emulated GPU (tests/test_cupy_emulated.py runs it in-process)")
 def test_cli_trains_on_the_gpu_and_resumes_on_the_cpu(tmp_path):
     from test_cli import final_arrays, run_cli
     from test_data import write_mnist

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from fake_cupy import FakeCuda, fake_cupy
+from fake_cupy import install
 from kernel_host import HostKernels
 from test_data import write_mnist
 
@@ -24,14 +24,7 @@ def host_kernels():
 
 @pytest.fixture
 def emulated_gpu(host_kernels, monkeypatch):
-    from minigan import cupy_backend
-    from minigan.cupy_step import FusedStep
-
-    cuda = FakeCuda(host_kernels, timings=[1.0])  # every GEMM tile alike: the first is kept
-    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(cuda))
-    monkeypatch.setattr(cupy_backend, "kernel", cuda.kernel)
-    monkeypatch.setattr(FusedStep, "_gpu_time", lambda self, launch: cuda.timer(launch))
-    return cuda
+    return install(host_kernels, monkeypatch.setattr, lambda name, module: monkeypatch.setitem(sys.modules, name, module))
 
 
 def test_the_program_trains_on_the_emulated_gpu_resumes_on_the_cpu_and_samples(emulated_gpu, tmp_path, capsys):
