@@ -1,11 +1,10 @@
 // Runs CUDA kernels on the CPU, for tests on machines without a GPU (tests/kernel_host.py builds it).
-// One std::thread per CUDA thread of a block; blocks run one after another; __syncthreads is a std::barrier
-// over the block's threads; __shared__ is function-static storage, safe because one block runs at a time.
+// One std::thread per CUDA thread of a block; blocks run one after another, in a scrambled order;
+// __syncthreads is a std::barrier over the block's threads; __shared__ is function-static storage, safe
+// because one block runs at a time.
 // Only what minigan's kernels use is here: they avoid warp-synchronous code (no shuffles, no implicit warp
 // sync), so this schedule is one of the many a GPU may choose, and a kernel that is correct under every
-// schedule is correct under this one. Speed means nothing here. Blocks running one after another also
-// means the split-K GEMM's last block to arrive is always the last split; the others' early exit and the
-// fixed summation order are still exercised.
+// schedule is correct under this one. Speed means nothing here.
 #pragma once
 #include <algorithm>
 #include <atomic>
@@ -74,7 +73,10 @@ void launch(dim3 grid, dim3 block, Body body) {
     for (unsigned int t = 0; t < threads; ++t) {
         pool.emplace_back([&, t] {
             threadIdx = {t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
-            for (unsigned int b = 0; b < blocks; ++b) {
+            for (unsigned int i = 0; i < blocks; ++i) {
+                // blocks in a scrambled order (a GPU promises none): a split-K tile's last block to arrive
+                // is then any of its splits, not always the last (a permutation: 1000003 is prime)
+                unsigned int b = (unsigned int)(((unsigned long long)i * 1000003ull) % blocks);
                 blockIdx = {b % grid.x, (b / grid.x) % grid.y, b / (grid.x * grid.y)};
                 body();
                 barrier.arrive_and_wait();  // the whole block is done before the next reuses __shared__
