@@ -97,7 +97,7 @@ class FusedStep:
         self._device_counters = None  # the host counters the device counters are known to equal
         self._buffers = {}
         # On a GPU each batch size's step is captured once as a CUDA graph (on a stream of its own, which
-        # synchronises with the default stream) and replayed: one launch per step instead of ~50.
+        # synchronises with the default stream) and replayed: one launch per step instead of 43.
         on_gpu = hasattr(xp, "cuda")
         self.stream = xp.cuda.Stream(non_blocking=False) if on_gpu else None
         self.use_graph = on_gpu
@@ -110,8 +110,9 @@ class FusedStep:
         self.timer = self._gpu_time if on_gpu and timer is None else timer
         self.sms = sms or (xp.cuda.Device().attributes["MultiProcessorCount"] if on_gpu else H100_SMS)
         self.tiles, self.tile_times = {}, {}  # (kernel, rows, cols, inner) -> fastest tile; -> {tile: s}
-        # Split-K scratch, shared by every product (one GEMM runs at a time on the stream). splits > 1 only
-        # when the 64 x 64 tiles times the splits fit the SMs, so no tile shape needs more than this.
+        # Split-K scratch, shared by every split product: they all run on the main stream, one at a time (the
+        # weight gradients on the side stream never split). splits > 1 only when the 64 x 64 tiles times the
+        # splits fit the SMs, so no tile shape needs more than this.
         self.partials = xp.empty(self.sms * 128 * 128, np.float32)
         self.tile_counters = xp.zeros(4 * self.sms, np.uint32)  # zero between launches
 
