@@ -10,7 +10,9 @@ torch-eager's, and minigan's over the fastest PyTorch variant's.
 Each implementation first runs its warm-up steps (and must produce finite losses), then is timed
 over --steps steps; the figure is the median of --repeats such timings, taken in turns. minigan's line also
 gives its first step's time (on the GPU: compiling the kernels, timing the GEMM tiles) and, on CuPy, how many
-of the step's products chose each GEMM tile shape.
+of the step's products chose each GEMM tile shape. On CuPy it also times minigan-cupy-layers, the same GAN
+through the layers on CuPy arrays (cuBLAS products, CuPy's array operations, no graph): the design the
+fused step replaces.
 """
 
 import argparse
@@ -38,15 +40,18 @@ def time_steps(step, steps, synchronize):
     return (time.perf_counter() - start) / steps * 1e3
 
 
-def setup_minigan(args, real):
-    """(description, step, synchronize) for minigan on --backend, after warm-up and a finiteness check."""
+def setup_minigan(args, real, fused=True):
+    """(description, step, synchronize) for minigan on --backend, after warm-up and a finiteness check.
+    fused=False: on CuPy, the layer-by-layer path instead of the fused step (cuBLAS, CuPy's array ops)."""
     backend = get_backend(args.backend)
     gan = GAN(backend, k=args.k, seed=0)
+    if not fused:
+        gan.fused = None
     real = backend.asarray(real)
     start = time.perf_counter()
     stats = gan.train_step(real)  # on the GPU: compiles the kernels and times the GEMM tiles
     backend.synchronize()
-    meta = {"impl": f"minigan-{args.backend}", "device": backend.device,
+    meta = {"impl": f"minigan-{args.backend}" + ("" if fused else "-layers"), "device": backend.device,
             "first_step_s": round(time.perf_counter() - start, 3)}
     for _ in range(args.warmup):
         stats = gan.train_step(real)
@@ -134,6 +139,8 @@ def main(argv=None):
 
     try:
         impls = [setup_minigan(args, real)]
+        if args.backend == "cupy":  # the design the fused step replaces, as a baseline of our own
+            impls.append(setup_minigan(args, real, fused=False))
     except BackendError as e:
         print(f"benchmark.py: error: {e}", file=sys.stderr)
         return 1
