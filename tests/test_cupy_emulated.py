@@ -73,3 +73,24 @@ def test_epochs_on_the_emulated_gpu_track_the_numpy_backend(emulated_gpu, tmp_pa
     print(f"\nper-epoch loss_D, loss_G, D(x), D(G(z)), emulated GPU:\n{losses['cupy']}\nnumpy:\n{losses['numpy']}")
     np.testing.assert_allclose(losses["cupy"], losses["numpy"], rtol=1e-4)
     np.testing.assert_allclose(runs["cupy"].gan.G.params, runs["numpy"].gan.G.params, rtol=0, atol=1e-4)
+
+
+def test_gpu_benchmark_and_profile_on_the_emulated_gpu(emulated_gpu, capsys):
+    """The GPU-only parts of examples/benchmark.py and examples/profile_step.py run (their figures mean
+    nothing here)."""
+    import json
+
+    import benchmark
+    from profile_step import profile, replay_ms
+
+    from minigan.gan import GAN
+
+    assert benchmark.main(["--backend", "cupy", "--steps", "1", "--warmup", "1", "--repeats", "1", "--batch", "16"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["impl"] for line in lines] == ["minigan-cupy", "minigan-cupy-layers"]
+    assert sum(lines[0]["gemm_tiles"].values()) == 30  # the step's 30 products (K = 1), each its own shape
+    gan = GAN(get_backend("cupy"), seed=1)
+    real = np.random.default_rng(0).random((16, 784), dtype=np.float32)
+    assert replay_ms(gan, real, replays=1) > 0 and emulated_gpu.graph_launches >= 1
+    launches = profile(gan, real)
+    assert len(launches) == 43 and gan.fused.side is not None and gan.fused.use_graph
