@@ -113,3 +113,34 @@ def test_resuming_on_the_emulated_gpu_is_bit_exact(emulated_gpu, tmp_path):
     assert {"G/params", "D/params", "opt_D/v", "rng"} <= set(compared)
     for name in compared:
         np.testing.assert_array_equal(resumed[name], straight[name], err_msg=name)
+
+
+def test_a_gpu_run_stopped_mid_epoch_resumes_bit_exact(emulated_gpu, tmp_path):
+    """SIGINT after a step (as the StopFlag sets it): the mid-epoch checkpoint of the GPU run, resumed, ends
+    where the uninterrupted run does: the in-epoch position, partial sums and device counters come back."""
+    import signal
+
+    from minigan.data import load_mnist
+    from minigan.train import RECIPE, Interrupted, Run
+
+    write_mnist(tmp_path, n=48)
+    images = load_mnist(tmp_path)[0]
+    config = {**RECIPE, "batch_size": 16, "epochs": 1}  # 3 steps
+    runs = {}
+    for name in ("straight", "stopped"):
+        (tmp_path / name / "samples").mkdir(parents=True)
+        runs[name] = Run(config, get_backend("cupy"), images, tmp_path / name, log=lambda s: None)
+    runs["straight"].train()
+
+    class StopAfterOneStep:  # what StopFlag holds once SIGINT arrived during the first step
+        signum = signal.SIGINT
+
+    with pytest.raises(Interrupted):
+        runs["stopped"].train(StopAfterOneStep())
+    arrays = ckpt.load_npz(tmp_path / "stopped" / "checkpoint.npz")
+    assert (int(arrays["epoch"]), int(arrays["step"])) == (0, 1)
+    resumed = Run(config, get_backend("cupy"), images, tmp_path / "stopped", arrays, log=lambda s: None)
+    resumed.train()
+    for ours, straight in ((resumed.gan.G, runs["straight"].gan.G), (resumed.gan.D, runs["straight"].gan.D)):
+        np.testing.assert_array_equal(ours.params, straight.params)
+    assert resumed.history[-1]["loss_D"] == runs["straight"].history[-1]["loss_D"]
