@@ -36,7 +36,7 @@ def main():
     except Exception:
         sys.exit("bench_gemm.py: error: needs CuPy and an NVIDIA GPU")
     from minigan.cupy_backend import kernel
-    from minigan.cupy_step import GEMM_TILES, HOLD_CYCLES, MAX_SPLITS, launch_gemm, split_k
+    from minigan.cupy_step import GEMM_TILES, MAX_SPLITS, gpu_seconds_per_launch, launch_gemm, split_k
 
     rng = np.random.default_rng(0)
     step = cupy.zeros(1, np.uint64)
@@ -45,16 +45,8 @@ def main():
     partials = cupy.empty(MAX_SPLITS * 1024 * 1024 * 2, f32)  # enough for any split of any product here
     counters = cupy.zeros(4096, np.uint32)
 
-    def timed(launch, reps=50):
-        launch()
-        start, end = cupy.cuda.Event(), cupy.cuda.Event()
-        kernel("step", "hold")((1,), (1,), (np.int64(HOLD_CYCLES * 3),))
-        start.record()
-        for _ in range(reps):
-            launch()
-        end.record()
-        end.synchronize()
-        return cupy.cuda.get_elapsed_time(start, end) / reps * 1e3  # microseconds
+    def timed(launch):  # microseconds per call, as the step's tuner measures
+        return gpu_seconds_per_launch(cupy, kernel, launch, reps=50) * 1e6
 
     print(json.dumps({"device": cupy.cuda.runtime.getDeviceProperties(0)["name"].decode(), "sms": sms}))
     for kind, rows, cols, inner in products():

@@ -3,8 +3,9 @@
     python examples/profile_step.py [--batch 128] [--k 1]
 
 After three warm-up steps (kernels compiled, GEMM tiles timed, graph captured) it times the graph replay,
-and the replay of a graph without the weight gradients' branch (one stream), then runs one step launch by launch on one stream with a CUDA event before each launch, all queued behind
-kernels/step.cu::hold so the events time the GPU and not the host. Prints one JSON line per launch (kernel,
+and the replay of a graph without the weight gradients' branch (one stream), then runs one step launch by
+launch on one stream with a CUDA event before each launch, all queued behind kernels/step.cu::hold so the
+events time the GPU and not the host. Prints one JSON line per launch (kernel,
 grid, block, microseconds), one per kernel family (launches, total, share) and a summary: the sum of the
 launches against the replayed graphs' times per step.
 The last launch's figure also holds the conversion of the step's statistics that follows it.

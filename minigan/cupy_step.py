@@ -31,7 +31,7 @@ GEMM_TILES = ("32x32_4x4", "64x64_4x4", "64x64_8x8", "128x64_8x4", "128x128_8x8"
 DEFAULT_TILE = "32x32_4x4"  # where nothing is timed: the kernels compiled for the CPU, where 64 threads run fastest
 MAX_SPLITS, MIN_SPLIT_INNER = 8, 128
 H100_SMS = 132  # H100 and H200 SXM: the SM count the splits are planned for where there is no GPU to ask
-HOLD_CYCLES = 2_000_000  # about 1 ms: longer than the host takes to queue a timed batch of launches
+HOLD_CYCLES = 2_000_000  # about 1 ms of kernels/step.cu::hold
 
 
 def tile_shape(tile):
@@ -58,6 +58,23 @@ def launch_gemm(kernel, name, tile, rows, cols, splits, args):
     """Launch kernels/linear.cu's ``name`` (linear_forward, ...) with ``tile`` for a (rows, cols) output."""
     bm, bn, tm, tn = tile_shape(tile)
     kernel("linear", f"{name}_{tile}")((-(-cols // bn), -(-rows // bm), splits), ((bm // tm) * (bn // tn),), args)
+
+
+def gpu_seconds_per_launch(cupy, kernel, launch, reps=20):
+    """Seconds per ``launch()`` on the GPU: after a warm-up, ``reps`` launches queued behind
+    kernels/step.cu::hold and timed with CUDA events, so the host's launch rate is hidden."""
+    cuda = cupy.cuda
+    cuda.Device().synchronize()  # nothing else running (another stream's work included)
+    launch()
+    start, end = cuda.Event(), cuda.Event()
+    hold_cycles = HOLD_CYCLES * -(-reps // 20)  # ~1 ms per 20 launches: longer than the host takes to queue them
+    kernel("step", "hold")((1,), (1,), (np.int64(hold_cycles),))
+    start.record()
+    for _ in range(reps):
+        launch()
+    end.record()
+    end.synchronize()
+    return cuda.get_elapsed_time(start, end) / 1e3 / reps
 
 
 def draw_ids(k):
@@ -109,7 +126,7 @@ class FusedStep:
         self._graphs, self._ran = {}, set()  # batch sizes captured; batch sizes run (and tuned) once
         self.timer = self._gpu_time if on_gpu and timer is None else timer
         self.sms = sms or (xp.cuda.Device().attributes["MultiProcessorCount"] if on_gpu else H100_SMS)
-        self.tiles, self.tile_times = {}, {}  # (kernel, rows, cols, inner) -> fastest tile; -> {tile: s}
+        self.tiles = {}  # (kernel, rows, cols, inner) -> the fastest tile shape
         # Split-K scratch, shared by every split product: they all run on the main stream, one at a time (the
         # weight gradients on the side stream never split). splits > 1 only when the 64 x 64 tiles times the
         # splits fit the SMs, so no tile shape needs more than this.
@@ -150,9 +167,10 @@ class FusedStep:
 
     def _gemm(self, name, rows, cols, inner, args):
         """Launch GEMM kernel ``name`` for a (rows, cols) output: split-K by rule, the tile by timing."""
-        splits = 1 if name == "linear_backward_weight" else split_k(rows, cols, inner, self.sms)
-        if name != "linear_backward_weight":
-            args = args + (self.partials, self.tile_counters)
+        if name == "linear_backward_weight":
+            splits = 1  # never split: its blocks also sum the bias gradient
+        else:
+            splits, args = split_k(rows, cols, inner, self.sms), args + (self.partials, self.tile_counters)
         key = (name, rows, cols, inner)
         tile = self.tiles.get(key)
         if tile is None:
@@ -168,22 +186,10 @@ class FusedStep:
         name, rows, cols, _ = key
         times = {tile: self.timer(lambda tile=tile: launch_gemm(self.kernel, name, tile, rows, cols, splits, args))
                  for tile in GEMM_TILES}
-        self.tile_times[key] = times
         return min(times, key=times.get)
 
-    def _gpu_time(self, launch, reps=20):
-        """Seconds per launch on the GPU, queued behind kernels/step.cu::hold so the host's pace is hidden."""
-        cuda = self.xp.cuda
-        cuda.Device().synchronize()  # nothing else running (the other stream's work included)
-        launch()  # warm-up
-        start, end = cuda.Event(), cuda.Event()
-        self._launch("step", "hold", 1, (np.int64(HOLD_CYCLES),), block=1)
-        start.record()
-        for _ in range(reps):
-            launch()
-        end.record()
-        end.synchronize()
-        return cuda.get_elapsed_time(start, end) / 1e3 / reps
+    def _gpu_time(self, launch):
+        return gpu_seconds_per_launch(self.xp, self.kernel, launch)
 
     def linear_forward(self, y, x, layer, rows, activation, draw=0):
         W, b = layer.params["W"], layer.params["b"]

@@ -95,3 +95,26 @@ def shared_mnist():
     if not (SHARED_MNIST / "train-images-idx3-ubyte.gz").exists():
         pytest.skip(f"real MNIST not present at {SHARED_MNIST}")
     return SHARED_MNIST
+
+
+def runs_beside_numpy(folder, n, batch_size, epochs):
+    """The recipe on ``n`` images written to ``folder``, trained on the CuPy backend (the fused step), then on
+    NumPy drawing the same numbers (philox_reference.StepReplay): {"cupy": Run, "numpy": Run}."""
+    from philox_reference import StepReplay
+    from test_data import write_mnist
+
+    from minigan.backend import get_backend
+    from minigan.data import load_mnist
+    from minigan.train import RECIPE, Run
+
+    write_mnist(folder, n=n, seed=5)
+    images = load_mnist(folder)[0]
+    config = {**RECIPE, "batch_size": batch_size, "epochs": epochs}
+    runs = {}
+    for name in ("cupy", "numpy"):
+        (folder / name / "samples").mkdir(parents=True)
+        runs[name] = Run(config, get_backend(name), images, folder / name, log=lambda s: None)
+    runs["cupy"].train()
+    use_rng(runs["numpy"].gan, StepReplay(RECIPE["seed"], 1, RECIPE["seed"]))
+    runs["numpy"].train()
+    return runs

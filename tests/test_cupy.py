@@ -6,7 +6,7 @@ tests/test_kernels.py still compiles every kernel and checks the random stream's
 
 import numpy as np
 import pytest
-from conftest import Replay, use_rng
+from conftest import Replay, runs_beside_numpy, use_rng
 from philox_reference import normals, uniforms
 from test_fused_step import GEMM_SHAPES, check_gemm_tiles
 
@@ -152,22 +152,7 @@ def test_fused_steps_match_numpy(k):
 
 def test_epochs_on_both_backends_track_each_other(tmp_path):
     """Three epochs on 1,000 images, the fused GPU step against the NumPy layers drawing the same numbers."""
-    from philox_reference import StepReplay
-    from test_data import write_mnist
-
-    from minigan.data import load_mnist
-    from minigan.train import RECIPE, Run
-
-    write_mnist(tmp_path, n=1000, seed=5)
-    images = load_mnist(tmp_path)[0]
-    config = {**RECIPE, "batch_size": 100, "epochs": 3}
-    runs = {}
-    for name in ("cupy", "numpy"):
-        (tmp_path / name / "samples").mkdir(parents=True)
-        runs[name] = Run(config, get_backend(name), images, tmp_path / name, log=lambda s: None)
-    runs["cupy"].train()
-    use_rng(runs["numpy"].gan, StepReplay(RECIPE["seed"], 1, RECIPE["seed"]))
-    runs["numpy"].train()
+    runs = runs_beside_numpy(tmp_path, n=1000, batch_size=100, epochs=3)
     losses = {name: np.array([[h["loss_D"], h["loss_G"]] for h in run.history]) for name, run in runs.items()}
     print(f"\nper-epoch losses, cupy:\n{losses['cupy']}\nnumpy:\n{losses['numpy']}")
     np.testing.assert_allclose(losses["cupy"], losses["numpy"], rtol=1e-2)

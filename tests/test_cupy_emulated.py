@@ -52,22 +52,9 @@ def test_the_program_trains_on_the_emulated_gpu_resumes_on_the_cpu_and_samples(e
 def test_epochs_on_the_emulated_gpu_track_the_numpy_backend(emulated_gpu, tmp_path):
     """As tests/test_cupy.py's three epochs on a GPU: the fused step against the NumPy layers drawing the
     same numbers (philox_reference.StepReplay), here with the GPU emulated, so they agree more closely."""
-    from conftest import use_rng
-    from philox_reference import StepReplay
+    from conftest import runs_beside_numpy
 
-    from minigan.data import load_mnist
-    from minigan.train import RECIPE, Run
-
-    write_mnist(tmp_path, n=96, seed=5)
-    images = load_mnist(tmp_path)[0]
-    config = {**RECIPE, "batch_size": 32, "epochs": 2}
-    runs = {}
-    for name in ("cupy", "numpy"):
-        (tmp_path / name / "samples").mkdir(parents=True)
-        runs[name] = Run(config, get_backend(name), images, tmp_path / name, log=lambda s: None)
-    runs["cupy"].train()
-    use_rng(runs["numpy"].gan, StepReplay(RECIPE["seed"], 1, RECIPE["seed"]))
-    runs["numpy"].train()
+    runs = runs_beside_numpy(tmp_path, n=96, batch_size=32, epochs=2)
     losses = {name: np.array([[h[m] for m in ("loss_D", "loss_G", "D_x", "D_G_z")] for h in run.history])
               for name, run in runs.items()}
     print(f"\nper-epoch loss_D, loss_G, D(x), D(G(z)), emulated GPU:\n{losses['cupy']}\nnumpy:\n{losses['numpy']}")
