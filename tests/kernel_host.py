@@ -1,8 +1,9 @@
 """kernels/*.cu compiled for the CPU (through tests/cuda_host.h) and called like cupy.RawKernel objects.
 
 ``HostKernels()(family, name)`` returns a callable ``(grid, block, args)`` that runs the kernel on NumPy
-arrays: every array argument is passed as a pointer to its data, scalars by the kernel's declared types.
-So the code that launches kernels on the GPU (minigan/cupy_step.py) runs unchanged on the CPU, with xp=numpy.
+arrays on a grid of up to three dimensions: every array argument is passed as a pointer to its data, every
+scalar as its value, and each must have the dtype the kernel declares (as CuPy passes them unconverted). So
+the code that launches kernels on the GPU (minigan/cupy_step.py) runs unchanged on the CPU, with xp=numpy.
 """
 
 import ctypes
@@ -20,6 +21,12 @@ SIGNATURE = re.compile(r'extern "C" __global__ void\s+(?:__launch_bounds__\([^)]
 CTYPES = [("unsigned long long", ctypes.c_ulonglong), ("long long", ctypes.c_longlong),
           ("unsigned int", ctypes.c_uint), ("int", ctypes.c_int), ("float", ctypes.c_float),
           ("double", ctypes.c_double)]
+# CuPy passes a NumPy scalar as the bytes of its dtype, whatever the kernel declares: a mismatch is no
+# conversion on a GPU but garbage (an int32 read as a long long), so the host launch refuses one.
+DTYPES = {ctypes.c_ulonglong: np.uint64, ctypes.c_longlong: np.int64, ctypes.c_uint: np.uint32,
+          ctypes.c_int: np.int32, ctypes.c_float: np.float32, ctypes.c_double: np.float64}
+POINTEE = {"unsigned long long": np.uint64, "long long": np.int64, "unsigned int": np.uint32, "int": np.int32,
+           "float": np.float32, "double": np.float64, "unsigned char": np.uint8}  # an array's dtype likewise
 
 
 def preprocessed(source):
@@ -61,8 +68,8 @@ class HostKernels:
             for name, args in kernels:
                 params = ", ".join(f"{c_type} {arg}" for _, c_type, arg in args)
                 call = ", ".join(arg for _, _, arg in args)
-                lines.append(f'extern "C" void host_{name}(unsigned gx, unsigned gy, unsigned bx, {params}) '
-                             f"{{ launch(dim3(gx, gy), dim3(bx), [&] {{ {name}({call}); }}); }}")
+                lines.append(f'extern "C" void host_{name}(unsigned gx, unsigned gy, unsigned gz, unsigned bx, {params}) '
+                             f"{{ launch(dim3(gx, gy, gz), dim3(bx), [&] {{ {name}({call}); }}); }}")
         source = self.build_dir / "kernels_host.cpp"
         source.write_text("\n".join(lines) + "\n")
         library = self.build_dir / "kernels_host.so"
@@ -73,7 +80,7 @@ class HostKernels:
         for kernels in self.signatures.values():
             for name, args in kernels:
                 fn = getattr(self.library, f"host_{name}")
-                fn.argtypes = [ctypes.c_uint] * 3 + [c for c, _, _ in args]
+                fn.argtypes = [ctypes.c_uint] * 4 + [c for c, _, _ in args]
                 fn.restype = None
                 self.kernels[name] = (fn, args)
 
@@ -81,15 +88,19 @@ class HostKernels:
         fn, args = self.kernels[name]
 
         def launch(grid, block, values):
-            grid = tuple(grid) + (1,) * (2 - len(grid))
+            grid = tuple(grid) + (1,) * (3 - len(grid))
             converted = []
-            for (ctype, _, arg_name), value in zip(args, values, strict=True):
+            for (ctype, c_type, arg_name), value in zip(args, values, strict=True):
                 if ctype is ctypes.c_void_p:
-                    if not (isinstance(value, np.ndarray) and value.flags.c_contiguous):
-                        raise TypeError(f"{name}: argument {arg_name} must be a C-contiguous array")
+                    pointee = np.dtype(POINTEE[c_type.replace("const ", "").rstrip("* ")])
+                    if not (isinstance(value, np.ndarray) and value.flags.c_contiguous and value.dtype == pointee):
+                        raise TypeError(f"{name}: argument {arg_name} must be a C-contiguous array of dtype {pointee}")
                     converted.append(value.ctypes.data)
+                elif not (isinstance(value, np.generic) and value.dtype == DTYPES[ctype]):
+                    raise TypeError(f"{name}: argument {arg_name} must be a scalar of dtype {np.dtype(DTYPES[ctype])} "
+                                    f"(the kernel's {ctype.__name__}), not {type(value).__name__}")
                 else:
                     converted.append(value)
-            fn(grid[0], grid[1], block[0], *converted)
+            fn(*grid, block[0], *converted)
 
         return launch

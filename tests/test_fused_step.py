@@ -111,6 +111,7 @@ def gemm_products(kernel, xp, tile, splits, x, W, b, dy):
     launch_gemm(kernel, "linear_backward_weight", tile, cols, inner, 1,
                 (dW, db, dy, x, i32(rows), i32(cols), i32(inner)))
     assert not counters.any()  # every split launch leaves its tile counters at zero for the next
+    assert splits == 1 or not xp.isnan(partials).all()  # the split path ran: its partial sums were published
     return [to_host(a) for a in (y, dx, dW, db)]
 
 
@@ -130,6 +131,20 @@ def check_gemm_tiles(kernel, xp, rows, cols, inner, splits):
             np.testing.assert_allclose(got, exact, rtol=0, atol=1e-5 * np.abs(exact).max(), err_msg=f"{tile} {name}")
         for got, first in zip(ours, results[GEMM_TILES[0]]):
             np.testing.assert_array_equal(got, first, err_msg=tile)
+
+
+def test_host_launch_refuses_what_a_gpu_would_misread(host_kernels):
+    """CuPy passes a scalar as its dtype's bytes and an array as a bare pointer: an int32 where the kernel
+    reads a long long, or a float64 array behind a float*, is garbage on a GPU, so the emulator refuses both
+    (and the GPU code's launches pass it in every test here)."""
+    out = np.zeros(8, np.float32)
+    fill = host_kernels("random", "uniform_fill")
+    fill((1,), (32,), (out, np.int64(8), np.uint64(1), np.uint64(0)))
+    assert out.all()
+    with pytest.raises(TypeError, match="argument n must be a scalar of dtype int64"):
+        fill((1,), (32,), (out, np.int32(8), np.uint64(1), np.uint64(0)))
+    with pytest.raises(TypeError, match="must be a C-contiguous array of dtype float32"):
+        fill((1,), (32,), (out.astype(np.float64), np.int64(8), np.uint64(1), np.uint64(0)))
 
 
 GEMM_SHAPES = [(1, 1, 1), (37, 70, 129), (64, 64, 16), (130, 1, 65)]
