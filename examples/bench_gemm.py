@@ -29,12 +29,12 @@ def products(n=128):
 
 
 def main():
-    try:
-        import cupy
+    from minigan.backend import BackendError, get_backend
 
-        cupy.cuda.runtime.getDeviceCount()
-    except Exception:
-        sys.exit("bench_gemm.py: error: needs CuPy and an NVIDIA GPU")
+    try:
+        cupy = get_backend("cupy").xp
+    except BackendError as e:
+        sys.exit(f"bench_gemm.py: error: {e}")
     from minigan.cupy_backend import kernel
     from minigan.cupy_step import GEMM_TILES, MAX_SPLITS, gpu_seconds_per_launch, launch_gemm, split_k
 
