@@ -2,8 +2,9 @@
 
 ``HostKernels()(family, name)`` returns a callable ``(grid, block, args)`` that runs the kernel on NumPy
 arrays on a grid of up to three dimensions: every array argument is passed as a pointer to its data, every
-scalar as its value, and each must have the dtype the kernel declares (as CuPy passes them unconverted). So
-the code that launches kernels on the GPU (minigan/cupy_step.py) runs unchanged on the CPU, with xp=numpy.
+scalar as its value, and each must have the dtype the kernel declares (as CuPy passes them unconverted); a
+launch configuration CUDA would refuse is refused. So the code that launches kernels on the GPU
+(minigan/cupy_step.py) runs unchanged on the CPU, with xp=numpy.
 """
 
 import ctypes
@@ -17,7 +18,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 KERNELS = ROOT / "kernels"
-SIGNATURE = re.compile(r'extern "C" __global__ void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\(([^)]*)\)', re.S)
+SIGNATURE = re.compile(r'extern "C" __global__ void\s+(?:__launch_bounds__\(([^)]*)\)\s+)?(\w+)\(([^)]*)\)', re.S)
+MAX_THREADS, MAX_GRID = 1024, (2**31 - 1, 65535, 65535)  # per block, and blocks per grid dimension, as CUDA's
 CTYPES = [("unsigned long long", ctypes.c_ulonglong), ("long long", ctypes.c_longlong),
           ("unsigned int", ctypes.c_uint), ("int", ctypes.c_int), ("float", ctypes.c_float),
           ("double", ctypes.c_double)]
@@ -36,15 +38,16 @@ def preprocessed(source):
 
 
 def kernel_names(source):
-    return [name for name, _ in SIGNATURE.findall(preprocessed(source))]
+    return [name for _, name, _ in SIGNATURE.findall(preprocessed(source))]
 
 
 def kernel_signatures():
-    """{family: [(name, [(ctypes type, C type, arg name), ...])]} of every extern "C" kernel in kernels/*.cu."""
+    """{family: [(name, [(ctypes type, C type, arg name), ...], most threads per block)]} of every extern "C"
+    kernel in kernels/*.cu (the most: its __launch_bounds__, else CUDA's limit)."""
     out = {}
     for source in sorted(KERNELS.glob("*.cu")):
         kernels = []
-        for name, params in SIGNATURE.findall(preprocessed(source)):
+        for bounds, name, params in SIGNATURE.findall(preprocessed(source)):
             args = []
             for param in (p.strip() for p in params.split(",")):
                 split = param.rindex("*") + 1 if "*" in param else param.rindex(" ")
@@ -52,7 +55,7 @@ def kernel_signatures():
                 bare = c_type.replace("const ", "")
                 ctype = ctypes.c_void_p if "*" in c_type else next(c for t, c in CTYPES if bare == t)
                 args.append((ctype, c_type, arg_name))
-            kernels.append((name, args))
+            kernels.append((name, args, int(bounds.split(",")[0]) if bounds else MAX_THREADS))
         out[source.stem] = kernels
     return out
 
@@ -65,7 +68,7 @@ class HostKernels:
         self.build_dir = Path(tempfile.mkdtemp(prefix="minigan-kernels-"))
         lines = ['#include "cuda_host.h"'] + [f'#include "{KERNELS / (f + ".cu")}"' for f in self.signatures]
         for kernels in self.signatures.values():
-            for name, args in kernels:
+            for name, args, _ in kernels:
                 params = ", ".join(f"{c_type} {arg}" for _, c_type, arg in args)
                 call = ", ".join(arg for _, _, arg in args)
                 lines.append(f'extern "C" void host_{name}(unsigned gx, unsigned gy, unsigned gz, unsigned bx, {params}) '
@@ -81,17 +84,23 @@ class HostKernels:
         self.library = ctypes.CDLL(str(library))
         self.kernels = {}
         for kernels in self.signatures.values():
-            for name, args in kernels:
+            for name, args, max_threads in kernels:
                 fn = getattr(self.library, f"host_{name}")
                 fn.argtypes = [ctypes.c_uint] * 4 + [c for c, _, _ in args]
                 fn.restype = None
-                self.kernels[name] = (fn, args)
+                self.kernels[name] = (fn, args, max_threads)
 
     def __call__(self, family, name):
-        fn, args = self.kernels[name]
+        fn, args, max_threads = self.kernels[name]
 
         def launch(grid, block, values):
             grid = tuple(grid) + (1,) * (3 - len(grid))
+            # what a GPU refuses to launch (a block over the kernel's __launch_bounds__ or CUDA's limits), and
+            # the block shape this emulator keeps (kernels/*.cu use one-dimensional blocks)
+            if not (len(block) == 1 and 0 < block[0] <= max_threads):
+                raise ValueError(f"{name}: block {tuple(block)}: one dimension of at most {max_threads} threads")
+            if not all(0 < g <= most for g, most in zip(grid, MAX_GRID)):
+                raise ValueError(f"{name}: grid {grid} is empty or beyond CUDA's {MAX_GRID}")
             converted = []
             for (ctype, c_type, arg_name), value in zip(args, values, strict=True):
                 if ctype is ctypes.c_void_p:

@@ -135,8 +135,8 @@ def check_gemm_tiles(kernel, xp, rows, cols, inner, splits):
 
 def test_host_launch_refuses_what_a_gpu_would_misread(host_kernels):
     """CuPy passes a scalar as its dtype's bytes and an array as a bare pointer: an int32 where the kernel
-    reads a long long, or a float64 array behind a float*, is garbage on a GPU, so the emulator refuses both
-    (and the GPU code's launches pass it in every test here)."""
+    reads a long long, or a float64 array behind a float*, is garbage on a GPU, so the emulator refuses both,
+    as it refuses a launch configuration CUDA would (the GPU code's launches pass it in every test here)."""
     out = np.zeros(8, np.float32)
     fill = host_kernels("random", "uniform_fill")
     fill((1,), (32,), (out, np.int64(8), np.uint64(1), np.uint64(0)))
@@ -145,6 +145,12 @@ def test_host_launch_refuses_what_a_gpu_would_misread(host_kernels):
         fill((1,), (32,), (out, np.int32(8), np.uint64(1), np.uint64(0)))
     with pytest.raises(TypeError, match="must be a C-contiguous array of dtype float32"):
         fill((1,), (32,), (out.astype(np.float64), np.int64(8), np.uint64(1), np.uint64(0)))
+    # and what a GPU refuses to launch: a block beyond the kernel's __launch_bounds__, an empty grid
+    gemm = host_kernels("linear", "linear_backward_weight_32x32_4x4")  # __launch_bounds__(64)
+    with pytest.raises(ValueError, match="at most 64 threads"):
+        gemm((1, 1), (128,), ())
+    with pytest.raises(ValueError, match="grid .* is empty"):
+        fill((0,), (32,), (out, np.int64(0), np.uint64(1), np.uint64(0)))
 
 
 GEMM_SHAPES = [(1, 1, 1), (37, 70, 129), (64, 64, 16), (130, 1, 65)]
