@@ -74,6 +74,66 @@ def use_rng(gan, rng):
             layer.rng = rng
 
 
+def align_state(gan, source):
+    """Give ``gan`` the training state of ``source``, on its own backend: weights, BatchNorm buffers, and both
+    Adams' m, v and t.
+
+    Step comparisons align the reference before each step, so that each step is compared from one state and
+    shows that step's rounding only. Without it the rounding of the steps before compounds, and Adam magnifies
+    it where a gradient is small: its update is ~lr whatever the gradient's size, so a weight whose gradient
+    differs by 10% between two summation orders moves ~lr/10 apart (measured: 3e-5 after 3 steps on the CPU
+    kernels with twice the GPU's split-K; the runs still track each other, as tests/test_cupy_emulated.py
+    checks over epochs).
+    """
+    from minigan.backend import to_host
+
+    def copy(into, value):
+        into[...] = gan.backend.asarray(to_host(value))
+
+    for ours, theirs in ((gan.G, source.G), (gan.D, source.D)):
+        copy(ours.params, theirs.params)
+        for (_, a), (_, b) in zip(ours.named_buffers(), theirs.named_buffers(), strict=True):
+            copy(a, b)
+    for ours, theirs in ((gan.opt_G, source.opt_G), (gan.opt_D, source.opt_D)):
+        copy(ours.m, theirs.m)
+        copy(ours.v, theirs.v)
+        ours.t = theirs.t
+
+
+def parameters_before(gan):
+    """Host copies of every parameter tensor of G and D, for assert_step_matches."""
+    from minigan.backend import to_host
+
+    return {m: [to_host(v).copy() for _, v in getattr(gan, m).named_parameters()] for m in ("G", "D")}
+
+
+def assert_step_matches(gan, reference, before, rtol=1e-2):
+    """After one step of ``gan`` (any backend) and of ``reference`` (NumPy) from the same state (align_state;
+    ``before`` = parameters_before), each parameter tensor's gradient and update (new - old) agree within
+    ``rtol`` in relative L2 norm. Returns the largest relative difference seen.
+
+    Not elementwise: where an input of a LeakyReLU lies within rounding of 0 (measured: D's, at 4e-8, once in
+    three steps of batch 128), two summation orders take different branches, its gradient differs by the
+    factor 5 between the slopes, and every weight gradient upstream moves by ~1e-3 of its size. A wrong
+    kernel moves them by far more; tests/test_fused_step.py checks elementwise where the rounding is fixed.
+    """
+    from minigan.backend import to_host
+
+    worst = 0.0
+    for m in ("G", "D"):
+        ours, theirs = getattr(gan, m), getattr(reference, m)
+        tensors = [(layer_index, key) for layer_index, layer in enumerate(theirs.layers) for key in layer.params]
+        for (i, key), old in zip(tensors, before[m], strict=True):
+            got_layer, want_layer = ours.layers[i], theirs.layers[i]
+            for what, got, want in (("gradient", to_host(got_layer.grads[key]), want_layer.grads[key]),
+                                    ("update", to_host(got_layer.params[key]) - old, want_layer.params[key] - old)):
+                size = float(np.linalg.norm(want))
+                apart = float(np.linalg.norm(got - want)) / max(size, 1e-30)
+                worst = max(worst, apart)
+                assert apart < rtol, f"{m} layer {i} {key}: {what} {apart:.1e} apart (relative L2; |{what}| {size:.1e})"
+    return worst
+
+
 def numeric_grad(f, x, h=1e-6, indices=None):
     """Central differences of the scalar f() w.r.t. the entries of array x (modified in place and restored)."""
     flat = x.reshape(-1)

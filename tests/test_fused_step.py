@@ -6,7 +6,7 @@ import types
 
 import numpy as np
 import pytest
-from conftest import Replay, use_rng
+from conftest import Replay, align_state, use_rng
 from fake_cupy import FakeCuda, fake_cupy
 from kernel_host import HostKernels
 from philox_reference import step_uniforms
@@ -46,9 +46,10 @@ def fused_gan(k, seed):
 
 @pytest.mark.parametrize("k, mode", [(1, "graph"), (2, "eager")])
 def test_fused_steps_match_the_numpy_layers(host_kernels, k, mode):
-    """Three fused steps against the NumPy layers fed the same noise and masks. In "graph" mode the step
-    takes its GPU path with a stand-in for CUDA (FakeCuda): the first step runs launch by launch (GEMM tiles
-    timed), the second is captured and replayed, the third replays the same graph."""
+    """Three fused steps against the NumPy layers fed the same noise and masks, each from the same state
+    (conftest.align_state). In "graph" mode the step takes its GPU path with a stand-in for CUDA (FakeCuda):
+    the first step runs launch by launch (GEMM tiles timed), the second is captured and replayed, the third
+    replays the same graph."""
     n, steps = 16, 3
     gan, reference = fused_gan(k, seed=77), GAN(get_backend("numpy"), k=k, seed=9)
     if mode == "graph":
@@ -61,6 +62,7 @@ def test_fused_steps_match_the_numpy_layers(host_kernels, k, mode):
     worst = {"stats": 0.0, "params": 0.0, "grads": 0.0}
     noises, masks = [], []
     for step in range(steps):
+        align_state(reference, gan)
         stats = fused.train_step(data[step])
         noises.append(fused.buffers(n)["z"][0].copy())
         masks.append(fused.buffers(n)["dh0"] != 0)
