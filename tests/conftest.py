@@ -81,9 +81,9 @@ def align_state(gan, source):
     Step comparisons align the reference before each step, so that each step is compared from one state and
     shows that step's rounding only. Without it the rounding of the steps before compounds, and Adam magnifies
     it where a gradient is small: its update is ~lr whatever the gradient's size, so a weight whose gradient
-    differs by 10% between two summation orders moves ~lr/10 apart (measured: 3e-5 after 3 steps on the CPU
-    kernels with twice the GPU's split-K; the runs still track each other, as tests/test_cupy_emulated.py
-    checks over epochs).
+    differs by 10% between two summation orders moves ~lr/10 apart (measured on the emulated GPU: 0.3% of the
+    weights ~4e-4 apart after 6 chained steps; the runs still track each other, as
+    tests/test_cupy_emulated.py checks over epochs).
     """
     from minigan.backend import to_host
 
@@ -114,7 +114,7 @@ def assert_step_matches(gan, reference, before, rtol=1e-2):
 
     Not elementwise: where an input of a LeakyReLU lies within rounding of 0 (measured: D's, at 4e-8, once in
     three steps of batch 128), two summation orders take different branches, its gradient differs by the
-    factor 5 between the slopes, and every weight gradient upstream moves by ~1e-3 of its size. A wrong
+    factor 5 between the slopes, and every weight gradient upstream moves by ~3e-3 of its size. A wrong
     kernel moves them by far more; tests/test_fused_step.py checks elementwise where the rounding is fixed.
     """
     from minigan.backend import to_host
