@@ -87,17 +87,10 @@ def align_state(gan, source):
     """
     from minigan.backend import to_host
 
-    def copy(into, value):
-        into[...] = gan.backend.asarray(to_host(value))
-
-    for ours, theirs in ((gan.G, source.G), (gan.D, source.D)):
-        copy(ours.params, theirs.params)
-        for (_, a), (_, b) in zip(ours.named_buffers(), theirs.named_buffers(), strict=True):
-            copy(a, b)
-    for ours, theirs in ((gan.opt_G, source.opt_G), (gan.opt_D, source.opt_D)):
-        copy(ours.m, theirs.m)
-        copy(ours.v, theirs.v)
-        ours.t = theirs.t
+    for model in ("G", "D"):  # Model.state() is host copies; load_state takes them on either backend
+        getattr(gan, model).load_state(getattr(source, model).state())
+    for opt in ("opt_G", "opt_D"):
+        getattr(gan, opt).load_state({k: to_host(v) for k, v in getattr(source, opt).state().items()})
 
 
 def parameters_before(gan):
