@@ -94,6 +94,42 @@ def test_gpu_benchmark_and_profile_on_the_emulated_gpu(emulated_gpu, capsys):
     assert len(launches) == 43 and gan.fused.side is not None and gan.fused.use_graph
 
 
+
+def test_bench_gemm_checks_and_times_every_tile_on_the_emulated_gpu(emulated_gpu, monkeypatch, capsys):
+    """examples/bench_gemm.py, on one product of each kind at batch 16 (a split-K one among them),
+    with the GPU timer standing in: every tile at every split is checked against the reference product, and
+    a tile that computes something else stops it with a one-line error."""
+    import json
+
+    import bench_gemm
+
+    from minigan import cupy_step
+
+    every = bench_gemm.products(16)
+    chosen = [next(p for p in every if p[0] == kind and (kind == "weight" or p[2] > 1)) for kind in
+              ("forward", "weight", "input")]
+    monkeypatch.setattr(bench_gemm, "products", lambda: chosen)
+
+    def one_microsecond(cupy, kernel, launch, reps):  # the stand-in timer still launches what it times
+        launch()
+        return 1e-6
+
+    monkeypatch.setattr(cupy_step, "gpu_seconds_per_launch", one_microsecond)
+    bench_gemm.main()
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[0]["sms"] == 132 and [(r["product"], r["rows"], r["cols"], r["inner"]) for r in lines[1:]] == chosen
+    for result in lines[1:]:
+        assert set(result["us"]) == set(cupy_step.GEMM_TILES) and result["cublas_us"] == 1.0
+        assert set(result["best_us_at_splits"]) == ({"1"} if result["product"] == "weight" else {"1", "2", "4", "8"})
+    assert any(r["splits"] > 1 for r in lines[1:])
+
+    # a tile whose kernel leaves its output untouched is caught by the check against cuBLAS
+    real_launch = cupy_step.launch_gemm
+    monkeypatch.setattr(cupy_step, "launch_gemm", lambda kernel, name, tile, *rest: None if tile == "64x64_8x8"
+                        else real_launch(kernel, name, tile, *rest))
+    with pytest.raises(SystemExit, match="64x64_8x8 splits 1 .* is wrong"):
+        bench_gemm.main()
+
 def test_resuming_on_the_emulated_gpu_is_bit_exact(emulated_gpu, tmp_path):
     """1 epoch, then --resume for a 2nd, equals 2 epochs straight, on the GPU backend: the Philox stream's
     state and the Adam counts come back from the checkpoint to the device."""
