@@ -10,6 +10,14 @@ graph replays the recorded launches (a CUDA graph keeps each launch's arguments:
 values); an array operation during a capture would run once, at capture time, and not at every replay, so a
 step that did one fails the tests, as it should: a captured step must be kernels only.
 
+Launches run here one at a time, so a race between streams cannot show in the numbers; it is checked
+instead. Each stream keeps a vector clock of the launches it is ordered after: its own, those before an
+event it waited for, those before a host synchronisation, and, for the legacy default stream and the
+blocking streams (non_blocking=False), each other's (CUDA's implicit synchronisation). A launch that is not
+ordered after a launch on another stream, and whose memory overlaps it with either one writing (an array
+argument is written unless the kernel declares it const), fails with both kernels named. NumPy's array
+operations (CuPy's, on a GPU) are not tracked.
+
 ``MINIGAN_EMULATE_GPU=1 pytest tests/test_cupy.py`` runs the GPU tests on it (tests/conftest.py installs
 it; slow: minutes).
 """
@@ -27,7 +35,10 @@ class FakeCuda:
         self.timings = timings  # timer(): seconds per call, in turn; None: no timer
         self.current = None  # the stream launches go to; None: the (legacy) default stream
         self.captured, self.origin, self.graph_launches, self.streams = None, None, 0, []
-        self.null = self.Stream()  # the default stream, for events recorded outside any other
+        self.host_knows = {}  # {id(stream): its launches the host has synchronised with}
+        self.unordered = []  # (stream, its count, name, accesses) of launches some stream is not yet ordered after
+        self.null = self.Stream()  # the legacy default stream, where launches go outside any other
+        self.null.blocking = False  # (it is the one blocking streams synchronise with)
         self.runtime = types.SimpleNamespace(
             getDeviceCount=lambda: 1,
             getDeviceProperties=lambda device: {"name": b"emulated GPU (the kernels compiled for the CPU)"})
@@ -37,18 +48,48 @@ class FakeCuda:
 
         def launch(grid, block, args):
             stream = self.current
+            accesses = self.host_kernels.accesses(name, args)
             if self.captured is not None:
                 assert stream is not None, f"{name} launched on the default stream during a capture"
                 if stream is not self.origin:
                     assert stream.waited.get(id(self.origin)) == self.origin.launches, \
                         f"{name} on a second stream without a fork from the capturing one"
-                self.captured.append((run, grid, block, args))
+                self.captured.append((run, grid, block, args, accesses))
             else:
                 run(grid, block, args)
+            self.order(stream or self.null, name, accesses)
             if stream is not None:
                 stream.launches += 1
 
         return launch
+
+    def order(self, stream, name, accesses):
+        """Count a launch on ``stream`` and check it against every launch on another stream that it is not
+        ordered after: memory one writes and the other touches would be a race on a GPU."""
+        knows = stream.knows
+        merge(knows, self.host_knows)
+        if stream is self.null:  # the legacy stream waits for the work issued to every blocking stream,
+            for other in self.streams:
+                if other.blocking:
+                    merge(knows, other.knows)
+        elif stream.blocking:  # and a blocking stream for the legacy stream's
+            merge(knows, self.null.knows)
+        knows[id(stream)] = knows.get(id(stream), 0) + 1
+        for other, count, other_name, other_accesses in self.unordered:
+            if other is not stream and knows.get(id(other), 0) < count:
+                shared = overlap(accesses, other_accesses)
+                assert shared is None, (f"race: {name} may run while {other_name} (on another stream, not waited "
+                                        f"for) does, and {shared}")
+        self.unordered.append((stream, knows[id(stream)], name, accesses))
+        # a launch every stream, or the host, is ordered after can race with nothing launched from now on
+        self.unordered = [(s, count, *rest) for s, count, *rest in self.unordered
+                          if self.host_knows.get(id(s), 0) < count and any(t.knows.get(id(s), 0) < count
+                                                                           for t in self.streams)]
+
+    def synchronize(self, knows=None):
+        """The host waits: for what ``knows`` (a stream's or event's clock) holds, else for every stream."""
+        for clock in [knows] if knows is not None else [s.knows for s in self.streams]:
+            merge(self.host_knows, clock)
 
     def timer(self, launch):
         """A stand-in for FusedStep's GEMM timer: the next of ``timings``, in turn."""
@@ -61,13 +102,13 @@ class FakeCuda:
         cuda = self
 
         class Event:
-            stream, launches, time = None, 0, 0.0
+            stream, launches, time, knows = None, 0, 0.0, {}
 
             def record(self, stream=None):
                 (stream or cuda.current or cuda.null).record(self)
 
             def synchronize(self):
-                pass
+                cuda.synchronize(self.knows)
 
         return Event()
 
@@ -77,7 +118,7 @@ class FakeCuda:
         return (end.time - start.time) * 1e3
 
     def Device(self, device=None):
-        return types.SimpleNamespace(id=0, attributes={"MultiProcessorCount": 132}, synchronize=lambda: None)
+        return types.SimpleNamespace(id=0, attributes={"MultiProcessorCount": 132}, synchronize=self.synchronize)
 
     def Stream(self, non_blocking=False):
         cuda = self
@@ -85,6 +126,7 @@ class FakeCuda:
         class Stream:
             def __init__(self):
                 self.launches, self.waited, self.outer = 0, {}, []
+                self.blocking, self.knows = not non_blocking, {}  # knows: its vector clock
                 cuda.streams.append(self)
 
             def __enter__(self):
@@ -98,13 +140,15 @@ class FakeCuda:
             def record(self, event=None):
                 event = cuda.Event() if event is None else event
                 event.stream, event.launches, event.time = self, self.launches, time.perf_counter()
+                event.knows = dict(self.knows)
                 return event
 
             def wait_event(self, event):
                 self.waited[id(event.stream)] = event.launches
+                merge(self.knows, event.knows)
 
             def synchronize(self):
-                pass
+                cuda.synchronize(self.knows)
 
             def begin_capture(self):
                 cuda.captured, cuda.origin = [], self
@@ -115,14 +159,35 @@ class FakeCuda:
                     if other is not self and other.launches > cuda.at_begin.get(id(other), 0):
                         assert self.waited.get(id(other)) == other.launches, "capture ended with an unjoined stream"
                 launches, cuda.captured, cuda.origin = cuda.captured, None, None
-                return types.SimpleNamespace(launch=lambda stream=None: cuda.replay(launches))
+                return types.SimpleNamespace(launch=lambda stream=None: cuda.replay(launches, stream))
 
         return Stream()
 
-    def replay(self, launches):
+    def replay(self, launches, stream=None):
+        """A graph launch: its launches in their recorded order (their races were checked at the capture), as
+        one launch on ``stream`` that touches what they do."""
         self.graph_launches += 1
-        for run, grid, block, args in launches:
+        for run, grid, block, args, _ in launches:
             run(grid, block, args)
+        self.order(stream or self.current or self.null, "a replayed graph", [a for *_, accesses in launches
+                                                                            for a in accesses])
+
+
+def merge(clock, other):
+    """clock = the elementwise maximum of the two vector clocks ({id(stream): launches})."""
+    for stream, count in other.items():
+        if count > clock.get(stream, 0):
+            clock[stream] = count
+
+
+def overlap(accesses, others):
+    """How two launches' memory clash (one writes what the other touches), or None."""
+    for start, end, writes, name in accesses:
+        for other_start, other_end, other_writes, other_name in others:
+            if (writes or other_writes) and start < other_end and other_start < end:
+                return f"its {name} overlaps the other's {other_name} ({'written' if writes else 'read'} / " \
+                       f"{'written' if other_writes else 'read'})"
+    return None
 
 
 def fake_cupy(cuda):

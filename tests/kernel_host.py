@@ -90,6 +90,13 @@ class HostKernels:
                 fn.restype = None
                 self.kernels[name] = (fn, args, max_threads)
 
+    def accesses(self, name, values):
+        """[(first byte, end, written, argument)] of the memory a launch of ``name`` with ``values`` may touch:
+        each array argument's extent, written unless the kernel declares its pointer const."""
+        _, args, _ = self.kernels[name]
+        return [(value.ctypes.data, value.ctypes.data + value.nbytes, not c_type.startswith("const "), arg_name)
+                for (ctype, c_type, arg_name), value in zip(args, values) if ctype is ctypes.c_void_p]
+
     def __call__(self, family, name):
         fn, args, max_threads = self.kernels[name]
 

@@ -158,6 +158,49 @@ def test_host_launch_refuses_what_a_gpu_would_misread(host_kernels):
 GEMM_SHAPES = [(1, 1, 1), (37, 70, 129), (64, 64, 16), (130, 1, 65)]
 
 
+def test_the_stand_in_for_cuda_refuses_a_race_between_streams(host_kernels):
+    """Launches run one at a time here, so a race would not show in the numbers: FakeCuda refuses a launch
+    that touches memory a launch on another stream writes (or writes what it reads) unless an event, a host
+    synchronisation or CUDA's implicit legacy-stream synchronisation orders the two."""
+    cuda = FakeCuda(host_kernels)
+    cupy = fake_cupy(cuda)
+    z, p, dz, stats = (np.zeros(64, np.float32) for _ in range(4))
+
+    def write_z():
+        cuda.kernel("random", "normal_fill")((1,), (32,), (z, np.int64(64), np.uint64(1), np.uint64(0)))
+
+    def read_z():
+        cuda.kernel("layers", "sigmoid_bce")((1,), (256,), (p, dz, stats, z, np.int32(32), np.int32(0)))
+
+    main, side, free = cupy.cuda.Stream(), cupy.cuda.Stream(), cupy.cuda.Stream(non_blocking=True)
+    with side:
+        write_z()
+    with main, pytest.raises(AssertionError, match="race: sigmoid_bce may run while normal_fill .* its Z overlaps "
+                                                   "the other's out"):
+        read_z()
+    joined = cupy.cuda.Event()
+    with side:  # the fix: the reader's stream waits for an event recorded after the write
+        write_z()
+        joined.record()
+    main.wait_event(joined)
+    with main:
+        read_z()
+    with side, pytest.raises(AssertionError, match="race: normal_fill may run while sigmoid_bce"):  # and back
+        write_z()
+    cuda.Device().synchronize()  # the host waited for everything: what follows is ordered after it
+    with side:
+        write_z()
+    read_z()  # on the legacy stream, which waits for the blocking streams' work
+    write_z()
+    with side:
+        read_z()  # and they for its work
+    cuda.Device().synchronize()
+    with free:
+        write_z()
+    with pytest.raises(AssertionError, match="race"):
+        read_z()  # but not for a non-blocking stream's
+
+
 @pytest.mark.parametrize("rows, cols, inner", GEMM_SHAPES)
 @pytest.mark.parametrize("splits", [1, 3])
 def test_gemm_tiles_on_ragged_shapes(host_kernels, rows, cols, inner, splits):
