@@ -19,8 +19,8 @@ from minigan.backend import get_backend
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_cli(script, *args, timeout=120):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def run_cli(script, *args, timeout=120, pythonpath=()):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *map(str, pythonpath)])}
     return subprocess.run([sys.executable, str(ROOT / "examples" / script), *map(str, args)],
                           capture_output=True, text=True, timeout=timeout, env=env)
 

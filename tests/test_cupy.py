@@ -4,6 +4,8 @@ Every test here is marked ``gpu`` and skips where CuPy or a CUDA device is missi
 tests/test_kernels.py still compiles every kernel and checks the random stream's arithmetic on the host.
 """
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import Replay, align_state, assert_step_matches, parameters_before, runs_beside_numpy, use_rng
@@ -157,22 +159,23 @@ def test_epochs_on_both_backends_track_each_other(tmp_path):
     np.testing.assert_allclose(losses["cupy"], losses["numpy"], rtol=1e-2)
 
 
-@pytest.mark.skipif(HAVE_GPU and cupy.__version__ == "emulated",
-                    reason="a subprocess does not see the emulated GPU (tests/test_cupy_emulated.py runs it in-process)")
 def test_cli_trains_on_the_gpu_and_resumes_on_the_cpu(tmp_path):
     from test_cli import final_arrays, run_cli
     from test_data import write_mnist
 
+    # on the emulated GPU, the programs see it too (tests/emulated_gpu/sitecustomize.py)
+    gpu = [Path(__file__).parent / "emulated_gpu"] if cupy.__version__ == "emulated" else []
     write_mnist(tmp_path, n=300)
     out = tmp_path / "run"
     proc = run_cli("train_mnist.py", "--backend", "cupy", "--data-dir", tmp_path, "--epochs", 2,
-                   "--batch-size", 64, "--out", out)
+                   "--batch-size", 64, "--out", out, pythonpath=gpu, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "cupy" in proc.stdout
     proc = run_cli("train_mnist.py", "--backend", "numpy", "--data-dir", tmp_path, "--resume", out, "--epochs", 3)
     assert proc.returncode == 0, proc.stderr
     assert int(final_arrays(out)["epoch"]) == 3
-    proc = run_cli("sample.py", "--backend", "cupy", "--checkpoint", out, "--n", 16, "--out", tmp_path / "s.npy")
+    proc = run_cli("sample.py", "--backend", "cupy", "--checkpoint", out, "--n", 16, "--out", tmp_path / "s.npy",
+                   pythonpath=gpu)
     assert proc.returncode == 0, proc.stderr
 
 
