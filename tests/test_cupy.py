@@ -208,11 +208,7 @@ def test_captured_graph_replays_equal_eager_steps_and_draw_fresh_numbers():
 
 
 def test_profile_step_times_every_launch_of_a_step():
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
-    from profile_step import profile, replay_ms
+    from profile_step import profile, replay_ms  # examples/ is on the path (conftest)
 
     gan = GAN(get_backend("cupy"), seed=1)
     real = cupy.asarray(np.random.default_rng(0).random((64, 784), dtype=np.float32))
