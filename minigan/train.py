@@ -335,6 +335,7 @@ def format_epoch(r, epochs):
 
 def main(argv=None):
     prog = "train_mnist.py"
+    started = time.perf_counter()
     try:
         args = build_parser().parse_args(argv)
         config, run_dir, arrays = resolve(args)
@@ -355,9 +356,14 @@ def main(argv=None):
               f"steps per epoch; run folder {run_dir}", flush=True)
         # Overflow or NaN is caught by Run.check_finite and reported in one line; numpy's own warnings
         # would only add noise before it.
+        first_epoch, training = run.epoch, time.perf_counter()
         with StopFlag() as stop, np.errstate(all="ignore"):
             run.train(stop)
-        print(f"minigan: done; generator saved to {run_dir / 'generator.npz'}")
+        # The wall time after start-up (imports, data, model): every epoch with its sample grid and checkpoint,
+        # kernel compilation and the GEMM tiles' timing included, the final plots not
+        done = time.perf_counter()
+        print(f"minigan: done: {run.epoch - first_epoch} epochs in {done - training:.1f} s after "
+              f"{training - started:.1f} s of start-up; generator saved to {run_dir / 'generator.npz'}")
         from minigan.plots import write_plots
 
         write_plots(run_dir, backend)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -51,6 +52,9 @@ def test_train_writes_the_run_folder(data_dir, tmp_path):
     assert len(epoch_lines) == 2
     for field in ("Loss_D:", "Loss_G:", "D(x):", "D(G(z)):", " s |", "img/s"):
         assert field in epoch_lines[0]
+    done = re.search(r"minigan: done: 2 epochs in ([0-9.]+) s after ([0-9.]+) s of start-up", proc.stdout)
+    assert done, proc.stdout  # the wall-time figure the GPU target is stated in
+    assert float(done[1]) >= sum(json.loads(l)["seconds"] for l in (out / "metrics.jsonl").read_text().splitlines()) - 0.1
     metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2]
     assert all(np.isfinite(m["loss_D"]) and m["loss_G"] > 0 and 0 < m["D_x"] < 1 for m in metrics)
@@ -92,6 +96,7 @@ def test_resume_is_bit_exact(data_dir, tmp_path):
     make_run(data_dir, tmp_path / "split", 2).train()
     proc = run_cli("train_mnist.py", "--data-dir", data_dir, "--resume", tmp_path / "split", "--epochs", 4)
     assert proc.returncode == 0, proc.stderr
+    assert "minigan: done: 2 epochs in" in proc.stdout  # the epochs this process ran
     a, b = final_arrays(tmp_path / "straight"), final_arrays(tmp_path / "split")
     assert int(b["epoch"]) == 4
     for key in a:
