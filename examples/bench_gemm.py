@@ -5,8 +5,8 @@
 For each product it first checks every tile shape of ours against cuBLAS (max relative error), then times
 them and cuBLAS with CUDA events, launches queued behind kernels/step.cu::hold so that the host's launch
 rate is hidden, as inside the captured step. It prints one JSON line per product: microseconds per call of
-each tile shape at the split-K the step uses (minigan.cupy_step.split_k), the best tile at each split count
-(to check that rule), cuBLAS's, and the ratio of our best to cuBLAS.
+each tile shape that can run the split-K the step uses (minigan.cupy_step.split_k), the best time at each
+split count (to check that rule), cuBLAS's, and the ratio of our best to cuBLAS.
 """
 
 import json
@@ -36,14 +36,18 @@ def main():
     except BackendError as e:
         sys.exit(f"bench_gemm.py: error: {e}")
     from minigan.cupy_backend import kernel
-    from minigan.cupy_step import GEMM_TILES, MAX_SPLITS, gpu_seconds_per_launch, launch_gemm, split_k
+    from minigan.cupy_step import (GEMM_TILES, MAX_SPLITS, gpu_seconds_per_launch, launch_gemm, split_k,
+                                   split_scratch, tile_fits)
 
     rng = np.random.default_rng(0)
     step = cupy.zeros(1, np.uint64)
     f32, i32 = np.float32, np.int32
     sms = cupy.cuda.Device().attributes["MultiProcessorCount"]
-    partials = cupy.empty(MAX_SPLITS * 1024 * 1024 * 2, f32)  # enough for any split of any product here
-    counters = cupy.zeros(4096, np.uint32)
+    split_counts = [s for s in (1, 2, 4, 8, 16) if s <= MAX_SPLITS]
+    scratch = [split_scratch(rows, cols, splits, tile) for _, rows, cols, _ in products() for splits in split_counts
+               for tile in GEMM_TILES if tile_fits(tile, splits)]
+    partials = cupy.empty(max(p for p, _ in scratch), f32)  # enough for any split of any product here
+    counters = cupy.zeros(max(c for _, c in scratch), np.uint32)
 
     def timed(launch):  # microseconds per call, as the step's tuner measures
         return gpu_seconds_per_launch(cupy, kernel, launch, reps=50) * 1e6
@@ -75,8 +79,8 @@ def main():
         scale = float(cupy.abs(expected).max())
         result = {"product": kind, "rows": rows, "cols": cols, "inner": inner, "splits": rule, "us": {}}
         best_at_splits = {}
-        for splits in ([1] if kind == "weight" else [s for s in (1, 2, 4, 8) if s <= MAX_SPLITS]):
-            for tile in GEMM_TILES:
+        for splits in ([1] if kind == "weight" else split_counts):
+            for tile in (tile for tile in GEMM_TILES if tile_fits(tile, splits)):
                 launch = lambda: launch_gemm(kernel, name, tile, rows, cols, splits, args)  # noqa: E731
                 C.fill(np.nan)
                 launch()

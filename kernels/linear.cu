@@ -25,60 +25,131 @@
 
 enum Activation { ACT_NONE = 0, ACT_LEAKY = 1, ACT_LEAKY_DROPOUT = 2, ACT_SIGMOID = 3 };
 
-// One operand's slice of TILE_K along the inner dimension by EXTENT along its other (row or column) index t,
-// X(t, k) = X[t * t_stride + k * k_stride], t in [t0, t0 + EXTENT), zero outside [.., t_end) x [.., k_end).
-// Each of the THREADS threads fetches LOADS elements into registers; consecutive threads take consecutive
-// addresses (coalesced): along k where that stride is 1, else along t. The choice is the same for the whole
-// block, so no thread diverges.
+// How a block reads one operand, X(t, k) = X[t * t_stride + k * k_stride]: consecutive threads take
+// consecutive addresses (coalesced), one float each or, where the layout keeps four neighbours aligned and
+// whole inside the matrix, four at once (a quarter of the load instructions). The mode is the same for the
+// whole block, so no thread diverges.
+enum FetchMode { SCALAR_ALONG_K, SCALAR_ALONG_T, QUAD_ALONG_K, QUAD_ALONG_T };
+
+__device__ __forceinline__ int fetch_mode(const float* X, long long t_stride, long long k_stride, int t_end,
+                                          int k_end) {
+    bool aligned = (reinterpret_cast<unsigned long long>(X) & 15) == 0;
+    if (k_stride == 1) return aligned && t_stride % 4 == 0 && k_end % 4 == 0 ? QUAD_ALONG_K : SCALAR_ALONG_K;
+    return aligned && t_stride == 1 && k_stride % 4 == 0 && t_end % 4 == 0 ? QUAD_ALONG_T : SCALAR_ALONG_T;
+}
+
+// Element u of a thread's LOADS for a slice of TILE_K along k by EXTENT along t: its (kk, t) in the slice.
+// A quad's four elements are u = 4q .. 4q + 3, neighbours along k or t.
+template <int EXTENT, int THREADS>
+__device__ __forceinline__ void slice_position(int mode, int tid, int u, int& kk, int& t) {
+    if (mode == QUAD_ALONG_K || mode == QUAD_ALONG_T) {
+        int q = tid + (u / 4) * THREADS;
+        if (mode == QUAD_ALONG_K) kk = 4 * (q % (TILE_K / 4)) + u % 4, t = q / (TILE_K / 4);
+        else kk = q / (EXTENT / 4), t = 4 * (q % (EXTENT / 4)) + u % 4;
+    } else {
+        int l = tid + u * THREADS;
+        if (mode == SCALAR_ALONG_K) kk = l % TILE_K, t = l / TILE_K;
+        else kk = l / EXTENT, t = l % EXTENT;
+    }
+}
+
+// A thread's share of the operand's slice [t0, t0 + EXTENT) x [k0, k0 + TILE_K) into registers, zero outside
+// [.., t_end) x [.., k_end) (a quad is wholly inside or outside: fetch_mode's conditions).
 template <int EXTENT, int LOADS, int THREADS>
-__device__ __forceinline__ void fetch_slice(float (&out)[LOADS], const float* X, long long t_stride, long long k_stride,
-                                            int t0, int t_end, int k0, int k_end) {
-    bool along_k = k_stride == 1;
+__device__ __forceinline__ void fetch_slice(float (&out)[LOADS], int mode, const float* X, long long t_stride,
+                                            long long k_stride, int t0, int t_end, int k0, int k_end, int tid) {
+    static_assert(LOADS % 4 == 0 && EXTENT % 4 == 0, "whole quads per thread");
+    if (mode == QUAD_ALONG_K || mode == QUAD_ALONG_T) {
 #pragma unroll
-    for (int u = 0; u < LOADS; ++u) {
-        int l = threadIdx.x + u * THREADS;
-        int kk = along_k ? l % TILE_K : l / EXTENT, t = along_k ? l / TILE_K : l % EXTENT;
-        int k = k0 + kk, i = t0 + t;
-        out[u] = (i < t_end && k < k_end) ? X[i * t_stride + k * k_stride] : 0.0f;
+        for (int u = 0; u < LOADS; u += 4) {
+            int kk, t;
+            slice_position<EXTENT, THREADS>(mode, tid, u, kk, t);
+            int i = t0 + t, k = k0 + kk;
+            float4 v = i < t_end && k < k_end ? *reinterpret_cast<const float4*>(&X[i * t_stride + k * k_stride])
+                                              : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            out[u] = v.x, out[u + 1] = v.y, out[u + 2] = v.z, out[u + 3] = v.w;
+        }
+    } else {
+#pragma unroll
+        for (int u = 0; u < LOADS; ++u) {
+            int kk, t;
+            slice_position<EXTENT, THREADS>(mode, tid, u, kk, t);
+            int i = t0 + t, k = k0 + kk;
+            out[u] = (i < t_end && k < k_end) ? X[i * t_stride + k * k_stride] : 0.0f;
+        }
     }
 }
 
 // ... and into shared memory, as S[k][t].
 template <int EXTENT, int LOADS, int THREADS>
-__device__ __forceinline__ void store_slice(float (*S)[EXTENT + 4], const float (&in)[LOADS], bool along_k) {
+__device__ __forceinline__ void store_slice(float (*S)[EXTENT + 4], const float (&in)[LOADS], int mode, int tid) {
+    if (mode == QUAD_ALONG_T) {  // a quad is four neighbours of one row of S
 #pragma unroll
-    for (int u = 0; u < LOADS; ++u) {
-        int l = threadIdx.x + u * THREADS;
-        S[along_k ? l % TILE_K : l / EXTENT][along_k ? l / TILE_K : l % EXTENT] = in[u];
+        for (int u = 0; u < LOADS; u += 4) {
+            int kk, t;
+            slice_position<EXTENT, THREADS>(mode, tid, u, kk, t);
+            *reinterpret_cast<float4*>(&S[kk][t]) = make_float4(in[u], in[u + 1], in[u + 2], in[u + 3]);
+        }
+    } else {
+#pragma unroll
+        for (int u = 0; u < LOADS; ++u) {
+            int kk, t;
+            slice_position<EXTENT, THREADS>(mode, tid, u, kk, t);
+            S[kk][t] = in[u];
+        }
     }
+}
+
+// A fence that orders this thread's memory operations before and after it for every thread of the GPU
+// (release and acquire; cheaper than __threadfence's sequentially consistent one). Through a block barrier
+// it also orders the other threads' writes before it (CUTLASS's split-K semaphore relies on the same).
+__device__ __forceinline__ void fence_acq_rel_gpu() {
+#ifdef __CUDA_ARCH__
+    asm volatile("fence.acq_rel.gpu;" ::: "memory");
+#else
+    __threadfence();
+#endif
 }
 
 // C (rows, cols) = A (rows, inner) B (inner, cols) with A(i, k) = A[i * a_i + k * a_k] and
 // B(k, j) = B[k * b_k + j * b_j]: the strides express every transpose the layers need.
 // Calls epilogue(i, j, value) for each element of the block's tile inside the matrix.
-// If a_row_sums is not null (and splits == 1), the blocks of the first column of tiles also write the row
-// sums of A (sum over k of A(i, k)) from the tiles they load anyway: the bias gradient, for free.
-// With splits > 1, `partials` holds splits x tiles x BM x BN floats and `tile_counters` one zero per tile
-// (left zero again on exit).
-template <int BM, int BN, int TM, int TN, class Epilogue>
+//
+// Split-K: the inner dimension is cut into splits = gridDim.z * SLICES ranges of whole TILE_K slices; split s
+// is taken by thread group s % SLICES (each of (BM/TM)(BN/TN) threads) of block z = s / SLICES. Within a
+// split the products are added in k order; the splits' sums are then added in split order, through shared
+// memory where one block holds them all (gridDim.z == 1), else by the last of the tile's blocks to finish,
+// from `partials` (splits x tiles x BM x BN floats; `tile_counters`, one zero per tile, is left zero again).
+// The bits therefore depend on the number of splits only, not on the tile shape or on how the splits are
+// shared between blocks and groups.
+// If a_row_sums is not null (splits == 1), the blocks of the first column of tiles also write the row sums
+// of A (sum over k of A(i, k)) from the tiles they load anyway: the bias gradient, for free.
+template <int BM, int BN, int TM, int TN, int SLICES, class Epilogue>
 __device__ __forceinline__ void gemm(const float* A, long long a_i, long long a_k, const float* B, long long b_k,
                                      long long b_j, int rows, int cols, int inner, float* a_row_sums,
                                      float* partials, unsigned int* tile_counters, Epilogue epilogue) {
-    constexpr int TX = BN / TN, TY = BM / TM, THREADS = TX * TY;
+    constexpr int TX = BN / TN, TY = BM / TM, THREADS = TX * TY;  // per group
     constexpr int A_LOADS = BM * TILE_K / THREADS, B_LOADS = BN * TILE_K / THREADS;
     static_assert(TM % 4 == 0 && TN % 4 == 0, "threads read their operands as float4");
     static_assert(A_LOADS * THREADS == BM * TILE_K && B_LOADS * THREADS == BN * TILE_K, "whole loads per thread");
     static_assert(THREADS >= BM, "one thread per row for the row sums");
-    // Two stages: the next slice of A and B is fetched from global memory into registers while this one is
-    // multiplied, then stored into the other stage. +4 columns of padding keep float4 reads aligned and
-    // spread the column-wise stores over the banks.
-    __shared__ __align__(16) float As[2][TILE_K][BM + 4];  // As[stage][k][i]
-    __shared__ __align__(16) float Bs[2][TILE_K][BN + 4];  // Bs[stage][k][j]
-    int tid = threadIdx.x, tx = tid % TX, ty = tid / TX;
+    static_assert((SLICES - 1) * BM * BN <= SLICES * 2 * TILE_K * (BM + 4), "groups' sums fit where A was");
+    // Two stages per group: the next slice of A and B is fetched from global memory into registers while
+    // this one is multiplied, then stored into the other stage. +4 columns of padding keep float4 reads
+    // aligned and spread the column-wise stores over the banks.
+    __shared__ __align__(16) float As[SLICES][2][TILE_K][BM + 4];  // As[group][stage][k][i]
+    __shared__ __align__(16) float Bs[SLICES][2][TILE_K][BN + 4];  // Bs[group][stage][k][j]
+    int group = threadIdx.x / THREADS, tid = threadIdx.x % THREADS, tx = tid % TX, ty = tid / TX;
     int row0 = blockIdx.y * BM, col0 = blockIdx.x * BN;
-    // This block's range of the inner dimension, in whole TILE_K slices
-    int slices = (inner + TILE_K - 1) / TILE_K, per_split = (slices + gridDim.z - 1) / gridDim.z;
-    int k_begin = blockIdx.z * per_split * TILE_K, k_end = min(inner, k_begin + per_split * TILE_K);
+    // This group's split of the inner dimension, in whole TILE_K slices. Every group of the block runs as
+    // many iterations as its first group's split has slices (the barriers are the block's), reading zeros
+    // past its own split's end: adding 0 * 0 leaves a sum unchanged.
+    int splits = gridDim.z * SLICES, split = blockIdx.z * SLICES + group;
+    int per_split = ((inner + TILE_K - 1) / TILE_K + splits - 1) / splits;
+    int k_begin = split * per_split * TILE_K, k_end = min(inner, k_begin + per_split * TILE_K);
+    int first_k = blockIdx.z * SLICES * per_split * TILE_K;
+    int iterations = first_k < inner ? min(per_split, (inner - first_k + TILE_K - 1) / TILE_K) : 0;
+    int a_mode = fetch_mode(A, a_i, a_k, rows, inner), b_mode = fetch_mode(B, b_j, b_k, cols, inner);
     // A thread's outputs come in 4 x 4 groups spaced TY * 4 rows and TX * 4 columns apart, so a warp's
     // float4 reads of a shared row are consecutive (no bank conflicts).
     float acc[TM][TN];
@@ -87,33 +158,33 @@ __device__ __forceinline__ void gemm(const float* A, long long a_i, long long a_
 #pragma unroll
         for (int c = 0; c < TN; ++c) acc[r][c] = 0.0f;
     float a_next[A_LOADS], b_next[B_LOADS];
-    bool sums_rows = a_row_sums != nullptr && blockIdx.x == 0 && tid < BM;
+    bool sums_rows = a_row_sums != nullptr && SLICES == 1 && blockIdx.x == 0 && tid < BM;
     float row_sum = 0.0f;
-    fetch_slice<BM, A_LOADS, THREADS>(a_next, A, a_i, a_k, row0, rows, k_begin, k_end);
-    fetch_slice<BN, B_LOADS, THREADS>(b_next, B, b_j, b_k, col0, cols, k_begin, k_end);
-    store_slice<BM, A_LOADS, THREADS>(As[0], a_next, a_k == 1);
-    store_slice<BN, B_LOADS, THREADS>(Bs[0], b_next, b_k == 1);
+    fetch_slice<BM, A_LOADS, THREADS>(a_next, a_mode, A, a_i, a_k, row0, rows, k_begin, k_end, tid);
+    fetch_slice<BN, B_LOADS, THREADS>(b_next, b_mode, B, b_j, b_k, col0, cols, k_begin, k_end, tid);
+    store_slice<BM, A_LOADS, THREADS>(As[group][0], a_next, a_mode, tid);
+    store_slice<BN, B_LOADS, THREADS>(Bs[group][0], b_next, b_mode, tid);
     __syncthreads();
-    int stage = 0;
-    for (int k0 = k_begin; k0 < k_end; k0 += TILE_K, stage ^= 1) {
-        bool more = k0 + TILE_K < k_end;
+    for (int slice = 0, stage = 0; slice < iterations; ++slice, stage ^= 1) {
+        int k0 = k_begin + slice * TILE_K;
+        bool more = slice + 1 < iterations;
         if (more) {  // in flight during the products below
-            fetch_slice<BM, A_LOADS, THREADS>(a_next, A, a_i, a_k, row0, rows, k0 + TILE_K, k_end);
-            fetch_slice<BN, B_LOADS, THREADS>(b_next, B, b_j, b_k, col0, cols, k0 + TILE_K, k_end);
+            fetch_slice<BM, A_LOADS, THREADS>(a_next, a_mode, A, a_i, a_k, row0, rows, k0 + TILE_K, k_end, tid);
+            fetch_slice<BN, B_LOADS, THREADS>(b_next, b_mode, B, b_j, b_k, col0, cols, k0 + TILE_K, k_end, tid);
         }
         if (sums_rows)
-            for (int kk = 0; kk < TILE_K; ++kk) row_sum += As[stage][kk][tid];
+            for (int kk = 0; kk < TILE_K; ++kk) row_sum += As[0][stage][kk][tid];
 #pragma unroll
         for (int kk = 0; kk < TILE_K; ++kk) {
             float a[TM], b[TN];
 #pragma unroll
             for (int q = 0; q < TM / 4; ++q) {
-                float4 v = *reinterpret_cast<const float4*>(&As[stage][kk][q * TY * 4 + ty * 4]);
+                float4 v = *reinterpret_cast<const float4*>(&As[group][stage][kk][q * TY * 4 + ty * 4]);
                 a[4 * q] = v.x, a[4 * q + 1] = v.y, a[4 * q + 2] = v.z, a[4 * q + 3] = v.w;
             }
 #pragma unroll
             for (int q = 0; q < TN / 4; ++q) {
-                float4 v = *reinterpret_cast<const float4*>(&Bs[stage][kk][q * TX * 4 + tx * 4]);
+                float4 v = *reinterpret_cast<const float4*>(&Bs[group][stage][kk][q * TX * 4 + tx * 4]);
                 b[4 * q] = v.x, b[4 * q + 1] = v.y, b[4 * q + 2] = v.z, b[4 * q + 3] = v.w;
             }
 #pragma unroll
@@ -122,8 +193,8 @@ __device__ __forceinline__ void gemm(const float* A, long long a_i, long long a_
                 for (int c = 0; c < TN; ++c) acc[r][c] += a[r] * b[c];
         }
         if (more) {  // the other stage was last read before the previous barrier
-            store_slice<BM, A_LOADS, THREADS>(As[stage ^ 1], a_next, a_k == 1);
-            store_slice<BN, B_LOADS, THREADS>(Bs[stage ^ 1], b_next, b_k == 1);
+            store_slice<BM, A_LOADS, THREADS>(As[group][stage ^ 1], a_next, a_mode, tid);
+            store_slice<BN, B_LOADS, THREADS>(Bs[group][stage ^ 1], b_next, b_mode, tid);
         }
         __syncthreads();
     }
@@ -131,39 +202,61 @@ __device__ __forceinline__ void gemm(const float* A, long long a_i, long long a_
     // The output row (column) of acc[r][c] within the tile
     auto tile_row = [&](int r) { return (r / 4) * TY * 4 + ty * 4 + r % 4; };
     auto tile_col = [&](int c) { return (c / 4) * TX * 4 + tx * 4 + c % 4; };
-    if (gridDim.z > 1) {
-        // Split-K: publish this block's partial sums; the tile's last block to arrive adds them all
-        int tile = blockIdx.y * gridDim.x + blockIdx.x;
-        long long tile_floats = (long long)BM * BN;
-        float* mine = partials + ((long long)blockIdx.z * gridDim.x * gridDim.y + tile) * tile_floats;
+    if (splits > 1 && gridDim.z == 1) {
+        // Every split is this block's: groups 1.. park their sums where A's slices were (the loop's last
+        // barrier is behind every read of them), and group 0 adds them in split order
+        float* parked = &As[0][0][0][0];
+        if (group > 0) {
+#pragma unroll
+            for (int r = 0; r < TM; ++r)
+#pragma unroll
+                for (int c = 0; c < TN; c += 4)
+                    *reinterpret_cast<float4*>(&parked[((group - 1) * BM + tile_row(r)) * BN + tile_col(c)]) =
+                        make_float4(acc[r][c], acc[r][c + 1], acc[r][c + 2], acc[r][c + 3]);
+        }
+        __syncthreads();
+        if (group > 0) return;
+        for (int g = 1; g < SLICES; ++g)
+#pragma unroll
+            for (int r = 0; r < TM; ++r)
+#pragma unroll
+                for (int c = 0; c < TN; c += 4) {
+                    float4 v = *reinterpret_cast<const float4*>(&parked[((g - 1) * BM + tile_row(r)) * BN + tile_col(c)]);
+                    acc[r][c] += v.x, acc[r][c + 1] += v.y, acc[r][c + 2] += v.z, acc[r][c + 3] += v.w;
+                }
+    } else if (splits > 1) {
+        // Splits over several blocks: publish every group's sums; the tile's last block to arrive adds them
+        int tile = blockIdx.y * gridDim.x + blockIdx.x, tiles = gridDim.x * gridDim.y;
+        auto part = [&](int s) { return partials + ((long long)s * tiles + tile) * (BM * BN); };
 #pragma unroll
         for (int r = 0; r < TM; ++r)
 #pragma unroll
             for (int c = 0; c < TN; c += 4)
-                *reinterpret_cast<float4*>(&mine[tile_row(r) * BN + tile_col(c)]) =
+                *reinterpret_cast<float4*>(&part(split)[tile_row(r) * BN + tile_col(c)]) =
                     make_float4(acc[r][c], acc[r][c + 1], acc[r][c + 2], acc[r][c + 3]);
-        __threadfence();  // the partial sums are visible to every block before the count says so
-        __syncthreads();
+        __syncthreads();  // every group's sums are written...
         __shared__ unsigned int arrived;
-        if (tid == 0) arrived = atomicAdd(&tile_counters[tile], 1u);
+        if (threadIdx.x == 0) {
+            fence_acq_rel_gpu();  // ... and ordered before the count for every block
+            arrived = atomicAdd(&tile_counters[tile], 1u);
+            fence_acq_rel_gpu();  // the sums of the blocks counted before are read after it
+        }
         __syncthreads();
-        if (arrived != gridDim.z - 1) return;
-        __threadfence();
+        if (arrived != gridDim.z - 1 || group > 0) return;
+        if (tid == 0) tile_counters[tile] = 0;  // ready for the next launch (and graph replay)
 #pragma unroll
         for (int r = 0; r < TM; ++r)
 #pragma unroll
-            for (int c = 0; c < TN; c += 4) {
-                float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                for (int split = 0; split < (int)gridDim.z; ++split) {  // in split order, whoever is last
-                    const float* part = partials + ((long long)split * gridDim.x * gridDim.y + tile) * tile_floats;
-                    float4 v = split == (int)blockIdx.z
-                                   ? make_float4(acc[r][c], acc[r][c + 1], acc[r][c + 2], acc[r][c + 3])
-                                   : __ldcg(reinterpret_cast<const float4*>(&part[tile_row(r) * BN + tile_col(c)]));
-                    sum.x += v.x, sum.y += v.y, sum.z += v.z, sum.w += v.w;
+            for (int c = 0; c < TN; ++c) acc[r][c] = 0.0f;
+#pragma unroll 4
+        for (int s = 0; s < splits; ++s)  // in split order, whoever is last; the loads of 4 splits in flight
+#pragma unroll
+            for (int r = 0; r < TM; ++r)
+#pragma unroll
+                for (int c = 0; c < TN; c += 4) {
+                    float4 v = __ldcg(reinterpret_cast<const float4*>(&part(s)[tile_row(r) * BN + tile_col(c)]));
+                    acc[r][c] += v.x, acc[r][c + 1] += v.y, acc[r][c + 2] += v.z, acc[r][c + 3] += v.w;
                 }
-                acc[r][c] = sum.x, acc[r][c + 1] = sum.y, acc[r][c + 2] = sum.z, acc[r][c + 3] = sum.w;
-            }
-        if (tid == 0) tile_counters[tile] = 0;  // ready for the next launch (and graph replay)
     }
 #pragma unroll
     for (int r = 0; r < TM; ++r)
@@ -220,38 +313,48 @@ struct StoreEpilogue {
     __device__ __forceinline__ void operator()(int i, int j, float v) const { C[(long long)i * cols + j] = v; }
 };
 
-// The three kernels for one tile shape.
-//   linear_forward_<tile>:         Y (M, N) = act(X (M, K) W (N, K)^T + b). Output (M, N).
-//   linear_backward_input_<tile>:  dX (M, K) = (dY (M, N) W (N, K)) * act'(Y_prev), Y_prev (M, K) the output
+// The kernels of one tile shape TILE = BMxBN_TMxTN, or BMxBN_TMxTN_sSLICES with SLICES > 1 thread groups
+// sharing the splits of the inner dimension (gemm above; THREADS = BM / TM * BN / TN * SLICES):
+//   linear_forward_<TILE>:         Y (M, N) = act(X (M, K) W (N, K)^T + b). Output (M, N).
+//   linear_backward_input_<TILE>:  dX (M, K) = (dY (M, N) W (N, K)) * act'(Y_prev), Y_prev (M, K) the output
 //                                  of the layer before (its activation `activation`, its dropout draw `draw`).
 //                                  Output (M, K).
-//   linear_backward_weight_<tile>: dW (N, K) = dY (M, N)^T X (M, K) and db (N,) = sum over the M rows of dY.
-//                                  Output (N, K); splits must be 1.
-#define LINEAR_KERNELS(BM, BN, TM, TN, THREADS)                                                                    \
-    extern "C" __global__ void __launch_bounds__(THREADS) linear_forward_##BM##x##BN##_##TM##x##TN(               \
+//   linear_backward_weight_<TILE>: dW (N, K) = dY (M, N)^T X (M, K) and db (N,) = sum over the M rows of dY.
+//                                  Output (N, K); never split (its first column of blocks sums db), so it
+//                                  exists for the tiles of one group only.
+#define SPLIT_KERNELS(TILE, BM, BN, TM, TN, SLICES, THREADS)                                                      \
+    extern "C" __global__ void __launch_bounds__(THREADS) linear_forward_##TILE(                                 \
         float* Y, const float* X, const float* W, const float* b, int M, int N, int K, int activation, float slope,  \
         float drop_p, float drop_scale, unsigned long long seed, const unsigned long long* step, unsigned int draw, \
         float* partials, unsigned int* tile_counters) {                                                            \
+        static_assert(THREADS == BM / TM * BN / TN * SLICES, "the launch bound is the block's size");             \
         ForwardEpilogue epilogue = {Y, b, N, activation, slope, drop_p, drop_scale, seed, *step, draw};            \
-        gemm<BM, BN, TM, TN>(X, K, 1, W, 1, K, M, N, K, nullptr, partials, tile_counters, epilogue);                \
+        gemm<BM, BN, TM, TN, SLICES>(X, K, 1, W, 1, K, M, N, K, nullptr, partials, tile_counters, epilogue);        \
     }                                                                                                              \
-    extern "C" __global__ void __launch_bounds__(THREADS) linear_backward_input_##BM##x##BN##_##TM##x##TN(        \
+    extern "C" __global__ void __launch_bounds__(THREADS) linear_backward_input_##TILE(                          \
         float* dX, const float* dY, const float* W, const float* Y_prev, int M, int N, int K, int activation,      \
         float slope, float drop_p, float drop_scale, unsigned long long seed, const unsigned long long* step,      \
         unsigned int draw, float* partials, unsigned int* tile_counters) {                                         \
         InputGradEpilogue epilogue = {dX, Y_prev, K, activation, slope, drop_p, drop_scale, seed, *step, draw};    \
-        gemm<BM, BN, TM, TN>(dY, N, 1, W, K, 1, M, K, N, nullptr, partials, tile_counters, epilogue);               \
-    }                                                                                                              \
-    extern "C" __global__ void __launch_bounds__(THREADS) linear_backward_weight_##BM##x##BN##_##TM##x##TN(       \
+        gemm<BM, BN, TM, TN, SLICES>(dY, N, 1, W, K, 1, M, K, N, nullptr, partials, tile_counters, epilogue);       \
+    }
+#define LINEAR_KERNELS(TILE, BM, BN, TM, TN, THREADS)                                                             \
+    SPLIT_KERNELS(TILE, BM, BN, TM, TN, 1, THREADS)                                                                \
+    extern "C" __global__ void __launch_bounds__(THREADS) linear_backward_weight_##TILE(                         \
         float* dW, float* db, const float* dY, const float* X, int M, int N, int K) {                              \
         StoreEpilogue epilogue = {dW, K};                                                                          \
-        gemm<BM, BN, TM, TN>(dY, 1, N, X, K, 1, N, K, M, db, nullptr, nullptr, epilogue);                           \
+        gemm<BM, BN, TM, TN, 1>(dY, 1, N, X, K, 1, N, K, M, db, nullptr, nullptr, epilogue);                        \
     }
 
-// Tile shapes (BM, BN, TM, TN, threads = BM / TM * BN / TN): from many small blocks for the products with
-// few rows to wide register blocking for the large ones. minigan.cupy_step.GEMM_TILES lists the same.
-LINEAR_KERNELS(32, 32, 4, 4, 64)
-LINEAR_KERNELS(64, 64, 4, 4, 256)
-LINEAR_KERNELS(64, 64, 8, 8, 64)
-LINEAR_KERNELS(128, 64, 8, 4, 256)
-LINEAR_KERNELS(128, 128, 8, 8, 256)
+// Tile shapes: from many small blocks for the products with few rows to wide register blocking for the
+// large ones, and groups that share a tile's splits (more warps on a small output, no round trip through
+// global memory). minigan.cupy_step.GEMM_TILES lists the same.
+LINEAR_KERNELS(32x32_4x4, 32, 32, 4, 4, 64)
+LINEAR_KERNELS(64x64_4x4, 64, 64, 4, 4, 256)
+LINEAR_KERNELS(64x64_8x8, 64, 64, 8, 8, 64)
+LINEAR_KERNELS(128x64_8x4, 128, 64, 8, 4, 256)
+LINEAR_KERNELS(128x128_8x8, 128, 128, 8, 8, 256)
+SPLIT_KERNELS(32x32_4x4_s2, 32, 32, 4, 4, 2, 128)
+SPLIT_KERNELS(32x32_4x4_s4, 32, 32, 4, 4, 4, 256)
+SPLIT_KERNELS(32x64_4x8_s2, 32, 64, 4, 8, 2, 128)
+SPLIT_KERNELS(64x64_8x8_s2, 64, 64, 8, 8, 2, 128)

@@ -25,39 +25,59 @@ from minigan.layers import BatchNorm1d, Dropout, LeakyReLU, Linear
 ACT_NONE, ACT_LEAKY, ACT_LEAKY_DROPOUT, ACT_SIGMOID = 0, 1, 2, 3
 NOISE, D_STEP_DROPOUT, G_STEP_DROPOUT = 1, 1 << 16, 1 << 24
 THREADS = 256
-# The tile shapes of kernels/linear.cu's GEMMs, "BMxBN_TMxTN": a block's output patch and a thread's. They give
-# bit-identical results, so each product of the step runs with the one measured fastest on the GPU at hand.
-GEMM_TILES = ("32x32_4x4", "64x64_4x4", "64x64_8x8", "128x64_8x4", "128x128_8x8")
+# The tile shapes of kernels/linear.cu's GEMMs, "BMxBN_TMxTN" (a block's output patch and a thread's) with
+# "_sS" where S thread groups of the block share the splits of the inner dimension. At a given split count
+# they give bit-identical results, so each product of the step runs with the one measured fastest on the GPU
+# at hand, among those whose groups divide its splits.
+GEMM_TILES = ("32x32_4x4", "64x64_4x4", "64x64_8x8", "128x64_8x4", "128x128_8x8",
+              "32x32_4x4_s2", "32x32_4x4_s4", "32x64_4x8_s2", "64x64_8x8_s2")
 DEFAULT_TILE = "32x32_4x4"  # where nothing is timed: the kernels compiled for the CPU, where 64 threads run fastest
-MAX_SPLITS, MIN_SPLIT_INNER = 8, 128
+MAX_SPLITS, MIN_SPLIT_INNER = 16, 64
 H100_SMS = 132  # H100 and H200 SXM: the SM count the splits are planned for where there is no GPU to ask
+SPLIT_BLOCKS_PER_SM = 8  # split products keep at most this many 32 x 32 tiles' splits per SM
 HOLD_CYCLES = 2_000_000  # about 1 ms of kernels/step.cu::hold
 
 
 def tile_shape(tile):
-    """(BM, BN, TM, TN) of a GEMM_TILES name."""
-    (bm, bn), (tm, tn) = (map(int, part.split("x")) for part in tile.split("_"))
-    return bm, bn, tm, tn
+    """(BM, BN, TM, TN, S) of a GEMM_TILES name: S = 1 without a "_sS" part."""
+    block, thread, *groups = tile.split("_")
+    (bm, bn), (tm, tn) = (map(int, part.split("x")) for part in (block, thread))
+    return bm, bn, tm, tn, int(groups[0][1:]) if groups else 1
+
+
+def tile_fits(tile, splits):
+    """Whether ``tile`` can run a product with ``splits`` splits: its groups take whole blocks' worth."""
+    return splits % tile_shape(tile)[4] == 0
 
 
 def split_k(rows, cols, inner, sms):
-    """How many blocks share the inner dimension of a (rows, cols) output: doubled while the 64 x 64 tiles
-    times the splits still fit the SMs in one wave and each split keeps MIN_SPLIT_INNER of the inner dimension.
+    """How many ranges the inner dimension of a (rows, cols) output is cut into: doubled while the 32 x 32
+    tiles times the splits stay within SPLIT_BLOCKS_PER_SM per SM and each split keeps MIN_SPLIT_INNER of the
+    inner dimension.
 
-    Most of the step's products have 128 or 256 rows, too few tiles to fill an H100's 132 SMs. This is a fixed
-    rule and not a timing, because the splits group the sums and so set the last bits of the result: a run
-    must not depend on a stopwatch.
+    Most of the step's products have 128 or 256 rows, too few tiles to keep an H100's 132 SMs busy through
+    the latency of each slice of the inner dimension. This is a fixed rule and not a timing, because the
+    splits group the sums and so set the last bits of the result: a run must not depend on a stopwatch.
     """
-    tiles, splits = -(-rows // 64) * -(-cols // 64), 1
-    while splits < MAX_SPLITS and tiles * splits * 2 <= sms and inner >= splits * 2 * MIN_SPLIT_INNER:
+    tiles, splits = -(-rows // 32) * -(-cols // 32), 1
+    while (splits < MAX_SPLITS and tiles * splits * 2 <= SPLIT_BLOCKS_PER_SM * sms
+           and inner >= splits * 2 * MIN_SPLIT_INNER):
         splits *= 2
     return splits
 
 
+def split_scratch(rows, cols, splits, tile):
+    """(floats of partial sums, tile counters) that ``tile`` needs for a (rows, cols) output in ``splits``."""
+    bm, bn, _, _, slices = tile_shape(tile)
+    tiles = -(-rows // bm) * -(-cols // bn)
+    return (0, 0) if splits == slices else (splits * tiles * bm * bn, tiles)
+
+
 def launch_gemm(kernel, name, tile, rows, cols, splits, args):
     """Launch kernels/linear.cu's ``name`` (linear_forward, ...) with ``tile`` for a (rows, cols) output."""
-    bm, bn, tm, tn = tile_shape(tile)
-    kernel("linear", f"{name}_{tile}")((-(-cols // bn), -(-rows // bm), splits), ((bm // tm) * (bn // tn),), args)
+    bm, bn, tm, tn, slices = tile_shape(tile)
+    kernel("linear", f"{name}_{tile}")((-(-cols // bn), -(-rows // bm), splits // slices),
+                                       ((bm // tm) * (bn // tn) * slices,), args)
 
 
 def gpu_seconds_per_launch(cupy, kernel, launch, reps=20):
@@ -128,10 +148,12 @@ class FusedStep:
         self.sms = sms or (xp.cuda.Device().attributes["MultiProcessorCount"] if on_gpu else H100_SMS)
         self.tiles = {}  # (kernel, rows, cols, inner) -> the fastest tile shape
         # Split-K scratch, shared by every split product: they all run on the main stream, one at a time (the
-        # weight gradients on the side stream never split). splits > 1 only when the 64 x 64 tiles times the
-        # splits fit the SMs, so no tile shape needs more than this.
-        self.partials = xp.empty(self.sms * 128 * 128, np.float32)
-        self.tile_counters = xp.zeros(4 * self.sms, np.uint32)  # zero between launches
+        # weight gradients on the side stream never split). The split rule keeps the 32 x 32 tiles times the
+        # splits within SPLIT_BLOCKS_PER_SM per SM; larger tiles pad the output, so room for twice that, and
+        # the tuner passes over a tile shape that would need more.
+        blocks = SPLIT_BLOCKS_PER_SM * self.sms
+        self.partials = xp.empty(2 * blocks * 32 * 32, np.float32)
+        self.tile_counters = xp.zeros(blocks, np.uint32)  # zero between launches
 
     def buffers(self, n):
         """Activations and gradients for a batch of n rows, allocated on first use."""
@@ -175,17 +197,20 @@ class FusedStep:
         tile = self.tiles.get(key)
         if tile is None:
             tile = self.tiles[key] = self._fastest_tile(key, splits, args) if self.timer else DEFAULT_TILE
-        if splits > 1:
-            bm, bn, _, _ = tile_shape(tile)
-            tiles = -(-rows // bm) * -(-cols // bn)
-            assert splits * tiles * bm * bn <= self.partials.size and tiles <= self.tile_counters.size
+        assert self._scratch_fits(rows, cols, splits, tile), (key, splits, tile)
         launch_gemm(self.kernel, name, tile, rows, cols, splits, args)
 
+    def _scratch_fits(self, rows, cols, splits, tile):
+        partials, counters = split_scratch(rows, cols, splits, tile)
+        return partials <= self.partials.size and counters <= self.tile_counters.size
+
     def _fastest_tile(self, key, splits, args):
-        """Time every tile shape on this product (all give the same bits, so the launches do no harm)."""
+        """Time every tile shape that can run this product (all give the same bits, so the launches do no
+        harm) and keep the fastest."""
         name, rows, cols, _ = key
+        candidates = [tile for tile in GEMM_TILES if tile_fits(tile, splits) and self._scratch_fits(rows, cols, splits, tile)]
         times = {tile: self.timer(lambda tile=tile: launch_gemm(self.kernel, name, tile, rows, cols, splits, args))
-                 for tile in GEMM_TILES}
+                 for tile in candidates}
         return min(times, key=times.get)
 
     def _gpu_time(self, launch):

@@ -22,6 +22,7 @@ operations (CuPy's, on a GPU) are not tracked.
 it; slow: minutes).
 """
 
+import re
 import sys
 import time
 import types
@@ -32,7 +33,8 @@ import numpy as np
 class FakeCuda:
     def __init__(self, host_kernels, timings=None):
         self.host_kernels = host_kernels
-        self.timings = timings  # timer(): seconds per call, in turn; None: no timer
+        self.timings = timings  # timer(): {tile shape: seconds per call} (others 1.0); None: no timer
+        self.probe = None  # while the timer asks which kernel a launch runs: the names launched (not run)
         self.current = None  # the stream launches go to; None: the (legacy) default stream
         self.captured, self.origin, self.graph_launches, self.streams = None, None, 0, []
         self.host_knows = {}  # {id(stream): its launches the host has synchronised with}
@@ -47,6 +49,9 @@ class FakeCuda:
         run = self.host_kernels(family, name)
 
         def launch(grid, block, args):
+            if self.probe is not None:
+                self.probe.append(name)
+                return
             stream = self.current
             accesses = self.host_kernels.accesses(name, args)
             if self.captured is not None:
@@ -92,11 +97,14 @@ class FakeCuda:
             merge(self.host_knows, clock)
 
     def timer(self, launch):
-        """A stand-in for FusedStep's GEMM timer: the next of ``timings``, in turn."""
+        """A stand-in for FusedStep's GEMM timer: ``timings`` of the tile shape the launch runs."""
         assert self.captured is None, "a GEMM was timed during a capture"
-        seconds = self.timings[0]
-        self.timings = self.timings[1:] + self.timings[:1]
-        return seconds
+        self.probe = []
+        try:
+            launch()
+        finally:
+            (name,), self.probe = self.probe, None
+        return self.timings.get(tile_of(name), 1.0)
 
     def Event(self, **options):
         cuda = self
@@ -173,6 +181,11 @@ class FakeCuda:
                                                                             for a in accesses])
 
 
+def tile_of(kernel_name):
+    """The tile shape of a kernels/linear.cu GEMM kernel's name: linear_forward_32x32_4x4_s2 -> 32x32_4x4_s2."""
+    return re.search(r"_(\d+x\d+_\d+x\d+(?:_s\d+)?)$", kernel_name)[1]
+
+
 def merge(clock, other):
     """clock = the elementwise maximum of the two vector clocks ({id(stream): launches})."""
     for stream, count in other.items():
@@ -206,7 +219,7 @@ def install(host_kernels, setattr_=setattr, modules=None):
     from minigan import cupy_backend
     from minigan.cupy_step import FusedStep
 
-    cuda = FakeCuda(host_kernels, timings=[1.0])  # every GEMM tile alike: the first is kept
+    cuda = FakeCuda(host_kernels, timings={})  # every GEMM tile alike: the first is kept
     if modules is None:
         sys.modules["cupy"] = fake_cupy(cuda)
     else:

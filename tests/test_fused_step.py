@@ -7,12 +7,12 @@ import types
 import numpy as np
 import pytest
 from conftest import Replay, align_state, use_rng
-from fake_cupy import FakeCuda, fake_cupy
+from fake_cupy import FakeCuda, fake_cupy, tile_of
 from kernel_host import HostKernels
 from philox_reference import step_uniforms
 
 from minigan.backend import get_backend, to_host
-from minigan.cupy_step import DEFAULT_TILE, GEMM_TILES, FusedStep, draw_ids
+from minigan.cupy_step import DEFAULT_TILE, GEMM_TILES, FusedStep, draw_ids, split_k, tile_fits
 from minigan.gan import GAN
 
 pytestmark = pytest.mark.skipif(not HostKernels.available, reason="no host C++ compiler")
@@ -54,7 +54,7 @@ def test_fused_steps_match_the_numpy_layers(host_kernels, k, mode):
     gan, reference = fused_gan(k, seed=77), GAN(get_backend("numpy"), k=k, seed=9)
     if mode == "graph":
         favourite = "64x64_8x8"  # the stand-in timer makes it fastest
-        cuda = FakeCuda(host_kernels, timings=[0.5 if tile == favourite else 1.0 for tile in GEMM_TILES])
+        cuda = FakeCuda(host_kernels, timings={favourite: 0.5})
         fused = FusedStep(gan, fake_cupy(cuda), cuda.kernel, timer=cuda.timer)
     else:
         fused = FusedStep(gan, np, host_kernels)
@@ -98,7 +98,7 @@ def gemm_products(kernel, xp, tile, splits, x, W, b, dy):
     from minigan.cupy_step import ACT_NONE, launch_gemm, tile_shape
 
     (rows, inner), cols = x.shape, W.shape[0]
-    bm, bn, _, _ = tile_shape(tile)
+    bm, bn, _, _, slices = tile_shape(tile)
     tiles = -(-max(rows, inner) // bm) * -(-max(cols, inner) // bn)  # of either output
     partials = xp.full(splits * tiles * bm * bn, np.nan, np.float32)  # NaN: a sum that reads stale scratch shows
     counters = xp.zeros(tiles, np.uint32)
@@ -110,29 +110,38 @@ def gemm_products(kernel, xp, tile, splits, x, W, b, dy):
                 (y, x, W, b, i32(rows), i32(cols), i32(inner)) + act)
     launch_gemm(kernel, "linear_backward_input", tile, rows, inner, splits,
                 (dx, dy, W, dx, i32(rows), i32(cols), i32(inner)) + act)
-    launch_gemm(kernel, "linear_backward_weight", tile, cols, inner, 1,
+    # the weight gradient is never split: a tile shape of several groups has no kernel for it
+    launch_gemm(kernel, "linear_backward_weight", tile if slices == 1 else DEFAULT_TILE, cols, inner, 1,
                 (dW, db, dy, x, i32(rows), i32(cols), i32(inner)))
     assert not counters.any()  # every split launch leaves its tile counters at zero for the next
-    assert splits == 1 or not xp.isnan(partials).all()  # the split path ran: its partial sums were published
+    # the split paths ran: partial sums published where blocks share a tile, none where one block holds all
+    assert xp.isnan(partials).all() == (splits == slices)
     return [to_host(a) for a in (y, dx, dW, db)]
 
 
-def check_gemm_tiles(kernel, xp, rows, cols, inner, splits):
-    """Every tile shape against NumPy; and every tile shape gives the same bits."""
+def check_gemm_tiles(kernel, xp, rows, cols, inner, splits, misaligned=False):
+    """Every tile shape that can run ``splits`` against NumPy; and they all give the same bits."""
 
     rng = np.random.default_rng(rows + splits)
     x, W = rng.standard_normal((rows, inner)).astype(np.float32), rng.standard_normal((cols, inner)).astype(np.float32)
     b, dy = rng.standard_normal(cols).astype(np.float32), rng.standard_normal((rows, cols)).astype(np.float32)
     on_device = [xp.asarray(a) for a in (x, W, b, dy)]
-    results = {tile: gemm_products(kernel, xp, tile, splits, *on_device) for tile in GEMM_TILES}
+    if misaligned:  # operands 4 bytes past a 16-byte boundary: no float4 loads
+        on_device = [xp.concatenate([xp.zeros(1, np.float32), a.ravel()])[1:].reshape(a.shape) for a in on_device]
+        interface = "__cuda_array_interface__" if hasattr(on_device[0], "__cuda_array_interface__") else "__array_interface__"
+        assert all(getattr(a, interface)["data"][0] % 16 == 4 for a in on_device)
+    tiles = [tile for tile in GEMM_TILES if tile_fits(tile, splits)]
+    assert len(tiles) > 1
+    results = {tile: gemm_products(kernel, xp, tile, splits, *on_device) for tile in tiles}
     x, W, b, dy = (a.astype(np.float64) for a in (x, W, b, dy))
     expected = (x @ W.T + b, dy @ W, dy.T @ x, dy.sum(0))
     for tile, ours in results.items():
         for got, exact, name in zip(ours, expected, ("Y", "dX", "dW", "db")):
             # float32 sums of up to ~1000 terms: within 1e-5 of the largest entry
             np.testing.assert_allclose(got, exact, rtol=0, atol=1e-5 * np.abs(exact).max(), err_msg=f"{tile} {name}")
-        for got, first in zip(ours, results[GEMM_TILES[0]]):
+        for got, first in zip(ours, results[tiles[0]]):
             np.testing.assert_array_equal(got, first, err_msg=tile)
+    return results
 
 
 def test_host_launch_refuses_what_a_gpu_would_misread(host_kernels):
@@ -155,7 +164,7 @@ def test_host_launch_refuses_what_a_gpu_would_misread(host_kernels):
         fill((0,), (32,), (out, np.int64(0), np.uint64(1), np.uint64(0)))
 
 
-GEMM_SHAPES = [(1, 1, 1), (37, 70, 129), (64, 64, 16), (130, 1, 65)]
+GEMM_SHAPES = [(1, 1, 1), (37, 70, 129), (64, 64, 16), (130, 1, 65), (36, 68, 132)]  # the last: float4 loads
 
 
 def test_the_stand_in_for_cuda_refuses_a_race_between_streams(host_kernels):
@@ -202,43 +211,66 @@ def test_the_stand_in_for_cuda_refuses_a_race_between_streams(host_kernels):
 
 
 @pytest.mark.parametrize("rows, cols, inner", GEMM_SHAPES)
-@pytest.mark.parametrize("splits", [1, 3])
+@pytest.mark.parametrize("splits", [1, 3, 4, 6])
 def test_gemm_tiles_on_ragged_shapes(host_kernels, rows, cols, inner, splits):
-    """Every tile shape, with and without split-K (3 splits: uneven ranges, some empty where the inner size
-    is small), on tiles that straddle the matrix edges, against NumPy; and every tile shape gives the same
-    bits, which is what lets the GPU pick the fastest."""
+    """Every tile shape, with and without split-K (3 and 6 splits: uneven ranges, some empty where the inner
+    size is small; 4 and 6: splits shared by a block's thread groups, in shared memory when one block holds
+    them all, else together with the other blocks'), on tiles that straddle the matrix edges, against NumPy;
+    and every tile shape gives the same bits, which is what lets the GPU pick the fastest."""
     check_gemm_tiles(host_kernels, np, rows, cols, inner, splits)
+
+
+@pytest.mark.parametrize("splits", [1, 4])
+def test_gemm_tiles_read_misaligned_operands(host_kernels, splits):
+    """Operands whose rows would allow float4 loads but whose start is not 16-byte aligned are read one
+    float at a time, with the same bits as the aligned ones read four at a time."""
+    aligned = check_gemm_tiles(host_kernels, np, 36, 68, 132, splits)
+    misaligned = check_gemm_tiles(host_kernels, np, 36, 68, 132, splits, misaligned=True)
+    for tile in aligned:
+        for a, b in zip(aligned[tile], misaligned[tile]):
+            np.testing.assert_array_equal(a, b, err_msg=tile)
 
 
 def test_split_rule_fills_the_sms_and_keeps_whole_ranges():
     from minigan.cupy_step import MAX_SPLITS, split_k
 
-    assert split_k(128, 784, 1024, 132) == 4  # 13 x 2 tiles of 64 x 64: 104 blocks
-    assert split_k(256, 1024, 784, 132) == 2
-    assert split_k(1024, 784, 256, 132) == 1  # 208 tiles fill the SMs already
+    assert split_k(128, 784, 1024, 132) == 8  # 4 x 25 tiles of 32 x 32: 800 of the 1056 blocks' worth
+    assert split_k(256, 1024, 784, 132) == 4  # 256 tiles: 8 splits would be 2048
+    assert split_k(128, 512, 256, 132) == 4  # each split keeps 64 of the 256
+    assert split_k(1024, 784, 256, 132) == 1  # 800 tiles fill the SMs already
     assert split_k(16, 16, 100, 132) == 1  # too short to cut
     assert split_k(1, 1, 10**6, 132) == MAX_SPLITS
 
 
 def test_tiles_chosen_by_timing_give_the_same_step(host_kernels):
-    """The tuner times every tile shape on every product of the first step and keeps the fastest; the
-    timing launches leave no trace, and the step is bit for bit the untimed one."""
+    """The tuner times every tile shape that can run each product of the first step and keeps the fastest;
+    the timing launches leave no trace, and the step is bit for bit the untimed one."""
 
-    n, favourite = 16, "64x64_8x8"
-    calls = []
+    n, favourite = 16, "32x32_4x4_s2"  # the fastest wherever it can run (products of an even split count)
+    timed_tiles, launched = [], []
+
+    def kernel(family, name):  # the host kernels, noting which ran
+        launched.append(name)
+        return host_kernels(family, name)
 
     def timer(launch):  # runs the launch, as the GPU timer does, and prefers one tile shape
         launch()
-        calls.append(1)
-        return 1.0 if len(calls) % len(GEMM_TILES) != GEMM_TILES.index(favourite) + 1 else 0.5
+        timed_tiles.append(tile_of(launched[-1]))
+        return 0.5 if timed_tiles[-1] == favourite else 1.0
 
     data = np.random.default_rng(3).random((2, n, 784), dtype=np.float32)
     timed, untimed = fused_gan(1, seed=5), fused_gan(1, seed=5)
-    timed_step, untimed_step = FusedStep(timed, np, host_kernels, timer=timer), FusedStep(untimed, np, host_kernels)
+    timed_step, untimed_step = FusedStep(timed, np, kernel, timer=timer), FusedStep(untimed, np, host_kernels)
     for batch in data:
         np.testing.assert_array_equal(timed_step.train_step(batch), untimed_step.train_step(batch))
-    assert set(timed_step.tiles.values()) == {favourite} and set(untimed_step.tiles.values()) == {DEFAULT_TILE}
-    assert len(calls) == len(GEMM_TILES) * len(timed_step.tiles)  # each product timed once, on the first step
+    split = {key: split_k(*key[1:], timed_step.sms) for key in timed_step.tiles if key[0] != "linear_backward_weight"}
+    assert any(s % 2 == 0 for s in split.values()) and any(s == 1 for s in split.values())
+    for key, tile in timed_step.tiles.items():  # the favourite where it can run, else the first tile shape
+        assert tile == (favourite if split.get(key, 1) % 2 == 0 else GEMM_TILES[0]), key
+    assert set(untimed_step.tiles.values()) == {DEFAULT_TILE}
+    # each product timed once, on the first step, on every tile shape that can run it
+    assert sorted(timed_tiles) == sorted(tile for key in timed_step.tiles for tile in GEMM_TILES
+                                         if tile_fits(tile, split.get(key, 1)))
     for a, b in ((timed.G, untimed.G), (timed.D, untimed.D)):
         np.testing.assert_array_equal(a.params, b.params)
         np.testing.assert_array_equal(a.grads, b.grads)
