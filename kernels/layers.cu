@@ -3,11 +3,14 @@
 // minigan/losses.py (PyTorch's): biased batch variance to normalise, unbiased into running_var,
 // BCE's logs clamped at -100 and its gradient (p - t) / max(p (1 - p), 1e-12) / n.
 
-// BatchNorm reduces each column over the batch. A block of 256 threads takes 32 adjacent columns: thread
-// (lane, column) sums rows lane, lane + 8, ... (a warp reads 32 adjacent floats of one row: coalesced), then
-// the 8 lanes' partial sums are added in shared memory. Launch: ceil(C / 32) blocks of 256 threads.
-#define BN_COLUMNS 32
-#define BN_LANES 8
+// BatchNorm reduces each column over the batch. A block of 256 threads takes 8 adjacent columns: thread
+// (lane, column) sums rows lane, lane + 32, ... (a warp reads 8 adjacent floats, one 32-byte sector, of each
+// of 4 rows), then the 32 lanes' partial sums are added in shared memory. Many lanes keep each thread's
+// chain of loads short (4 rows at batch 128), and narrow blocks make many of them (32 to 128 for the step's
+// layers): the batch is small, so latency, not bandwidth, sets the time.
+// Launch: ceil(C / 8) blocks of 256 threads (minigan.cupy_step.BN_COLUMNS).
+#define BN_COLUMNS 8
+#define BN_LANES 32
 
 // The sum over the block's 8 lanes of v, for this thread's column; every thread gets it.
 __device__ __forceinline__ float sum_over_lanes(float v, float (*partial)[BN_COLUMNS]) {
@@ -29,9 +32,11 @@ extern "C" __global__ void batchnorm_forward(float* Y, float* X_hat, float* inv_
     int c = blockIdx.x * BN_COLUMNS + threadIdx.x % BN_COLUMNS, lane = threadIdx.x / BN_COLUMNS;
     bool inside = c < C;  // threads past the last column still take part in the barriers
     float sum = 0.0f;
+    #pragma unroll 4
     for (int m = lane; inside && m < M; m += BN_LANES) sum += X[(long long)m * C + c];
     float mu = sum_over_lanes(sum, partial) / M;
     float squares = 0.0f;
+    #pragma unroll 4
     for (int m = lane; inside && m < M; m += BN_LANES) {
         float d = X[(long long)m * C + c] - mu;
         squares += d * d;
@@ -39,6 +44,7 @@ extern "C" __global__ void batchnorm_forward(float* Y, float* X_hat, float* inv_
     float var = sum_over_lanes(squares, partial) / M;
     if (!inside) return;
     float r = 1.0f / sqrtf(var + eps);
+    #pragma unroll 4
     for (int m = lane; m < M; m += BN_LANES) {
         long long at = (long long)m * C + c;
         float x_hat = (X[at] - mu) * r;
@@ -62,6 +68,7 @@ extern "C" __global__ void batchnorm_leaky_backward(float* dpre, float* dgamma, 
     int c = blockIdx.x * BN_COLUMNS + threadIdx.x % BN_COLUMNS, lane = threadIdx.x / BN_COLUMNS;
     bool inside = c < C;
     float sum_dy = 0.0f, sum_dy_x_hat = 0.0f;
+    #pragma unroll 4
     for (int m = lane; inside && m < M; m += BN_LANES) {
         long long at = (long long)m * C + c;
         sum_dy += dY[at];
@@ -75,6 +82,7 @@ extern "C" __global__ void batchnorm_leaky_backward(float* dpre, float* dgamma, 
         dbeta[c] = sum_dy;
     }
     float scale = gamma[c] * inv_std[c];
+    #pragma unroll 4
     for (int m = lane; m < M; m += BN_LANES) {
         long long at = (long long)m * C + c;
         float dx = ((X_hat[at] * sum_dy_x_hat + sum_dy) * (-1.0f / M) + dY[at]) * scale;

@@ -25,6 +25,7 @@ from minigan.layers import BatchNorm1d, Dropout, LeakyReLU, Linear
 ACT_NONE, ACT_LEAKY, ACT_LEAKY_DROPOUT, ACT_SIGMOID = 0, 1, 2, 3
 NOISE, D_STEP_DROPOUT, G_STEP_DROPOUT = 1, 1 << 16, 1 << 24
 THREADS = 256
+BN_COLUMNS = 8  # the columns of a BatchNorm block (kernels/layers.cu)
 # The tile shapes of kernels/linear.cu's GEMMs, "BMxBN_TMxTN" (a block's output patch and a thread's) with
 # "_sS" where S thread groups of the block share the splits of the inner dimension. At a given split count
 # they give bit-identical results, so each product of the step runs with the one measured fastest on the GPU
@@ -185,7 +186,7 @@ class FusedStep:
         self.kernel(family, name)(((threads + block - 1) // block,), (block,), args)
 
     def _bn_threads(self, columns):
-        return ((columns + 31) // 32) * THREADS  # blocks of 256 threads, 32 columns each (kernels/layers.cu)
+        return -(-columns // BN_COLUMNS) * THREADS  # blocks of 256 threads, BN_COLUMNS columns each
 
     def _gemm(self, name, rows, cols, inner, args):
         """Launch GEMM kernel ``name`` for a (rows, cols) output: split-K by rule, the tile by timing."""
