@@ -134,9 +134,9 @@ __device__ __forceinline__ void gemm(const float* A, long long a_i, long long a_
     static_assert(A_LOADS * THREADS == BM * TILE_K && B_LOADS * THREADS == BN * TILE_K, "whole loads per thread");
     static_assert(THREADS >= BM, "one thread per row for the row sums");
     static_assert((SLICES - 1) * BM * BN <= SLICES * 2 * TILE_K * (BM + 4), "groups' sums fit where A was");
-    // Two stages per group: the next slice of A and B is stored from registers into one while this one is
-    // multiplied from the other. +4 columns of padding keep float4 reads aligned and spread the column-wise
-    // stores over the banks.
+    // Two stages per group: the next slice of A and B is fetched from global memory into registers while
+    // this one is multiplied, then stored into the other stage. +4 columns of padding keep float4 reads
+    // aligned and spread the column-wise stores over the banks.
     __shared__ __align__(16) float As[SLICES][2][TILE_K][BM + 4];  // As[group][stage][k][i]
     __shared__ __align__(16) float Bs[SLICES][2][TILE_K][BN + 4];  // Bs[group][stage][k][j]
     int group = threadIdx.x / THREADS, tid = threadIdx.x % THREADS, tx = tid % TX, ty = tid / TX;
@@ -157,57 +157,46 @@ __device__ __forceinline__ void gemm(const float* A, long long a_i, long long a_
     for (int r = 0; r < TM; ++r)
 #pragma unroll
         for (int c = 0; c < TN; ++c) acc[r][c] = 0.0f;
-    // The slices DEPTH ahead of the one being multiplied are in flight in registers (set j % DEPTH holds
-    // slice j), so a global load has DEPTH slices' products to arrive in: at these sizes a block has few
-    // warps and the load latency, not the arithmetic, sets the pace. Fewer sets where they are large.
-    constexpr int DEPTH = A_LOADS + B_LOADS <= 16 ? 4 : A_LOADS + B_LOADS <= 24 ? 2 : 1;
-    float a_next[DEPTH][A_LOADS], b_next[DEPTH][B_LOADS];
+    float a_next[A_LOADS], b_next[B_LOADS];
     bool sums_rows = a_row_sums != nullptr && SLICES == 1 && blockIdx.x == 0 && tid < BM;
     float row_sum = 0.0f;
-    auto fetch = [&](float (&a)[A_LOADS], float (&b)[B_LOADS], int slice) {
-        int k0 = k_begin + slice * TILE_K;
-        fetch_slice<BM, A_LOADS, THREADS>(a, a_mode, A, a_i, a_k, row0, rows, k0, k_end, tid);
-        fetch_slice<BN, B_LOADS, THREADS>(b, b_mode, B, b_j, b_k, col0, cols, k0, k_end, tid);
-    };
-    fetch(a_next[0], b_next[0], 0);
-    store_slice<BM, A_LOADS, THREADS>(As[group][0], a_next[0], a_mode, tid);
-    store_slice<BN, B_LOADS, THREADS>(Bs[group][0], b_next[0], b_mode, tid);
-#pragma unroll
-    for (int ahead = 1; ahead <= DEPTH; ++ahead)
-        if (ahead < iterations) fetch(a_next[ahead % DEPTH], b_next[ahead % DEPTH], ahead);
+    fetch_slice<BM, A_LOADS, THREADS>(a_next, a_mode, A, a_i, a_k, row0, rows, k_begin, k_end, tid);
+    fetch_slice<BN, B_LOADS, THREADS>(b_next, b_mode, B, b_j, b_k, col0, cols, k_begin, k_end, tid);
+    store_slice<BM, A_LOADS, THREADS>(As[group][0], a_next, a_mode, tid);
+    store_slice<BN, B_LOADS, THREADS>(Bs[group][0], b_next, b_mode, tid);
     __syncthreads();
-    for (int first = 0; first < iterations; first += DEPTH) {
-#pragma unroll
-        for (int u = 0; u < DEPTH; ++u) {  // slice first + u, from stage slice % 2
-            int slice = first + u, stage = slice & 1, next = (u + 1) % DEPTH;
-            if (slice >= iterations) break;  // the same for every thread of the block
-            if (sums_rows)
-                for (int kk = 0; kk < TILE_K; ++kk) row_sum += As[0][stage][kk][tid];
-#pragma unroll
-            for (int kk = 0; kk < TILE_K; ++kk) {
-                float a[TM], b[TN];
-#pragma unroll
-                for (int q = 0; q < TM / 4; ++q) {
-                    float4 v = *reinterpret_cast<const float4*>(&As[group][stage][kk][q * TY * 4 + ty * 4]);
-                    a[4 * q] = v.x, a[4 * q + 1] = v.y, a[4 * q + 2] = v.z, a[4 * q + 3] = v.w;
-                }
-#pragma unroll
-                for (int q = 0; q < TN / 4; ++q) {
-                    float4 v = *reinterpret_cast<const float4*>(&Bs[group][stage][kk][q * TX * 4 + tx * 4]);
-                    b[4 * q] = v.x, b[4 * q + 1] = v.y, b[4 * q + 2] = v.z, b[4 * q + 3] = v.w;
-                }
-#pragma unroll
-                for (int r = 0; r < TM; ++r)
-#pragma unroll
-                    for (int c = 0; c < TN; ++c) acc[r][c] += a[r] * b[c];
-            }
-            if (slice + 1 < iterations) {  // the other stage was last read before the previous barrier
-                store_slice<BM, A_LOADS, THREADS>(As[group][stage ^ 1], a_next[next], a_mode, tid);
-                store_slice<BN, B_LOADS, THREADS>(Bs[group][stage ^ 1], b_next[next], b_mode, tid);
-                if (slice + 1 + DEPTH < iterations) fetch(a_next[next], b_next[next], slice + 1 + DEPTH);
-            }
-            __syncthreads();
+    for (int slice = 0, stage = 0; slice < iterations; ++slice, stage ^= 1) {
+        int k0 = k_begin + slice * TILE_K;
+        bool more = slice + 1 < iterations;
+        if (more) {  // in flight during the products below
+            fetch_slice<BM, A_LOADS, THREADS>(a_next, a_mode, A, a_i, a_k, row0, rows, k0 + TILE_K, k_end, tid);
+            fetch_slice<BN, B_LOADS, THREADS>(b_next, b_mode, B, b_j, b_k, col0, cols, k0 + TILE_K, k_end, tid);
         }
+        if (sums_rows)
+            for (int kk = 0; kk < TILE_K; ++kk) row_sum += As[0][stage][kk][tid];
+#pragma unroll
+        for (int kk = 0; kk < TILE_K; ++kk) {
+            float a[TM], b[TN];
+#pragma unroll
+            for (int q = 0; q < TM / 4; ++q) {
+                float4 v = *reinterpret_cast<const float4*>(&As[group][stage][kk][q * TY * 4 + ty * 4]);
+                a[4 * q] = v.x, a[4 * q + 1] = v.y, a[4 * q + 2] = v.z, a[4 * q + 3] = v.w;
+            }
+#pragma unroll
+            for (int q = 0; q < TN / 4; ++q) {
+                float4 v = *reinterpret_cast<const float4*>(&Bs[group][stage][kk][q * TX * 4 + tx * 4]);
+                b[4 * q] = v.x, b[4 * q + 1] = v.y, b[4 * q + 2] = v.z, b[4 * q + 3] = v.w;
+            }
+#pragma unroll
+            for (int r = 0; r < TM; ++r)
+#pragma unroll
+                for (int c = 0; c < TN; ++c) acc[r][c] += a[r] * b[c];
+        }
+        if (more) {  // the other stage was last read before the previous barrier
+            store_slice<BM, A_LOADS, THREADS>(As[group][stage ^ 1], a_next, a_mode, tid);
+            store_slice<BN, B_LOADS, THREADS>(Bs[group][stage ^ 1], b_next, b_mode, tid);
+        }
+        __syncthreads();
     }
     if (sums_rows && row0 + tid < rows) a_row_sums[row0 + tid] = row_sum;
     // The output row (column) of acc[r][c] within the tile
