@@ -1,7 +1,6 @@
-// The fused step's layers that reduce over the batch: BatchNorm1d (training mode) and the sigmoid + BCE
-// head of the discriminator. Semantics and float32 grouping follow minigan/layers.py and
-// minigan/losses.py (PyTorch's): biased batch variance to normalise, unbiased into running_var,
-// BCE's logs clamped at -100 and its gradient (p - t) / max(p (1 - p), 1e-12) / n.
+// The fused step's BatchNorm1d (training mode), which reduces over the batch. Semantics and float32
+// grouping follow minigan/layers.py (PyTorch's): biased batch variance to normalise, unbiased into
+// running_var. (D's sigmoid + BCE head is in kernels/linear.cu, fused with D's last layer.)
 
 // BatchNorm reduces each column over the batch. A block of 256 threads takes 8 adjacent columns: thread
 // (lane, column) sums rows lane, lane + 32, ... (a warp reads 8 adjacent floats, one 32-byte sector, of each
@@ -87,60 +86,5 @@ extern "C" __global__ void batchnorm_leaky_backward(float* dpre, float* dgamma, 
         long long at = (long long)m * C + c;
         float dx = ((X_hat[at] * sum_dy_x_hat + sum_dy) * (-1.0f / M) + dY[at]) * scale;
         dpre[at] = dx * (A[at] > 0.0f ? 1.0f : slope);
-    }
-}
-
-#define HEAD_THREADS 256
-
-// The discriminator's head on `rows` logits z: p = sigmoid(z), the BCE losses and d loss / d z.
-// D step (g_step = 0): rows [0, n) are real (target 1), rows [n, 2n) fake (target 0), each half a mean over
-// n; adds BCE(real) + BCE(fake) to stats[0] and writes mean D(x), mean D(G(z)) to stats[2], stats[3].
-// G step (g_step = 1): all n rows have target 1; writes BCE to stats[1].
-// Launch: one block of 256 threads (tree reductions in shared memory; rows may exceed 256).
-extern "C" __global__ void sigmoid_bce(float* P, float* dZ, float* stats, const float* Z, int n, int g_step) {
-    __shared__ float loss_real[HEAD_THREADS], loss_fake[HEAD_THREADS], p_real[HEAD_THREADS], p_fake[HEAD_THREADS];
-    int t = threadIdx.x;
-    int rows = g_step ? n : 2 * n;
-    float inv_n = 1.0f / n;
-    float lr = 0.0f, lf = 0.0f, pr = 0.0f, pf = 0.0f;
-    for (int r = t; r < rows; r += HEAD_THREADS) {
-        float p = 1.0f / (1.0f + expf(-Z[r]));
-        bool real = g_step || r < n;  // target 1
-        float target = real ? 1.0f : 0.0f;
-        float log_term = real ? fmaxf(logf(p), -100.0f) : fmaxf(logf(1.0f - p), -100.0f);
-        float grad = (p - target) / fmaxf(p * (1.0f - p), 1e-12f);
-        grad *= inv_n;
-        P[r] = p;
-        dZ[r] = grad * (p * (1.0f - p));
-        if (real) {
-            lr -= log_term;
-            pr += p;
-        } else {
-            lf -= log_term;
-            pf += p;
-        }
-    }
-    loss_real[t] = lr;
-    loss_fake[t] = lf;
-    p_real[t] = pr;
-    p_fake[t] = pf;
-    __syncthreads();
-    for (int half = HEAD_THREADS / 2; half > 0; half /= 2) {
-        if (t < half) {
-            loss_real[t] += loss_real[t + half];
-            loss_fake[t] += loss_fake[t + half];
-            p_real[t] += p_real[t + half];
-            p_fake[t] += p_fake[t + half];
-        }
-        __syncthreads();
-    }
-    if (t == 0) {
-        if (g_step) {
-            stats[1] = loss_real[0] * inv_n;
-        } else {
-            stats[0] += loss_real[0] * inv_n + loss_fake[0] * inv_n;
-            stats[2] = p_real[0] * inv_n;
-            stats[3] = p_fake[0] * inv_n;
-        }
     }
 }

@@ -358,3 +358,121 @@ SPLIT_KERNELS(32x32_4x4_s2, 32, 32, 4, 4, 2, 128)
 SPLIT_KERNELS(32x32_4x4_s4, 32, 32, 4, 4, 4, 256)
 SPLIT_KERNELS(32x64_4x8_s2, 32, 64, 4, 8, 2, 128)
 SPLIT_KERNELS(64x64_8x8_s2, 64, 64, 8, 8, 2, 128)
+
+// D's last Linear layer (one output) fused with the sigmoid + BCE head after it, PyTorch's semantics
+// (minigan/losses.py): p = sigmoid(z), the loss's logs clamped at -100, its gradient
+// (p - t) / max(p (1 - p), 1e-12) / n times sigmoid's p (1 - p). D step (g_step = 0): rows [0, n) are real
+// (target 1), rows [n, 2n) fake (target 0), each half a mean over n. G step (g_step = 1): n rows, target 1.
+#define HEAD_THREADS 256
+#define HEAD_ROWS 8  // a block's rows: 32 threads each for the dot product (minigan.cupy_step.HEAD_ROWS)
+
+__device__ __forceinline__ void bce_row(float z, bool real, float inv_n, float& p, float& log_term, float& dz) {
+    p = 1.0f / (1.0f + expf(-z));
+    log_term = real ? fmaxf(logf(p), -100.0f) : fmaxf(logf(1.0f - p), -100.0f);
+    float grad = (p - (real ? 1.0f : 0.0f)) / fmaxf(p * (1.0f - p), 1e-12f);
+    grad *= inv_n;
+    dz = grad * (p * (1.0f - p));
+}
+
+// The critical path of the head, for the rows of H (rows, K), the output of D's previous layer:
+//   z = H w^T + b (into Z), dz = d loss / d z, dH = (dz w) * act'(H) (linear_backward_input's epilogue:
+//   the previous layer's activation and dropout draw);
+// and in the D step, per block, sum over its rows of dz H (K floats) and of dz (1) into partials
+// (blocks x (K + 1)), which head_reduce adds up to the layer's dW and db.
+// Launch: ceil(rows / HEAD_ROWS) blocks of HEAD_THREADS threads.
+extern "C" __global__ void __launch_bounds__(HEAD_THREADS) head_forward_backward(
+    float* dH, float* Z, float* partials, const float* H, const float* w, const float* b, int rows, int n,
+    int K, int g_step, int activation, float slope, float drop_p, float drop_scale, unsigned long long seed,
+    const unsigned long long* step, unsigned int draw) {
+    __shared__ float lane_sums[HEAD_ROWS][32];
+    __shared__ float dz_of[HEAD_ROWS];
+    int t = threadIdx.x, row0 = blockIdx.x * HEAD_ROWS;
+    {  // row row0 + t / 32: its 32 threads take every 32nd product (coalesced), then the row's thread adds them
+        int r = row0 + t / 32;
+        float sum = 0.0f;
+        for (int k = t % 32; r < rows && k < K; k += 32) sum += H[(long long)r * K + k] * w[k];
+        lane_sums[t / 32][t % 32] = sum;
+    }
+    __syncthreads();
+    if (t < HEAD_ROWS) {
+        int r = row0 + t;
+        float dz = 0.0f;
+        if (r < rows) {
+            float sum = 0.0f;
+            for (int lane = 0; lane < 32; ++lane) sum += lane_sums[t][lane];
+            float z = sum + b[0], p, log_term;
+            bce_row(z, g_step || r < n, 1.0f / n, p, log_term, dz);
+            Z[r] = z;
+        }
+        dz_of[t] = dz;
+    }
+    __syncthreads();
+    InputGradEpilogue epilogue = {dH, H, K, activation, slope, drop_p, drop_scale, seed, *step, draw};
+    for (int at = t; at < HEAD_ROWS * K; at += HEAD_THREADS) {
+        int r = at / K, k = at % K;
+        if (row0 + r < rows) epilogue(row0 + r, k, dz_of[r] * w[k]);
+    }
+    if (g_step) return;  // the G step does not train D
+    for (int k = t; k <= K; k += HEAD_THREADS) {  // k == K: the bias's sum, dz times 1
+        float sum = 0.0f;
+        for (int r = 0; r < HEAD_ROWS && row0 + r < rows; ++r)
+            sum += dz_of[r] * (k < K ? H[(long long)(row0 + r) * K + k] : 1.0f);
+        partials[(long long)blockIdx.x * (K + 1) + k] = sum;
+    }
+}
+
+// The rest of the head, off the critical path: the losses and mean outputs from the logits Z into the
+// step's stats [loss_D, loss_G, D(x), D(G(z))] (D step: BCE(real) + BCE(fake) into stats[0], added to it
+// unless this is the step's first D update (first = 1), mean D(x) and D(G(z)) into stats[2], stats[3]; G step:
+// BCE into stats[1]), and in the D step dW (K) and db (1) of the layer: head_forward_backward's partials
+// added in block order. Launch: one block of HEAD_THREADS threads.
+extern "C" __global__ void __launch_bounds__(HEAD_THREADS) head_reduce(float* stats, float* dW, float* db,
+                                                                       const float* Z, const float* partials,
+                                                                       int n, int K, int g_step, int first) {
+    __shared__ float loss_real[HEAD_THREADS], loss_fake[HEAD_THREADS], p_real[HEAD_THREADS], p_fake[HEAD_THREADS];
+    int t = threadIdx.x, rows = g_step ? n : 2 * n;
+    float inv_n = 1.0f / n, lr = 0.0f, lf = 0.0f, pr = 0.0f, pf = 0.0f;
+    for (int r = t; r < rows; r += HEAD_THREADS) {
+        bool real = g_step || r < n;
+        float p, log_term, dz;
+        bce_row(Z[r], real, inv_n, p, log_term, dz);
+        if (real) {
+            lr -= log_term;
+            pr += p;
+        } else {
+            lf -= log_term;
+            pf += p;
+        }
+    }
+    loss_real[t] = lr;
+    loss_fake[t] = lf;
+    p_real[t] = pr;
+    p_fake[t] = pf;
+    __syncthreads();
+    for (int half = HEAD_THREADS / 2; half > 0; half /= 2) {
+        if (t < half) {
+            loss_real[t] += loss_real[t + half];
+            loss_fake[t] += loss_fake[t + half];
+            p_real[t] += p_real[t + half];
+            p_fake[t] += p_fake[t + half];
+        }
+        __syncthreads();
+    }
+    if (t == 0) {
+        if (g_step) {
+            stats[1] = loss_real[0] * inv_n;
+        } else {
+            stats[0] = (first ? 0.0f : stats[0]) + (loss_real[0] * inv_n + loss_fake[0] * inv_n);
+            stats[2] = p_real[0] * inv_n;
+            stats[3] = p_fake[0] * inv_n;
+        }
+    }
+    if (g_step) return;
+    int blocks = (rows + HEAD_ROWS - 1) / HEAD_ROWS;
+    for (int k = t; k <= K; k += HEAD_THREADS) {
+        float sum = 0.0f;
+        for (int block = 0; block < blocks; ++block) sum += partials[(long long)block * (K + 1) + k];
+        if (k < K) dW[k] = sum;
+        else db[0] = sum;
+    }
+}

@@ -1,10 +1,5 @@
 // Bookkeeping of the fused step, on the device so that a captured CUDA graph can be replayed unchanged.
 
-// Zero the step's 4 statistics [loss_D, loss_G, D(x), D(G(z))]. Launch: 1 block of 4 threads.
-extern "C" __global__ void stats_reset(float* stats) {
-    if (threadIdx.x < 4) stats[threadIdx.x] = 0.0f;
-}
-
 // End of step: advance the step counter that feeds the random streams and the optimizers' step counts
 // (G's by one, D's by its k updates). Launch: 1 thread.
 extern "C" __global__ void step_finish(unsigned long long* step, long long* t_G, long long* t_D, int k) {

@@ -26,6 +26,7 @@ ACT_NONE, ACT_LEAKY, ACT_LEAKY_DROPOUT, ACT_SIGMOID = 0, 1, 2, 3
 NOISE, D_STEP_DROPOUT, G_STEP_DROPOUT = 1, 1 << 16, 1 << 24
 THREADS = 256
 BN_COLUMNS = 8  # the columns of a BatchNorm block (kernels/layers.cu)
+HEAD_ROWS = 8  # the rows of a head_forward_backward block (kernels/linear.cu)
 # The tile shapes of kernels/linear.cu's GEMMs, "BMxBN_TMxTN" (a block's output patch and a thread's) with
 # "_sS" where S thread groups of the block share the splits of the inner dimension. At a given split count
 # they give bit-identical results, so each product of the step runs with the one measured fastest on the GPU
@@ -135,7 +136,7 @@ class FusedStep:
         self._device_counters = None  # the host counters the device counters are known to equal
         self._buffers = {}
         # On a GPU each batch size's step is captured once as a CUDA graph (on a stream of its own, which
-        # synchronises with the default stream) and replayed: one launch per step instead of 43 (K = 1).
+        # synchronises with the default stream) and replayed: one launch per step instead of 39 (K = 1).
         on_gpu = hasattr(xp, "cuda")
         self.stream = xp.cuda.Stream(non_blocking=False) if on_gpu else None
         self.use_graph = on_gpu
@@ -175,8 +176,8 @@ class FusedStep:
                 b[f"{tag}h{j}"] = xp.empty((rows, layer.out_features), f32)
                 b[f"{tag}dh{j}"] = xp.empty((rows, layer.out_features), f32)
             b[f"{tag}logit"] = xp.empty((rows, 1), f32)
-            b[f"{tag}p"] = xp.empty((rows, 1), f32)
-            b[f"{tag}dlogit"] = xp.empty((rows, 1), f32)
+        # the D step's head: per block of HEAD_ROWS rows, its share of D's last layer's dW and db
+        b["head_partials"] = xp.empty((-(-2 * n // HEAD_ROWS), self.d_linear[3].in_features + 1), f32)
         self._buffers[n] = b
         return b
 
@@ -246,7 +247,9 @@ class FusedStep:
         """dW, db of ``layer`` (unless param_grads is False) and dx * act'(y_prev) into ``dx`` (if given)."""
         n_out, n_in = layer.out_features, layer.in_features
         if param_grads:
-            with self.weight_branch():
+            # beside the input gradient on the main stream; a layer with none leaves the main stream idle, so
+            # its weight gradient runs there and not queued behind the others on the side stream
+            with self.weight_branch() if dx is not None else contextlib.nullcontext():
                 self._gemm("linear_backward_weight", n_out, n_in, rows,
                            (layer.grads["W"], layer.grads["b"], dy, x, np.int32(rows), np.int32(n_out),
                             np.int32(n_in)))
@@ -282,16 +285,32 @@ class FusedStep:
         return fake
 
     def discriminator_forward(self, b, x, rows, tag, draws):
+        """D's layers up to the head (which head() runs)."""
         h = x
         for j, layer in enumerate(self.d_linear[:3]):
             self.linear_forward(b[f"{tag}h{j}"], h, layer, rows, ACT_LEAKY_DROPOUT, draws[j])
             h = b[f"{tag}h{j}"]
-        self.linear_forward(b[f"{tag}logit"], h, self.d_linear[3], rows, ACT_NONE)
+
+    def head(self, b, n, tag, draws, g_step, first=True):
+        """D's last layer and the sigmoid + BCE head, forward and backward: d loss / d h2 on the main stream;
+        the losses into stats (loss_D added up over the D updates after the ``first``) and (D step) the
+        layer's dW and db on the side stream."""
+        layer, rows = self.d_linear[3], n if g_step else 2 * n
+        h, k = b[f"{tag}h2"], np.int32(layer.in_features)
+        self._launch("linear", "head_forward_backward", -(-rows // HEAD_ROWS) * THREADS,
+                     (b[f"{tag}dh2"], b[f"{tag}logit"], b["head_partials"], h, layer.params["W"],
+                      layer.params["b"], np.int32(rows), np.int32(n), k, np.int32(g_step), np.int32(ACT_LEAKY_DROPOUT),
+                      self.slope, self.drop_p, self.drop_scale, self.seed, self.step, np.uint32(draws[2])))
+        with self.weight_branch():
+            self._launch("linear", "head_reduce", THREADS, (self.stats, layer.grads["W"], layer.grads["b"],
+                                                            b[f"{tag}logit"], b["head_partials"], np.int32(n), k,
+                                                            np.int32(g_step), np.int32(first)))
 
     def discriminator_backward(self, b, x, rows, tag, draws, param_grads, dx=None):
-        """From d loss / d logit (b[tag + 'dlogit']) back through D; into dx * sigmoid'(x) if dx is given."""
-        dy = b[f"{tag}dlogit"]
-        for j in (3, 2, 1, 0):
+        """From d loss / d h2 (b[tag + 'dh2'], from head()) back through D's other layers; into
+        dx * sigmoid'(x) if dx is given."""
+        dy = b[f"{tag}dh2"]
+        for j in (2, 1, 0):
             layer = self.d_linear[j]
             layer_in = x if j == 0 else b[f"{tag}h{j - 1}"]
             if j > 0:
@@ -319,21 +338,18 @@ class FusedStep:
         """One training step on the batch already in buffers(n)["x"][:n]; statistics into self.stats."""
         gan, b = self.gan, self.buffers(n)
         noise, d_draws, g_draws = draw_ids(gan.k)
-        self._launch("step", "stats_reset", 4, (self.stats,), block=4)
         for i in range(gan.k):
             z = b["z"][i]
             self._launch("random", "normal_step_fill", (z.size + 3) // 4,
                          (z, np.int32(z.size), self.seed, self.step, np.uint32(noise[i])))
             self.generator_forward(b, z, n)
             self.discriminator_forward(b, b["x"], 2 * n, "d", d_draws[i])
-            self._launch("layers", "sigmoid_bce", THREADS, (b["dp"], b["ddlogit"], self.stats, b["dlogit"],
-                                                            np.int32(n), np.int32(0)))
+            self.head(b, n, "d", d_draws[i], g_step=0, first=i == 0)
             self.discriminator_backward(b, b["x"], 2 * n, "d", d_draws[i], param_grads=True)
             self.adam(gan.opt_D, self.t_D, t_offset=i)
         fake = b["x"][n:]
         self.discriminator_forward(b, fake, n, "g", g_draws)
-        self._launch("layers", "sigmoid_bce", THREADS, (b["gp"], b["gdlogit"], self.stats, b["glogit"],
-                                                        np.int32(n), np.int32(1)))
+        self.head(b, n, "g", g_draws, g_step=1)
         self.discriminator_backward(b, fake, n, "g", g_draws, param_grads=False, dx=b["dfake"])
         self.generator_backward(b, b["z"][gan.k - 1], n)
         self.adam(gan.opt_G, self.t_G)

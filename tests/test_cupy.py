@@ -215,9 +215,9 @@ def test_profile_step_times_every_launch_of_a_step():
     graph_ms = replay_ms(gan, real, replays=5)
     launches = profile(gan, real)
     names = [name for name, *_ in launches]
-    # stats, noise, G (4 GEMMs + 3 BatchNorms), D over 2n (4 + BCE + 7 backward), Adam, D over n (4 + BCE +
-    # 4 input gradients), G backward (7 GEMMs + 3 BatchNorms), Adam, step counters
-    assert len(launches) == 43, names
-    assert names[0] == "stats_reset" and names[-1] == "step_finish"
+    # noise, G (4 GEMMs + 3 BatchNorms), D over 2n (3 GEMMs + 2 head + 5 backward GEMMs), Adam, D over n
+    # (3 + 2 head + 3 input gradients), G backward (7 GEMMs + 3 BatchNorms), Adam, step counters
+    assert len(launches) == 39, names
+    assert names[0] == "normal_step_fill" and names[-1] == "step_finish"
     assert all(us > 0 for *_, us in launches) and graph_ms > 0
     assert gan.fused.use_graph and gan.fused.side is not None  # restored for training

@@ -173,18 +173,19 @@ def test_the_stand_in_for_cuda_refuses_a_race_between_streams(host_kernels):
     synchronisation or CUDA's implicit legacy-stream synchronisation orders the two."""
     cuda = FakeCuda(host_kernels)
     cupy = fake_cupy(cuda)
-    z, p, dz, stats = (np.zeros(64, np.float32) for _ in range(4))
+    z, stats, dW, db, partials = (np.zeros(64, np.float32) for _ in range(5))
 
     def write_z():
         cuda.kernel("random", "normal_fill")((1,), (32,), (z, np.int64(64), np.uint64(1), np.uint64(0)))
 
     def read_z():
-        cuda.kernel("layers", "sigmoid_bce")((1,), (256,), (p, dz, stats, z, np.int32(32), np.int32(0)))
+        cuda.kernel("linear", "head_reduce")((1,), (256,), (stats, dW, db, z, partials, np.int32(32), np.int32(8),
+                                                           np.int32(1), np.int32(1)))
 
     main, side, free = cupy.cuda.Stream(), cupy.cuda.Stream(), cupy.cuda.Stream(non_blocking=True)
     with side:
         write_z()
-    with main, pytest.raises(AssertionError, match="race: sigmoid_bce may run while normal_fill .* its Z overlaps "
+    with main, pytest.raises(AssertionError, match="race: head_reduce may run while normal_fill .* its Z overlaps "
                                                    "the other's out"):
         read_z()
     joined = cupy.cuda.Event()
@@ -194,7 +195,7 @@ def test_the_stand_in_for_cuda_refuses_a_race_between_streams(host_kernels):
     main.wait_event(joined)
     with main:
         read_z()
-    with side, pytest.raises(AssertionError, match="race: normal_fill may run while sigmoid_bce"):  # and back
+    with side, pytest.raises(AssertionError, match="race: normal_fill may run while head_reduce"):  # and back
         write_z()
     cuda.Device().synchronize()  # the host waited for everything: what follows is ordered after it
     with side:
@@ -292,6 +293,46 @@ def test_step_noise_matches_its_reference_and_the_replay_sequence(host_kernels):
         for d in d_draws[0] + g_draws:
             np.testing.assert_array_equal(replay.random((8, 3)), step_uniforms(42, s, d, (8, 3)).astype(np.float64))
     assert replay.step == 2
+
+
+@pytest.mark.parametrize("n", [13, 3, 64])
+def test_head_kernels_on_ragged_shapes(host_kernels, n):
+    """D's last layer fused with the sigmoid + BCE head (kernels/linear.cu: head_forward_backward, then
+    head_reduce), D step and G step, against float64 NumPy; row counts that leave a block part empty."""
+    from minigan.cupy_step import ACT_LEAKY, HEAD_ROWS
+
+    rng, K, slope = np.random.default_rng(n), 20, np.float32(0.2)
+    i32, f32 = np.int32, np.float32
+    w, bias = rng.standard_normal(K).astype(f32) * 0.3, rng.standard_normal(1).astype(f32)
+    for g_step in (0, 1):
+        rows = n if g_step else 2 * n
+        h = rng.standard_normal((rows, K)).astype(f32)
+        h[: rows // 2] *= 4  # logits of both signs, some of them large
+        dh, z = np.full((rows, K), np.nan, f32), np.full(rows, np.nan, f32)
+        blocks = -(-rows // HEAD_ROWS)
+        partials, stats = np.full((blocks, K + 1), np.nan, f32), np.zeros(4, f32)
+        dW, db = np.full(K, np.nan, f32), np.full(1, np.nan, f32)
+        host_kernels("linear", "head_forward_backward")(
+            (blocks,), (256,), (dh, z, partials, h, w, bias, i32(rows), i32(n), i32(K), i32(g_step), i32(ACT_LEAKY),
+                                slope, f32(0), f32(1), np.uint64(0), np.zeros(1, np.uint64), np.uint32(0)))
+        host_kernels("linear", "head_reduce")((1,), (256,), (stats, dW, db, z, partials, i32(n), i32(K), i32(g_step),
+                                                             i32(1)))
+        h64 = h.astype(np.float64)
+        logit = h64 @ w + bias[0]
+        p = 1 / (1 + np.exp(-logit))
+        target = np.ones(rows) if g_step else np.r_[np.ones(n), np.zeros(n)]
+        dz = (p - target) / n
+        np.testing.assert_allclose(z, logit, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(dh, dz[:, None] * w * np.where(h > 0, 1, slope), rtol=1e-4, atol=1e-7)
+        losses = -np.maximum(np.log(np.where(target == 1, p, 1 - p)), -100)
+        if g_step:
+            np.testing.assert_allclose(stats[1], losses.mean(), rtol=1e-5)
+            assert np.isnan(dW).all()  # the G step leaves D's gradients alone
+        else:
+            np.testing.assert_allclose(stats[[0, 2, 3]], [losses[:n].mean() + losses[n:].mean(), p[:n].mean(),
+                                                          p[n:].mean()], rtol=1e-5)
+            np.testing.assert_allclose(dW, dz @ h64, rtol=1e-4, atol=1e-7)
+            np.testing.assert_allclose(db, [dz.sum()], rtol=1e-4, atol=1e-7)
 
 
 @pytest.mark.parametrize("rows, columns", [(13, 45), (2, 1), (128, 256)])
