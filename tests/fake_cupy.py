@@ -195,8 +195,8 @@ def merge(clock, other):
 
 def overlap(accesses, others):
     """How two launches' memory clash (one writes what the other touches), or None."""
-    for start, end, writes, name in accesses:
-        for other_start, other_end, other_writes, other_name in others:
+    for start, end, writes, name, _ in accesses:
+        for other_start, other_end, other_writes, other_name, _ in others:
             if (writes or other_writes) and start < other_end and other_start < end:
                 return f"its {name} overlaps the other's {other_name} ({'written' if writes else 'read'} / " \
                        f"{'written' if other_writes else 'read'})"

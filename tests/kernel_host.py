@@ -91,10 +91,11 @@ class HostKernels:
                 self.kernels[name] = (fn, args, max_threads)
 
     def accesses(self, name, values):
-        """[(first byte, end, written, argument)] of the memory a launch of ``name`` with ``values`` may touch:
-        each array argument's extent, written unless the kernel declares its pointer const."""
+        """[(first byte, end, written, argument, array)] of the memory a launch of ``name`` with ``values`` may
+        touch: each array argument's extent, written unless the kernel declares its pointer const. The array
+        itself comes along so that, while a record of the launch is kept, no new array gets its addresses."""
         _, args, _ = self.kernels[name]
-        return [(value.ctypes.data, value.ctypes.data + value.nbytes, not c_type.startswith("const "), arg_name)
+        return [(value.ctypes.data, value.ctypes.data + value.nbytes, not c_type.startswith("const "), arg_name, value)
                 for (ctype, c_type, arg_name), value in zip(args, values) if ctype is ctypes.c_void_p]
 
     def __call__(self, family, name):
