@@ -18,7 +18,7 @@ import numpy as np
 def products(n=128):
     """(kind, rows, cols, inner) of every product in a step with batch n (K = 1)."""
     g = [(100, 256), (256, 512), (512, 1024), (1024, 784)]  # (in, out) of G's Linear layers
-    d = [(784, 1024), (1024, 512), (512, 256), (256, 1)]  # and of D's
+    d = [(784, 1024), (1024, 512), (512, 256)]  # and of D's (its last, one output, is the fused head's)
     out = []
     for rows, layers in ((n, g), (2 * n, d), (n, d)):
         for n_in, n_out in layers:
