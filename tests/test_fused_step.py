@@ -129,7 +129,8 @@ def check_gemm_tiles(kernel, xp, rows, cols, inner, splits, misaligned=False):
     on_device = [xp.asarray(a) for a in (x, W, b, dy)]
     if misaligned:  # operands 4 bytes past a 16-byte boundary: no float4 loads
         on_device = [xp.concatenate([xp.zeros(1, np.float32), a.ravel()])[1:].reshape(a.shape) for a in on_device]
-        interface = "__cuda_array_interface__" if hasattr(on_device[0], "__cuda_array_interface__") else "__array_interface__"
+        on_gpu = hasattr(on_device[0], "__cuda_array_interface__")
+        interface = "__cuda_array_interface__" if on_gpu else "__array_interface__"
         assert all(getattr(a, interface)["data"][0] % 16 == 4 for a in on_device)
     tiles = [tile for tile in GEMM_TILES if tile_fits(tile, splits)]
     assert len(tiles) > 1
