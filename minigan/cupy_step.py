@@ -2,12 +2,13 @@
 
 The layers in minigan/layers.py are the reference; this is the same step written for the GPU, llm.c style:
 buffers allocated once, elementwise ops fused into the GEMM epilogues (kernels/linear.cu: the tile shape
-timed per product, split-K by a fixed rule), BatchNorm and the
-sigmoid + BCE head as batch reductions (kernels/layers.cu), noise and dropout masks from Philox counters
-(element, draw, step) with ``step`` in device memory, Adam in one launch per model with its step count in
-device memory (kernels/optim.cu), and the step's counters advanced on the device (kernels/step.cu). Nothing in
-a step reads a host value, so the step can be captured once as a CUDA graph and replayed for every batch. The
-weight gradients go to a second stream (a branch of the graph), off the critical path of input gradients.
+timed per product, split-K by a fixed rule), D's last layer fused with the sigmoid + BCE head
+(kernels/linear.cu), BatchNorm as batch reductions (kernels/layers.cu), noise and dropout masks from Philox
+counters (element, draw, step) with ``step`` in device memory, Adam in one launch per model with its step
+count in device memory (kernels/optim.cu), and the step's counters advanced on the device (kernels/step.cu).
+Nothing in a step reads a host value, so the step can be captured once as a CUDA graph and replayed for every
+batch. The weight gradients go to a second stream (a branch of the graph), off the critical path of input
+gradients, except a layer's with no input gradient to run beside it.
 
 It runs on any "device": ``xp`` and ``kernel`` are CuPy and cupy.RawModule kernels on a GPU, or NumPy and
 kernels compiled for the CPU (tests/kernel_host.py) in the tests, which check it against the NumPy layers.
