@@ -28,6 +28,17 @@ def test_every_reference_in_the_maths_page_exists():
     assert not missing, f"docs/maths.md names what does not exist: {missing}"
 
 
+def test_every_kernel_the_maths_page_names_exists():
+    """The GPU section names CUDA kernels, device functions and epilogues in kernels/*: each must be defined
+    there (a function or struct of that name)."""
+    text = (ROOT / "docs" / "maths.md").read_text()
+    refs = re.findall(r"`kernels/([\w.]+)::(\w+)`", text)
+    assert len(refs) >= 8
+    missing = [f"{f}::{name}" for f, name in refs if not (ROOT / "kernels" / f).exists() or not re.search(
+        rf"(\b(void|float|struct)\s+|\s){name}(\s*\(|\s*{{|\s*<)", (ROOT / "kernels" / f).read_text())]
+    assert not missing, f"docs/maths.md names what kernels/ does not define: {missing}"
+
+
 def test_every_layer_and_loss_is_on_the_maths_page_and_has_its_maths_in_the_docstring():
     import minigan.layers as layers
     import minigan.losses as losses
