@@ -16,9 +16,8 @@
 // each thread TM x TN outputs. Launch: grid (ceil(cols / BN), ceil(rows / BM), splits), that many threads.
 // Every tile shape adds the products of each output in the same order (k = 0, 1, ... within a split), so
 // they give bit-identical results and the step may pick whichever is fastest on the GPU at hand. `splits`
-// > 1 (forward and input gradient only) cuts the inner dimension into that many ranges, one block each,
-// for the products whose output has too few tiles to fill the GPU; the last block of a tile to finish adds
-// the partial sums in split order (deterministic) and runs the epilogue.
+// > 1 cuts the inner dimension into that many ranges, for the products whose output has too few tiles to
+// fill the GPU; the partial sums are added in split order (deterministic) before the epilogue.
 #include "philox.cuh"
 
 #define TILE_K 16
@@ -119,11 +118,12 @@ __device__ __forceinline__ void fence_acq_rel_gpu() {
 // is taken by thread group s % SLICES (each of (BM/TM)(BN/TN) threads) of block z = s / SLICES. Within a
 // split the products are added in k order; the splits' sums are then added in split order, through shared
 // memory where one block holds them all (gridDim.z == 1), else by the last of the tile's blocks to finish,
-// from `partials` (splits x tiles x BM x BN floats; `tile_counters`, one zero per tile, is left zero again).
-// The bits therefore depend on the number of splits only, not on the tile shape or on how the splits are
-// shared between blocks and groups.
-// If a_row_sums is not null (splits == 1), the blocks of the first column of tiles also write the row sums
-// of A (sum over k of A(i, k)) from the tiles they load anyway: the bias gradient, for free.
+// from `partials` (splits x tiles x BM x BN floats, then splits x rows for the row sums below; `tile_counters`,
+// one zero per tile, is left zero again). The bits therefore depend on the number of splits only, not on the
+// tile shape or on how the splits are shared between blocks and groups.
+// If a_row_sums is not null, the blocks of the first column of tiles also write the row sums of A (sum over
+// k of A(i, k)) from the slices they load anyway: the bias gradient, for free. They are split like the
+// products, each split's sum in k order, and added in split order the same way.
 template <int BM, int BN, int TM, int TN, int SLICES, class Epilogue>
 __device__ __forceinline__ void gemm(const float* A, long long a_i, long long a_k, const float* B, long long b_k,
                                      long long b_j, int rows, int cols, int inner, float* a_row_sums,
@@ -133,7 +133,7 @@ __device__ __forceinline__ void gemm(const float* A, long long a_i, long long a_
     static_assert(TM % 4 == 0 && TN % 4 == 0, "threads read their operands as float4");
     static_assert(A_LOADS * THREADS == BM * TILE_K && B_LOADS * THREADS == BN * TILE_K, "whole loads per thread");
     static_assert(THREADS >= BM, "one thread per row for the row sums");
-    static_assert((SLICES - 1) * BM * BN <= SLICES * 2 * TILE_K * (BM + 4), "groups' sums fit where A was");
+    static_assert((SLICES - 1) * BM * (BN + 1) <= SLICES * 2 * TILE_K * (BM + 4), "groups' sums fit where A was");
     // Two stages per group: the next slice of A and B is fetched from global memory into registers while
     // this one is multiplied, then stored into the other stage. +4 columns of padding keep float4 reads
     // aligned and spread the column-wise stores over the banks.
@@ -158,7 +158,7 @@ __device__ __forceinline__ void gemm(const float* A, long long a_i, long long a_
 #pragma unroll
         for (int c = 0; c < TN; ++c) acc[r][c] = 0.0f;
     float a_next[A_LOADS], b_next[B_LOADS];
-    bool sums_rows = a_row_sums != nullptr && SLICES == 1 && blockIdx.x == 0 && tid < BM;
+    bool sums_rows = a_row_sums != nullptr && blockIdx.x == 0 && tid < BM;
     float row_sum = 0.0f;
     fetch_slice<BM, A_LOADS, THREADS>(a_next, a_mode, A, a_i, a_k, row0, rows, k_begin, k_end, tid);
     fetch_slice<BN, B_LOADS, THREADS>(b_next, b_mode, B, b_j, b_k, col0, cols, k_begin, k_end, tid);
@@ -173,7 +173,7 @@ __device__ __forceinline__ void gemm(const float* A, long long a_i, long long a_
             fetch_slice<BN, B_LOADS, THREADS>(b_next, b_mode, B, b_j, b_k, col0, cols, k0 + TILE_K, k_end, tid);
         }
         if (sums_rows)
-            for (int kk = 0; kk < TILE_K; ++kk) row_sum += As[0][stage][kk][tid];
+            for (int kk = 0; kk < TILE_K; ++kk) row_sum += As[group][stage][kk][tid];
 #pragma unroll
         for (int kk = 0; kk < TILE_K; ++kk) {
             float a[TM], b[TN];
@@ -198,14 +198,15 @@ __device__ __forceinline__ void gemm(const float* A, long long a_i, long long a_
         }
         __syncthreads();
     }
-    if (sums_rows && row0 + tid < rows) a_row_sums[row0 + tid] = row_sum;
+    if (splits == 1 && sums_rows && row0 + tid < rows) a_row_sums[row0 + tid] = row_sum;
     // The output row (column) of acc[r][c] within the tile
     auto tile_row = [&](int r) { return (r / 4) * TY * 4 + ty * 4 + r % 4; };
     auto tile_col = [&](int c) { return (c / 4) * TX * 4 + tx * 4 + c % 4; };
     if (splits > 1 && gridDim.z == 1) {
-        // Every split is this block's: groups 1.. park their sums where A's slices were (the loop's last
-        // barrier is behind every read of them), and group 0 adds them in split order
+        // Every split is this block's: groups 1.. park their sums (and row sums) where A's slices were (the
+        // loop's last barrier is behind every read of them), and group 0 adds them in split order
         float* parked = &As[0][0][0][0];
+        float* parked_rows = parked + (SLICES - 1) * BM * BN;
         if (group > 0) {
 #pragma unroll
             for (int r = 0; r < TM; ++r)
@@ -213,10 +214,11 @@ __device__ __forceinline__ void gemm(const float* A, long long a_i, long long a_
                 for (int c = 0; c < TN; c += 4)
                     *reinterpret_cast<float4*>(&parked[((group - 1) * BM + tile_row(r)) * BN + tile_col(c)]) =
                         make_float4(acc[r][c], acc[r][c + 1], acc[r][c + 2], acc[r][c + 3]);
+            if (sums_rows) parked_rows[(group - 1) * BM + tid] = row_sum;
         }
         __syncthreads();
         if (group > 0) return;
-        for (int g = 1; g < SLICES; ++g)
+        for (int g = 1; g < SLICES; ++g) {
 #pragma unroll
             for (int r = 0; r < TM; ++r)
 #pragma unroll
@@ -224,16 +226,21 @@ __device__ __forceinline__ void gemm(const float* A, long long a_i, long long a_
                     float4 v = *reinterpret_cast<const float4*>(&parked[((g - 1) * BM + tile_row(r)) * BN + tile_col(c)]);
                     acc[r][c] += v.x, acc[r][c + 1] += v.y, acc[r][c + 2] += v.z, acc[r][c + 3] += v.w;
                 }
+            if (sums_rows) row_sum += parked_rows[(g - 1) * BM + tid];
+        }
+        if (sums_rows && row0 + tid < rows) a_row_sums[row0 + tid] = row_sum;
     } else if (splits > 1) {
         // Splits over several blocks: publish every group's sums; the tile's last block to arrive adds them
         int tile = blockIdx.y * gridDim.x + blockIdx.x, tiles = gridDim.x * gridDim.y;
         auto part = [&](int s) { return partials + ((long long)s * tiles + tile) * (BM * BN); };
+        auto row_part = [&](int s) { return partials + (long long)splits * tiles * (BM * BN) + (long long)s * rows; };
 #pragma unroll
         for (int r = 0; r < TM; ++r)
 #pragma unroll
             for (int c = 0; c < TN; c += 4)
                 *reinterpret_cast<float4*>(&part(split)[tile_row(r) * BN + tile_col(c)]) =
                     make_float4(acc[r][c], acc[r][c + 1], acc[r][c + 2], acc[r][c + 3]);
+        if (sums_rows && row0 + tid < rows) row_part(split)[row0 + tid] = row_sum;
         __syncthreads();  // every group's sums are written...
         __shared__ unsigned int arrived;
         if (threadIdx.x == 0) {
@@ -257,6 +264,11 @@ __device__ __forceinline__ void gemm(const float* A, long long a_i, long long a_
                     float4 v = __ldcg(reinterpret_cast<const float4*>(&part(s)[tile_row(r) * BN + tile_col(c)]));
                     acc[r][c] += v.x, acc[r][c + 1] += v.y, acc[r][c + 2] += v.z, acc[r][c + 3] += v.w;
                 }
+        if (sums_rows && row0 + tid < rows) {
+            row_sum = 0.0f;
+            for (int s = 0; s < splits; ++s) row_sum += __ldcg(&row_part(s)[row0 + tid]);
+            a_row_sums[row0 + tid] = row_sum;
+        }
     }
 #pragma unroll
     for (int r = 0; r < TM; ++r)
@@ -320,9 +332,8 @@ struct StoreEpilogue {
 //                                  of the layer before (its activation `activation`, its dropout draw `draw`).
 //                                  Output (M, K).
 //   linear_backward_weight_<TILE>: dW (N, K) = dY (M, N)^T X (M, K) and db (N,) = sum over the M rows of dY.
-//                                  Output (N, K); never split (its first column of blocks sums db), so it
-//                                  exists for the tiles of one group only.
-#define SPLIT_KERNELS(TILE, BM, BN, TM, TN, SLICES, THREADS)                                                      \
+//                                  Output (N, K).
+#define LINEAR_KERNELS(TILE, BM, BN, TM, TN, SLICES, THREADS)                                                     \
     extern "C" __global__ void __launch_bounds__(THREADS) linear_forward_##TILE(                                 \
         float* Y, const float* X, const float* W, const float* b, int M, int N, int K, int activation, float slope,  \
         float drop_p, float drop_scale, unsigned long long seed, const unsigned long long* step, unsigned int draw, \
@@ -337,27 +348,26 @@ struct StoreEpilogue {
         unsigned int draw, float* partials, unsigned int* tile_counters) {                                         \
         InputGradEpilogue epilogue = {dX, Y_prev, K, activation, slope, drop_p, drop_scale, seed, *step, draw};    \
         gemm<BM, BN, TM, TN, SLICES>(dY, N, 1, W, K, 1, M, K, N, nullptr, partials, tile_counters, epilogue);       \
-    }
-#define LINEAR_KERNELS(TILE, BM, BN, TM, TN, THREADS)                                                             \
-    SPLIT_KERNELS(TILE, BM, BN, TM, TN, 1, THREADS)                                                                \
+    }                                                                                                              \
     extern "C" __global__ void __launch_bounds__(THREADS) linear_backward_weight_##TILE(                         \
-        float* dW, float* db, const float* dY, const float* X, int M, int N, int K) {                              \
+        float* dW, float* db, const float* dY, const float* X, int M, int N, int K, float* partials,               \
+        unsigned int* tile_counters) {                                                                             \
         StoreEpilogue epilogue = {dW, K};                                                                          \
-        gemm<BM, BN, TM, TN, 1>(dY, 1, N, X, K, 1, N, K, M, db, nullptr, nullptr, epilogue);                        \
+        gemm<BM, BN, TM, TN, SLICES>(dY, 1, N, X, K, 1, N, K, M, db, partials, tile_counters, epilogue);            \
     }
 
 // Tile shapes: from many small blocks for the products with few rows to wide register blocking for the
 // large ones, and groups that share a tile's splits (more warps on a small output, no round trip through
 // global memory). minigan.cupy_step.GEMM_TILES lists the same.
-LINEAR_KERNELS(32x32_4x4, 32, 32, 4, 4, 64)
-LINEAR_KERNELS(64x64_4x4, 64, 64, 4, 4, 256)
-LINEAR_KERNELS(64x64_8x8, 64, 64, 8, 8, 64)
-LINEAR_KERNELS(128x64_8x4, 128, 64, 8, 4, 256)
-LINEAR_KERNELS(128x128_8x8, 128, 128, 8, 8, 256)
-SPLIT_KERNELS(32x32_4x4_s2, 32, 32, 4, 4, 2, 128)
-SPLIT_KERNELS(32x32_4x4_s4, 32, 32, 4, 4, 4, 256)
-SPLIT_KERNELS(32x64_4x8_s2, 32, 64, 4, 8, 2, 128)
-SPLIT_KERNELS(64x64_8x8_s2, 64, 64, 8, 8, 2, 128)
+LINEAR_KERNELS(32x32_4x4, 32, 32, 4, 4, 1, 64)
+LINEAR_KERNELS(64x64_4x4, 64, 64, 4, 4, 1, 256)
+LINEAR_KERNELS(64x64_8x8, 64, 64, 8, 8, 1, 64)
+LINEAR_KERNELS(128x64_8x4, 128, 64, 8, 4, 1, 256)
+LINEAR_KERNELS(128x128_8x8, 128, 128, 8, 8, 1, 256)
+LINEAR_KERNELS(32x32_4x4_s2, 32, 32, 4, 4, 2, 128)
+LINEAR_KERNELS(32x32_4x4_s4, 32, 32, 4, 4, 4, 256)
+LINEAR_KERNELS(32x64_4x8_s2, 32, 64, 4, 8, 2, 128)
+LINEAR_KERNELS(64x64_8x8_s2, 64, 64, 8, 8, 2, 128)
 
 // D's last Linear layer (one output) fused with the sigmoid + BCE head after it, PyTorch's semantics
 // (minigan/losses.py): p = sigmoid(z), the loss's logs clamped at -100, its gradient

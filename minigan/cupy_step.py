@@ -2,10 +2,11 @@
 
 The layers in minigan/layers.py are the reference; this is the same step written for the GPU, llm.c style:
 buffers allocated once, elementwise ops fused into the GEMM epilogues (kernels/linear.cu: the tile shape
-timed per product, split-K by a fixed rule), D's last layer fused with the sigmoid + BCE head
-(kernels/linear.cu), BatchNorm as batch reductions (kernels/layers.cu), noise and dropout masks from Philox
-counters (element, draw, step) with ``step`` in device memory, Adam in one launch per model with its step
-count in device memory (kernels/optim.cu), and the step's counters advanced on the device (kernels/step.cu).
+timed per product, split-K by a fixed rule, the bias gradient summed by the weight gradient's blocks), D's
+last layer fused with the sigmoid + BCE head (kernels/linear.cu), BatchNorm as batch reductions
+(kernels/layers.cu), noise and dropout masks from Philox counters (element, draw, step) with ``step`` in
+device memory, Adam in one launch per model with its step count in device memory (kernels/optim.cu), and the
+step's counters advanced on the device (kernels/step.cu).
 Nothing in a step reads a host value, so the step can be captured once as a CUDA graph and replayed for every
 batch. The weight gradients go to a second stream (a branch of the graph), off the critical path of input
 gradients, except a layer's with no input gradient to run beside it.
@@ -71,10 +72,11 @@ def split_k(rows, cols, inner, sms):
 
 
 def split_scratch(rows, cols, splits, tile):
-    """(floats of partial sums, tile counters) that ``tile`` needs for a (rows, cols) output in ``splits``."""
+    """(floats of partial sums, tile counters) that ``tile`` needs for a (rows, cols) output in ``splits``:
+    each split's sums of each tile, and of each row (the weight gradient's bias)."""
     bm, bn, _, _, slices = tile_shape(tile)
     tiles = -(-rows // bm) * -(-cols // bn)
-    return (0, 0) if splits == slices else (splits * tiles * bm * bn, tiles)
+    return (0, 0) if splits == slices else (splits * (tiles * bm * bn + rows), tiles)
 
 
 def launch_gemm(kernel, name, tile, rows, cols, splits, args):
@@ -151,13 +153,12 @@ class FusedStep:
         self.timer = self._gpu_time if on_gpu and timer is None else timer
         self.sms = sms or (xp.cuda.Device().attributes["MultiProcessorCount"] if on_gpu else H100_SMS)
         self.tiles = {}  # (kernel, rows, cols, inner) -> the fastest tile shape
-        # Split-K scratch, shared by every split product: they all run on the main stream, one at a time (the
-        # weight gradients on the side stream never split). The split rule keeps the 32 x 32 tiles times the
-        # splits within SPLIT_BLOCKS_PER_SM per SM; larger tiles pad the output, so room for twice that, and
-        # the tuner passes over a tile shape that would need more.
+        # Split-K scratch: one for the products on each stream, which run one at a time. The split rule
+        # keeps the 32 x 32 tiles times the splits within SPLIT_BLOCKS_PER_SM per SM; larger tiles pad the
+        # output, so room for twice that, and the tuner passes over a tile shape that would need more.
         blocks = SPLIT_BLOCKS_PER_SM * self.sms
-        self.partials = xp.empty(2 * blocks * 32 * 32, np.float32)
-        self.tile_counters = xp.zeros(blocks, np.uint32)  # zero between launches
+        self.scratch = {side: (xp.empty(2 * blocks * 32 * 32, np.float32), xp.zeros(blocks, np.uint32))
+                        for side in (False, True)}  # (partials, tile counters: zero between launches)
 
     def buffers(self, n):
         """Activations and gradients for a batch of n rows, allocated on first use."""
@@ -191,12 +192,10 @@ class FusedStep:
     def _bn_threads(self, columns):
         return -(-columns // BN_COLUMNS) * THREADS  # blocks of 256 threads, BN_COLUMNS columns each
 
-    def _gemm(self, name, rows, cols, inner, args):
-        """Launch GEMM kernel ``name`` for a (rows, cols) output: split-K by rule, the tile by timing."""
-        if name == "linear_backward_weight":
-            splits = 1  # never split: its blocks also sum the bias gradient
-        else:
-            splits, args = split_k(rows, cols, inner, self.sms), args + (self.partials, self.tile_counters)
+    def _gemm(self, name, rows, cols, inner, args, side=False):
+        """Launch GEMM kernel ``name`` for a (rows, cols) output (on the side stream if ``side``, with its
+        scratch): split-K by rule, the tile by timing."""
+        splits, args = split_k(rows, cols, inner, self.sms), args + self.scratch[side]
         key = (name, rows, cols, inner)
         tile = self.tiles.get(key)
         if tile is None:
@@ -206,7 +205,7 @@ class FusedStep:
 
     def _scratch_fits(self, rows, cols, splits, tile):
         partials, counters = split_scratch(rows, cols, splits, tile)
-        return partials <= self.partials.size and counters <= self.tile_counters.size
+        return partials <= self.scratch[False][0].size and counters <= self.scratch[False][1].size
 
     def _fastest_tile(self, key, splits, args):
         """Time every tile shape that can run this product (all give the same bits, so the launches do no
@@ -256,10 +255,11 @@ class FusedStep:
         if param_grads:
             # beside the input gradient on the main stream; a layer with none leaves the main stream idle, so
             # its weight gradient runs there and not queued behind the others on the side stream
-            with self.weight_branch() if dx is not None else contextlib.nullcontext():
+            side = dx is not None
+            with self.weight_branch() if side else contextlib.nullcontext():
                 self._gemm("linear_backward_weight", n_out, n_in, rows,
                            (layer.grads["W"], layer.grads["b"], dy, x, np.int32(rows), np.int32(n_out),
-                            np.int32(n_in)))
+                            np.int32(n_in)), side)
         if dx is not None:
             self._gemm("linear_backward_input", rows, n_in, n_out,
                        (dx, dy, layer.params["W"], dx if y_prev is None else y_prev, np.int32(rows), np.int32(n_out),

@@ -100,8 +100,9 @@ def gemm_products(kernel, xp, tile, splits, x, W, b, dy):
 
     (rows, inner), cols = x.shape, W.shape[0]
     bm, bn, _, _, slices = tile_shape(tile)
-    tiles = -(-max(rows, inner) // bm) * -(-max(cols, inner) // bn)  # of either output
-    partials = xp.full(splits * tiles * bm * bn, np.nan, np.float32)  # NaN: a sum that reads stale scratch shows
+    tiles = -(-max(rows, cols) // bm) * -(-max(cols, inner) // bn)  # of any of the three outputs
+    # NaN: a sum that reads stale scratch shows
+    partials = xp.full(splits * (tiles * bm * bn + max(rows, cols)), np.nan, np.float32)
     counters = xp.zeros(tiles, np.uint32)
     step, f32, i32 = xp.zeros(1, np.uint64), np.float32, np.int32
     y, dx = xp.empty((rows, cols), np.float32), xp.empty_like(x)
@@ -111,9 +112,8 @@ def gemm_products(kernel, xp, tile, splits, x, W, b, dy):
                 (y, x, W, b, i32(rows), i32(cols), i32(inner)) + act)
     launch_gemm(kernel, "linear_backward_input", tile, rows, inner, splits,
                 (dx, dy, W, dx, i32(rows), i32(cols), i32(inner)) + act)
-    # the weight gradient is never split: a tile shape of several groups has no kernel for it
-    launch_gemm(kernel, "linear_backward_weight", tile if slices == 1 else DEFAULT_TILE, cols, inner, 1,
-                (dW, db, dy, x, i32(rows), i32(cols), i32(inner)))
+    launch_gemm(kernel, "linear_backward_weight", tile, cols, inner, splits,
+                (dW, db, dy, x, i32(rows), i32(cols), i32(inner), partials, counters))
     assert not counters.any()  # every split launch leaves its tile counters at zero for the next
     # the split paths ran: partial sums published where blocks share a tile, none where one block holds all
     assert xp.isnan(partials).all() == (splits == slices)
@@ -266,14 +266,14 @@ def test_tiles_chosen_by_timing_give_the_same_step(host_kernels):
     timed_step, untimed_step = FusedStep(timed, np, kernel, timer=timer), FusedStep(untimed, np, host_kernels)
     for batch in data:
         np.testing.assert_array_equal(timed_step.train_step(batch), untimed_step.train_step(batch))
-    split = {key: split_k(*key[1:], timed_step.sms) for key in timed_step.tiles if key[0] != "linear_backward_weight"}
+    split = {key: split_k(*key[1:], timed_step.sms) for key in timed_step.tiles}
     assert any(s % 2 == 0 for s in split.values()) and any(s == 1 for s in split.values())
     for key, tile in timed_step.tiles.items():  # the favourite where it can run, else the first tile shape
-        assert tile == (favourite if split.get(key, 1) % 2 == 0 else GEMM_TILES[0]), key
+        assert tile == (favourite if split[key] % 2 == 0 else GEMM_TILES[0]), key
     assert set(untimed_step.tiles.values()) == {DEFAULT_TILE}
     # each product timed on the first step only, TUNING_ROUNDS times on every tile shape that can run it
     assert sorted(timed_tiles) == sorted(tile for key in timed_step.tiles for tile in GEMM_TILES
-                                         if tile_fits(tile, split.get(key, 1)) for _ in range(TUNING_ROUNDS))
+                                         if tile_fits(tile, split[key]) for _ in range(TUNING_ROUNDS))
     for a, b in ((timed.G, untimed.G), (timed.D, untimed.D)):
         np.testing.assert_array_equal(a.params, b.params)
         np.testing.assert_array_equal(a.grads, b.grads)
