@@ -1,14 +1,18 @@
 """Our GEMM kernels (kernels/linear.cu) against cupy.matmul (cuBLAS) at the products of one training step.
 
     python examples/bench_gemm.py            # needs CuPy and an NVIDIA GPU
+    python examples/bench_gemm.py --only forward 128 512 1024 --tile 32x32_4x4 --splits 1
 
 For each product it first checks every tile shape of ours against cuBLAS (max relative error), then times
 them and cuBLAS with CUDA events, launches queued behind kernels/step.cu::hold so that the host's launch
 rate is hidden, as inside the captured step. It prints one JSON line per product: microseconds per call of
 each tile shape that can run the split-K the step uses (minigan.cupy_step.split_k), the best time at each
-split count (to check that rule), cuBLAS's, and the ratio of our best to cuBLAS.
+split count (to check that rule), cuBLAS's, and the ratio of our best at the rule's split count (else at
+any measured) to cuBLAS. --only, --tile and --splits narrow it to one product, tile shape or split count:
+a run short enough for a profiler (.ci/gpu-checks runs Nsight Compute on one, where it is installed).
 """
 
+import argparse
 import json
 import sys
 
@@ -28,7 +32,26 @@ def products(n=128):
     return sorted(set(out))
 
 
-def main():
+def parse_args(argv):
+    from minigan.cupy_step import GEMM_TILES, MAX_SPLITS
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs=4, metavar=("KIND", "ROWS", "COLS", "INNER"),
+                        help="one product: forward, weight or input, and its output's rows and cols, inner size")
+    parser.add_argument("--tile", choices=GEMM_TILES, help="one tile shape")
+    parser.add_argument("--splits", type=int, choices=[s for s in (1, 2, 4, 8, 16) if s <= MAX_SPLITS],
+                        help="one split count")
+    args = parser.parse_args(argv)
+    if args.only:
+        kind, *sizes = args.only
+        if kind not in ("forward", "weight", "input") or not all(size.isdigit() and int(size) > 0 for size in sizes):
+            parser.error(f"--only {' '.join(args.only)}: KIND is forward, weight or input; sizes are positive")
+        args.only = (kind, *map(int, sizes))
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     from minigan.backend import BackendError, get_backend
 
     try:
@@ -43,17 +66,21 @@ def main():
     step = cupy.zeros(1, np.uint64)
     f32, i32 = np.float32, np.int32
     sms = cupy.cuda.Device().attributes["MultiProcessorCount"]
-    split_counts = [s for s in (1, 2, 4, 8, 16) if s <= MAX_SPLITS]
-    scratch = [split_scratch(rows, cols, splits, tile) for _, rows, cols, _ in products() for splits in split_counts
-               for tile in GEMM_TILES if tile_fits(tile, splits)]
-    partials = cupy.empty(max(p for p, _ in scratch), f32)  # enough for any split of any product here
-    counters = cupy.zeros(max(c for _, c in scratch), np.uint32)
+    split_counts = [args.splits] if args.splits else [s for s in (1, 2, 4, 8, 16) if s <= MAX_SPLITS]
+    tiles = [args.tile] if args.tile else GEMM_TILES
+    chosen = [args.only] if args.only else products()
+    scratch = [split_scratch(rows, cols, splits, tile) for _, rows, cols, _ in chosen for splits in split_counts
+               for tile in tiles if tile_fits(tile, splits)]
+    if not scratch:
+        sys.exit(f"bench_gemm.py: error: tile {args.tile} cannot run {args.splits} splits")
+    partials = cupy.empty(max(max(p for p, _ in scratch), 1), f32)  # enough for any split of any product here
+    counters = cupy.zeros(max(max(c for _, c in scratch), 1), np.uint32)
 
     def timed(launch):  # microseconds per call, as the step's tuner measures
         return gpu_seconds_per_launch(cupy, kernel, launch, reps=50) * 1e6
 
     print(json.dumps({"device": cupy.cuda.runtime.getDeviceProperties(0)["name"].decode(), "sms": sms}))
-    for kind, rows, cols, inner in products():
+    for kind, rows, cols, inner in chosen:
         # C (rows, cols) = A (rows, inner) B (inner, cols), with the operands laid out as the layers have them
         act = (i32(0), f32(0.2), f32(0.3), f32(1 / 0.7), np.uint64(0), step, np.uint32(0))
         if kind == "forward":  # Y = X W^T: X (rows, inner), W (cols, inner)
@@ -82,7 +109,7 @@ def main():
         result = {"product": kind, "rows": rows, "cols": cols, "inner": inner, "splits": rule, "us": {}}
         best_at_splits = {}
         for splits in split_counts:
-            for tile in (tile for tile in GEMM_TILES if tile_fits(tile, splits)):
+            for tile in (tile for tile in tiles if tile_fits(tile, splits)):
                 launch = lambda: launch_gemm(kernel, name, tile, rows, cols, splits, args)  # noqa: E731
                 C.fill(np.nan)
                 if kind == "weight":
@@ -100,7 +127,8 @@ def main():
                     result["us"][tile] = us
         result["best_us_at_splits"] = best_at_splits
         result["cublas_us"] = round(timed(reference), 2)
-        result["ratio_to_cublas"] = round(min(result["us"].values()) / result["cublas_us"], 2)
+        ours = best_at_splits.get(rule, min(best_at_splits.values()))
+        result["ratio_to_cublas"] = round(ours / result["cublas_us"], 2)
         print(json.dumps(result), flush=True)
 
 

@@ -115,7 +115,7 @@ def test_bench_gemm_checks_and_times_every_tile_on_the_emulated_gpu(emulated_gpu
         return 1e-6
 
     monkeypatch.setattr(cupy_step, "gpu_seconds_per_launch", one_microsecond)
-    bench_gemm.main()
+    bench_gemm.main([])
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert lines[0]["sms"] == 132 and [(r["product"], r["rows"], r["cols"], r["inner"]) for r in lines[1:]] == chosen
     for result in lines[1:]:
@@ -129,7 +129,7 @@ def test_bench_gemm_checks_and_times_every_tile_on_the_emulated_gpu(emulated_gpu
     monkeypatch.setattr(cupy_step, "launch_gemm", lambda kernel, name, tile, *rest: None if tile == "64x64_8x8"
                         else real_launch(kernel, name, tile, *rest))
     with pytest.raises(SystemExit, match="64x64_8x8 splits 1 .* is wrong"):
-        bench_gemm.main()
+        bench_gemm.main([])
 
     # and so is a weight gradient's tile whose bias gradient (summed by the same blocks) is off
     def bias_off(kernel, name, tile, rows, cols, splits, args):
@@ -140,7 +140,25 @@ def test_bench_gemm_checks_and_times_every_tile_on_the_emulated_gpu(emulated_gpu
 
     monkeypatch.setattr(cupy_step, "launch_gemm", bias_off)
     with pytest.raises(SystemExit, match="linear_backward_weight 32x32_4x4 splits 2 .* is wrong"):
-        bench_gemm.main()
+        bench_gemm.main([])
+
+
+def test_bench_gemm_narrows_to_one_product_tile_and_split(emulated_gpu, capsys):
+    """--only, --tile and --splits: the one launch a profiler is pointed at (.ci/gpu-checks's ncu stage)."""
+    import json
+
+    import bench_gemm
+
+    bench_gemm.main(["--only", "weight", "40", "24", "70", "--tile", "32x32_4x4_s2", "--splits", "2"])
+    _, line = capsys.readouterr().out.splitlines()
+    result = json.loads(line)
+    assert (result["product"], result["rows"], result["cols"], result["inner"]) == ("weight", 40, 24, 70)
+    assert set(result["best_us_at_splits"]) == {"2"} and set(result["us"]) <= {"32x32_4x4_s2"}
+    with pytest.raises(SystemExit, match="tile 32x32_4x4_s4 cannot run 2 splits"):
+        bench_gemm.main(["--tile", "32x32_4x4_s4", "--splits", "2"])
+    with pytest.raises(SystemExit):
+        bench_gemm.main(["--only", "backward", "1", "2", "3"])
+    assert "KIND is forward, weight or input" in capsys.readouterr().err
 
 def test_resuming_on_the_emulated_gpu_is_bit_exact(emulated_gpu, tmp_path):
     """1 epoch, then --resume for a 2nd, equals 2 epochs straight, on the GPU backend: the Philox stream's
