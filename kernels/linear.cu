@@ -202,30 +202,38 @@ __device__ __forceinline__ void gemm(const float* A, long long a_i, long long a_
     // The output row (column) of acc[r][c] within the tile
     auto tile_row = [&](int r) { return (r / 4) * TY * 4 + ty * 4 + r % 4; };
     auto tile_col = [&](int c) { return (c / 4) * TX * 4 + tx * 4 + c % 4; };
+    // One split's sums of the tile, a BM x BN buffer (in shared or global memory): acc into it, or added to
+    // acc from it, read with `load`
+    auto store_sums = [&](float* sums) {
+#pragma unroll
+        for (int r = 0; r < TM; ++r)
+#pragma unroll
+            for (int c = 0; c < TN; c += 4)
+                *reinterpret_cast<float4*>(&sums[tile_row(r) * BN + tile_col(c)]) =
+                    make_float4(acc[r][c], acc[r][c + 1], acc[r][c + 2], acc[r][c + 3]);
+    };
+    auto add_sums = [&](const float* sums, auto load) {
+#pragma unroll
+        for (int r = 0; r < TM; ++r)
+#pragma unroll
+            for (int c = 0; c < TN; c += 4) {
+                float4 v = load(reinterpret_cast<const float4*>(&sums[tile_row(r) * BN + tile_col(c)]));
+                acc[r][c] += v.x, acc[r][c + 1] += v.y, acc[r][c + 2] += v.z, acc[r][c + 3] += v.w;
+            }
+    };
     if (splits > 1 && gridDim.z == 1) {
         // Every split is this block's: groups 1.. park their sums (and row sums) where A's slices were (the
         // loop's last barrier is behind every read of them), and group 0 adds them in split order
         float* parked = &As[0][0][0][0];
         float* parked_rows = parked + (SLICES - 1) * BM * BN;
         if (group > 0) {
-#pragma unroll
-            for (int r = 0; r < TM; ++r)
-#pragma unroll
-                for (int c = 0; c < TN; c += 4)
-                    *reinterpret_cast<float4*>(&parked[((group - 1) * BM + tile_row(r)) * BN + tile_col(c)]) =
-                        make_float4(acc[r][c], acc[r][c + 1], acc[r][c + 2], acc[r][c + 3]);
+            store_sums(parked + (group - 1) * BM * BN);
             if (sums_rows) parked_rows[(group - 1) * BM + tid] = row_sum;
         }
         __syncthreads();
         if (group > 0) return;
         for (int g = 1; g < SLICES; ++g) {
-#pragma unroll
-            for (int r = 0; r < TM; ++r)
-#pragma unroll
-                for (int c = 0; c < TN; c += 4) {
-                    float4 v = *reinterpret_cast<const float4*>(&parked[((g - 1) * BM + tile_row(r)) * BN + tile_col(c)]);
-                    acc[r][c] += v.x, acc[r][c + 1] += v.y, acc[r][c + 2] += v.z, acc[r][c + 3] += v.w;
-                }
+            add_sums(parked + (g - 1) * BM * BN, [](const float4* sum) { return *sum; });
             if (sums_rows) row_sum += parked_rows[(g - 1) * BM + tid];
         }
         if (sums_rows && row0 + tid < rows) a_row_sums[row0 + tid] = row_sum;
@@ -234,12 +242,7 @@ __device__ __forceinline__ void gemm(const float* A, long long a_i, long long a_
         int tile = blockIdx.y * gridDim.x + blockIdx.x, tiles = gridDim.x * gridDim.y;
         auto part = [&](int s) { return partials + ((long long)s * tiles + tile) * (BM * BN); };
         auto row_part = [&](int s) { return partials + (long long)splits * tiles * (BM * BN) + (long long)s * rows; };
-#pragma unroll
-        for (int r = 0; r < TM; ++r)
-#pragma unroll
-            for (int c = 0; c < TN; c += 4)
-                *reinterpret_cast<float4*>(&part(split)[tile_row(r) * BN + tile_col(c)]) =
-                    make_float4(acc[r][c], acc[r][c + 1], acc[r][c + 2], acc[r][c + 3]);
+        store_sums(part(split));
         if (sums_rows && row0 + tid < rows) row_part(split)[row0 + tid] = row_sum;
         __syncthreads();  // every group's sums are written...
         __shared__ unsigned int arrived;
@@ -257,13 +260,7 @@ __device__ __forceinline__ void gemm(const float* A, long long a_i, long long a_
             for (int c = 0; c < TN; ++c) acc[r][c] = 0.0f;
 #pragma unroll 4
         for (int s = 0; s < splits; ++s)  // in split order, whoever is last; the loads of 4 splits in flight
-#pragma unroll
-            for (int r = 0; r < TM; ++r)
-#pragma unroll
-                for (int c = 0; c < TN; c += 4) {
-                    float4 v = __ldcg(reinterpret_cast<const float4*>(&part(s)[tile_row(r) * BN + tile_col(c)]));
-                    acc[r][c] += v.x, acc[r][c + 1] += v.y, acc[r][c + 2] += v.z, acc[r][c + 3] += v.w;
-                }
+            add_sums(part(s), [](const float4* sum) { return __ldcg(sum); });
         if (sums_rows && row0 + tid < rows) {
             row_sum = 0.0f;
             for (int s = 0; s < splits; ++s) row_sum += __ldcg(&row_part(s)[row0 + tid]);
