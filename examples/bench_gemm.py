@@ -89,6 +89,7 @@ def main(argv=None):
             C, R = cupy.empty((rows, cols), f32), cupy.empty((rows, cols), f32)
             reference = lambda: cupy.matmul(X, W.T, out=R)  # noqa: E731
             name, args = "linear_forward", (C, X, W, cupy.zeros(cols, f32), i32(rows), i32(cols), i32(inner)) + act
+            args += (i32(0),)  # the batch's first row, for dropout's counters
         elif kind == "weight":  # dW = dY^T X: dY (inner, rows), X (inner, cols)
             dY = cupy.asarray(rng.standard_normal((inner, rows), dtype=f32))
             X = cupy.asarray(rng.standard_normal((inner, cols), dtype=f32))

@@ -3,7 +3,7 @@
     python examples/profile_step.py [--batch 128] [--k 1]
 
 After three warm-up steps (kernels compiled, GEMM tiles timed, graph captured) it times the graph replay,
-and the replay of a graph without the weight gradients' branch (one stream), then runs one step launch by
+and the replay of a graph without the side stream's branches (one stream), then runs one step launch by
 launch on one stream with a CUDA event before each launch, all queued behind kernels/step.cu::hold so the
 events time the GPU and not the host. Prints one JSON line per launch (kernel,
 grid, block, microseconds), one per kernel family (launches, total, share) and a summary: the sum of the
@@ -55,7 +55,7 @@ def profile(gan, real):
 
         return run
 
-    # one stream (the weight gradients' branch folded in), so that consecutive events bracket one launch each
+    # one stream (the side stream's branches folded in), so that consecutive events bracket one launch each
     side, fused.side = fused.side, None
     fused.kernel, fused.use_graph = marked, False
     try:
@@ -85,7 +85,7 @@ def main(argv=None):
         print(f"profile_step.py: error: {e}", file=sys.stderr)
         return 1
     gan, one_stream = GAN(backend, k=args.k, seed=0), GAN(backend, k=args.k, seed=0)
-    one_stream.fused.side = None  # its graph has no branch: the weight gradients wait their turn
+    one_stream.fused.side = None  # its graph has no branch: the side stream's launches wait their turn
     real = backend.asarray(np.random.default_rng(0).random((args.batch, 784), dtype=np.float32))
     graph_ms, one_stream_ms = replay_ms(gan, real), replay_ms(one_stream, real)
     launches = profile(gan, real)

@@ -283,11 +283,13 @@ struct ForwardEpilogue {
     float slope, drop_p, drop_scale;
     unsigned long long seed, step;
     unsigned int draw;
+    int first_row;  // the batch's row that Y's row 0 is: the dropout counters count the whole batch's elements
     __device__ __forceinline__ void operator()(int i, int j, float v) const {
         v += b[j];
         if (activation == ACT_LEAKY || activation == ACT_LEAKY_DROPOUT) v = v > 0.0f ? v : v * slope;
         if (activation == ACT_LEAKY_DROPOUT)
-            v = step_uniform(seed, step, draw, (unsigned int)(i * N + j)) >= drop_p ? v * drop_scale : 0.0f;
+            v = step_uniform(seed, step, draw, (unsigned int)((first_row + i) * N + j)) >= drop_p ? v * drop_scale
+                                                                                                 : 0.0f;
         if (activation == ACT_SIGMOID) v = 1.0f / (1.0f + expf(-v));  // exp overflows to inf: exactly 0
         Y[(long long)i * N + j] = v;
     }
@@ -324,7 +326,9 @@ struct StoreEpilogue {
 
 // The kernels of one tile shape TILE = BMxBN_TMxTN, or BMxBN_TMxTN_sSLICES with SLICES > 1 thread groups
 // sharing the splits of the inner dimension (gemm above; THREADS = BM / TM * BN / TN * SLICES):
-//   linear_forward_<TILE>:         Y (M, N) = act(X (M, K) W (N, K)^T + b). Output (M, N).
+//   linear_forward_<TILE>:         Y (M, N) = act(X (M, K) W (N, K)^T + b), rows first_row .. first_row + M - 1
+//                                  of a batch (for the dropout mask, drawn per element of the batch).
+//                                  Output (M, N).
 //   linear_backward_input_<TILE>:  dX (M, K) = (dY (M, N) W (N, K)) * act'(Y_prev), Y_prev (M, K) the output
 //                                  of the layer before (its activation `activation`, its dropout draw `draw`).
 //                                  Output (M, K).
@@ -334,9 +338,9 @@ struct StoreEpilogue {
     extern "C" __global__ void __launch_bounds__(THREADS) linear_forward_##TILE(                                 \
         float* Y, const float* X, const float* W, const float* b, int M, int N, int K, int activation, float slope,  \
         float drop_p, float drop_scale, unsigned long long seed, const unsigned long long* step, unsigned int draw, \
-        float* partials, unsigned int* tile_counters) {                                                            \
+        int first_row, float* partials, unsigned int* tile_counters) {                                             \
         static_assert(THREADS == BM / TM * BN / TN * SLICES, "the launch bound is the block's size");             \
-        ForwardEpilogue epilogue = {Y, b, N, activation, slope, drop_p, drop_scale, seed, *step, draw};            \
+        ForwardEpilogue epilogue = {Y, b, N, activation, slope, drop_p, drop_scale, seed, *step, draw, first_row}; \
         gemm<BM, BN, TM, TN, SLICES>(X, K, 1, W, 1, K, M, N, K, nullptr, partials, tile_counters, epilogue);        \
     }                                                                                                              \
     extern "C" __global__ void __launch_bounds__(THREADS) linear_backward_input_##TILE(                          \

@@ -9,7 +9,8 @@ device memory, Adam in one launch per model with its step count in device memory
 step's counters advanced on the device (kernels/step.cu).
 Nothing in a step reads a host value, so the step can be captured once as a CUDA graph and replayed for every
 batch. The weight gradients go to a second stream (a branch of the graph), off the critical path of input
-gradients, except a layer's with no input gradient to run beside it.
+gradients, except a layer's with no input gradient to run beside it; so does D's forward pass over the real
+half of its batch, which needs nothing from G, beside G's forward pass.
 
 It runs on any "device": ``xp`` and ``kernel`` are CuPy and cupy.RawModule kernels on a GPU, or NumPy and
 kernels compiled for the CPU (tests/kernel_host.py) in the tests, which check it against the NumPy layers.
@@ -140,15 +141,17 @@ class FusedStep:
         self._device_counters = None  # the host counters the device counters are known to equal
         self._buffers = {}
         # On a GPU each batch size's step is captured once as a CUDA graph (on a stream of its own, which
-        # synchronises with the default stream) and replayed: one launch per step instead of 39 (K = 1).
+        # synchronises with the default stream) and replayed: one launch per step instead of 42 (K = 1).
         on_gpu = hasattr(xp, "cuda")
         self.stream = xp.cuda.Stream(non_blocking=False) if on_gpu else None
         self.use_graph = on_gpu
         # The weight gradients run on a second stream, beside the chain of input gradients that is the step's
-        # critical path (nothing reads them before Adam, which waits for them): a branch of the graph.
+        # critical path (nothing reads them before Adam, which waits for them), and so does D on the real rows,
+        # beside G's forward pass (the head waits for it): branches of the graph.
         self.side = xp.cuda.Stream(non_blocking=False) if on_gpu else None
         self.forked, self.joined = ((xp.cuda.Event(disable_timing=True), xp.cuda.Event(disable_timing=True))
                                     if on_gpu else (None, None))
+        self.on_side = False  # while launches go to the side stream (inside branch())
         self._graphs, self._ran = {}, set()  # batch sizes captured; batch sizes run (and tuned) once
         self.timer = self._gpu_time if on_gpu and timer is None else timer
         self.sms = sms or (xp.cuda.Device().attributes["MultiProcessorCount"] if on_gpu else H100_SMS)
@@ -192,10 +195,10 @@ class FusedStep:
     def _bn_threads(self, columns):
         return -(-columns // BN_COLUMNS) * THREADS  # blocks of 256 threads, BN_COLUMNS columns each
 
-    def _gemm(self, name, rows, cols, inner, args, side=False):
-        """Launch GEMM kernel ``name`` for a (rows, cols) output (on the side stream if ``side``, with its
-        scratch): split-K by rule, the tile by timing."""
-        splits, args = split_k(rows, cols, inner, self.sms), args + self.scratch[side]
+    def _gemm(self, name, rows, cols, inner, args):
+        """Launch GEMM kernel ``name`` for a (rows, cols) output, with the split-K scratch of the stream it goes
+        to: split-K by rule, the tile by timing."""
+        splits, args = split_k(rows, cols, inner, self.sms), args + self.scratch[self.on_side]
         key = (name, rows, cols, inner)
         tile = self.tiles.get(key)
         if tile is None:
@@ -224,26 +227,31 @@ class FusedStep:
     def _gpu_time(self, launch):
         return gpu_seconds_per_launch(self.xp, self.kernel, launch)
 
-    def linear_forward(self, y, x, layer, rows, activation, draw=0):
+    def linear_forward(self, y, x, layer, rows, activation, draw=0, first_row=0):
+        """y = act(x W^T + b) for ``rows`` rows, the batch's rows from ``first_row`` on (dropout's counters)."""
         W, b = layer.params["W"], layer.params["b"]
         self._gemm("linear_forward", rows, layer.out_features, layer.in_features,
                    (y, x, W, b, np.int32(rows), np.int32(layer.out_features), np.int32(layer.in_features),
                     np.int32(activation), self.slope, self.drop_p, self.drop_scale, self.seed, self.step,
-                    np.uint32(draw)))
+                    np.uint32(draw), np.int32(first_row)))
 
     @contextlib.contextmanager
-    def weight_branch(self):
+    def branch(self):
         """Launches inside go to the side stream, after all launched so far on the main one (on a GPU)."""
-        if self.side is None:
-            yield
-            return
-        self.stream.record(self.forked)
-        self.side.wait_event(self.forked)
-        with self.side:
-            yield
+        self.on_side = True
+        try:
+            if self.side is None:
+                yield
+                return
+            self.stream.record(self.forked)
+            self.side.wait_event(self.forked)
+            with self.side:
+                yield
+        finally:
+            self.on_side = False
 
     def join(self):
-        """The main stream waits for the side stream's launches so far (before Adam reads the gradients)."""
+        """The main stream waits for the side stream's launches so far (before what reads their outputs)."""
         if self.side is not None:
             self.side.record(self.joined)
             self.stream.wait_event(self.joined)
@@ -255,11 +263,10 @@ class FusedStep:
         if param_grads:
             # beside the input gradient on the main stream; a layer with none leaves the main stream idle, so
             # its weight gradient runs there and not queued behind the others on the side stream
-            side = dx is not None
-            with self.weight_branch() if side else contextlib.nullcontext():
+            with self.branch() if dx is not None else contextlib.nullcontext():
                 self._gemm("linear_backward_weight", n_out, n_in, rows,
                            (layer.grads["W"], layer.grads["b"], dy, x, np.int32(rows), np.int32(n_out),
-                            np.int32(n_in)), side)
+                            np.int32(n_in)))
         if dx is not None:
             self._gemm("linear_backward_input", rows, n_in, n_out,
                        (dx, dy, layer.params["W"], dx if y_prev is None else y_prev, np.int32(rows), np.int32(n_out),
@@ -291,12 +298,14 @@ class FusedStep:
         self.linear_forward(fake, h, self.g_linear[3], n, ACT_SIGMOID)  # straight into D's input rows
         return fake
 
-    def discriminator_forward(self, b, x, rows, tag, draws):
-        """D's layers up to the head (which head() runs)."""
-        h = x
+    def discriminator_forward(self, b, x, tag, draws, first_row=0):
+        """D's layers up to the head (which head() runs) on the rows of x, which are the rows of the batch (and
+        of the tag's buffers) from ``first_row`` on."""
+        h, rows = x, x.shape[0]
         for j, layer in enumerate(self.d_linear[:3]):
-            self.linear_forward(b[f"{tag}h{j}"], h, layer, rows, ACT_LEAKY_DROPOUT, draws[j])
-            h = b[f"{tag}h{j}"]
+            out = b[f"{tag}h{j}"][first_row:first_row + rows]
+            self.linear_forward(out, h, layer, rows, ACT_LEAKY_DROPOUT, draws[j], first_row)
+            h = out
 
     def head(self, b, n, tag, draws, g_step, first=True):
         """D's last layer and the sigmoid + BCE head, forward and backward: d loss / d h2 on the main stream;
@@ -308,7 +317,7 @@ class FusedStep:
                      (b[f"{tag}dh2"], b[f"{tag}logit"], b["head_partials"], h, layer.params["W"],
                       layer.params["b"], np.int32(rows), np.int32(n), k, np.int32(g_step), np.int32(ACT_LEAKY_DROPOUT),
                       self.slope, self.drop_p, self.drop_scale, self.seed, self.step, np.uint32(draws[2])))
-        with self.weight_branch():
+        with self.branch():
             self._launch("linear", "head_reduce", THREADS, (self.stats, layer.grads["W"], layer.grads["b"],
                                                             b[f"{tag}logit"], b["head_partials"], np.int32(n), k,
                                                             np.int32(g_step), np.int32(first)))
@@ -346,16 +355,19 @@ class FusedStep:
         gan, b = self.gan, self.buffers(n)
         noise, d_draws, g_draws = draw_ids(gan.k)
         for i in range(gan.k):
+            with self.branch():  # D on the real rows [0, n), beside G's forward pass
+                self.discriminator_forward(b, b["x"][:n], "d", d_draws[i])
             z = b["z"][i]
             self._launch("random", "normal_step_fill", (z.size + 3) // 4,
                          (z, np.int32(z.size), self.seed, self.step, np.uint32(noise[i])))
             self.generator_forward(b, z, n)
-            self.discriminator_forward(b, b["x"], 2 * n, "d", d_draws[i])
+            self.discriminator_forward(b, b["x"][n:], "d", d_draws[i], first_row=n)  # and on the fake rows
+            self.join()
             self.head(b, n, "d", d_draws[i], g_step=0, first=i == 0)
             self.discriminator_backward(b, b["x"], 2 * n, "d", d_draws[i], param_grads=True)
             self.adam(gan.opt_D, self.t_D, t_offset=i)
         fake = b["x"][n:]
-        self.discriminator_forward(b, fake, n, "g", g_draws)
+        self.discriminator_forward(b, fake, "g", g_draws)
         self.head(b, n, "g", g_draws, g_step=1)
         self.discriminator_backward(b, fake, n, "g", g_draws, param_grads=False, dx=b["dfake"])
         self.generator_backward(b, b["z"][gan.k - 1], n)

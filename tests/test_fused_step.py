@@ -107,11 +107,12 @@ def gemm_products(kernel, xp, tile, splits, x, W, b, dy):
     step, f32, i32 = xp.zeros(1, np.uint64), np.float32, np.int32
     y, dx = xp.empty((rows, cols), np.float32), xp.empty_like(x)
     dW, db = xp.empty_like(W), xp.empty_like(b)
-    act = (i32(ACT_NONE), f32(0.2), f32(0.3), f32(1 / 0.7), np.uint64(0), step, np.uint32(0), partials, counters)
+    act = (i32(ACT_NONE), f32(0.2), f32(0.3), f32(1 / 0.7), np.uint64(0), step, np.uint32(0))
+    first_row = i32(0)
     launch_gemm(kernel, "linear_forward", tile, rows, cols, splits,
-                (y, x, W, b, i32(rows), i32(cols), i32(inner)) + act)
+                (y, x, W, b, i32(rows), i32(cols), i32(inner)) + act + (first_row, partials, counters))
     launch_gemm(kernel, "linear_backward_input", tile, rows, inner, splits,
-                (dx, dy, W, dx, i32(rows), i32(cols), i32(inner)) + act)
+                (dx, dy, W, dx, i32(rows), i32(cols), i32(inner)) + act + (partials, counters))
     launch_gemm(kernel, "linear_backward_weight", tile, cols, inner, splits,
                 (dW, db, dy, x, i32(rows), i32(cols), i32(inner), partials, counters))
     assert not counters.any()  # every split launch leaves its tile counters at zero for the next
