@@ -20,15 +20,14 @@ import numpy as np
 
 
 def products(n=128):
-    """(kind, rows, cols, inner) of every product in a step with batch n (K = 1)."""
+    """(kind, rows, cols, inner) of every GEMM in a step with batch n (K = 1), as minigan.cupy_step runs them."""
     g = [(100, 256), (256, 512), (512, 1024), (1024, 784)]  # (in, out) of G's Linear layers
     d = [(784, 1024), (1024, 512), (512, 256)]  # and of D's (its last, one output, is the fused head's)
-    out = []
-    for rows, layers in ((n, g), (2 * n, d), (n, d)):
-        for n_in, n_out in layers:
-            out.append(("forward", rows, n_out, n_in))
-            out.append(("weight", n_out, n_in, rows))
-            out.append(("input", rows, n_in, n_out))
+    out = [("forward", n, n_out, n_in) for n_in, n_out in g + d]  # D over the real and the fake rows apart
+    out += [("weight", n_out, n_in, n) for n_in, n_out in g]  # G step
+    out += [("weight", n_out, n_in, 2 * n) for n_in, n_out in d]  # D step, over real and fake rows
+    out += [("input", 2 * n, n_in, n_out) for n_in, n_out in d[1:]]  # D step: no input gradient of D's first
+    out += [("input", n, n_in, n_out) for n_in, n_out in d + g[1:]]  # G step: through D, then G but its first
     return sorted(set(out))
 
 

@@ -75,9 +75,10 @@ def test_epochs_on_the_emulated_gpu_track_the_numpy_backend(emulated_gpu, tmp_pa
 
 def test_gpu_benchmark_and_profile_on_the_emulated_gpu(emulated_gpu, capsys):
     """The GPU-only parts of examples/benchmark.py and examples/profile_step.py run (their figures mean
-    nothing here)."""
+    nothing here), and examples/bench_gemm.py's products are the step's."""
     import json
 
+    import bench_gemm
     import benchmark
     from profile_step import profile, replay_ms
 
@@ -91,6 +92,8 @@ def test_gpu_benchmark_and_profile_on_the_emulated_gpu(emulated_gpu, capsys):
     gan = GAN(get_backend("cupy"), seed=1)
     real = np.random.default_rng(0).random((16, 784), dtype=np.float32)
     assert replay_ms(gan, real, replays=1) > 0 and emulated_gpu.graph_launches >= 1
+    kinds = {"linear_forward": "forward", "linear_backward_weight": "weight", "linear_backward_input": "input"}
+    assert {(kinds[name], *sizes) for name, *sizes in gan.fused.tiles} == set(bench_gemm.products(16))
     launches = profile(gan, real)
     assert len(launches) == 42 and gan.fused.side is not None and gan.fused.use_graph
 
