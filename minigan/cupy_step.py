@@ -5,12 +5,13 @@ buffers allocated once, elementwise ops fused into the GEMM epilogues (kernels/l
 timed per product, split-K by a fixed rule, the bias gradient summed by the weight gradient's blocks), D's
 last layer fused with the sigmoid + BCE head (kernels/linear.cu), BatchNorm as batch reductions
 (kernels/layers.cu), noise and dropout masks from Philox counters (element, draw, step) with ``step`` in
-device memory, Adam in one launch per model with its step count in device memory (kernels/optim.cu), and the
-step's counters advanced on the device (kernels/step.cu).
+device memory, Adam over the flat buffers in two launches per model with its step count in device memory
+(kernels/optim.cu), and the step's counters advanced on the device (kernels/step.cu).
 Nothing in a step reads a host value, so the step can be captured once as a CUDA graph and replayed for every
 batch. The weight gradients go to a second stream (a branch of the graph), off the critical path of input
-gradients, except a layer's with no input gradient to run beside it; so does D's forward pass over the real
-half of its batch, which needs nothing from G, beside G's forward pass.
+gradients, except a layer's with no input gradient to run beside it; so do D's forward pass over the real
+half of its batch, which needs nothing from G, beside G's forward pass, and the Adam update of the part of
+each model whose gradients are complete first.
 
 It runs on any "device": ``xp`` and ``kernel`` are CuPy and cupy.RawModule kernels on a GPU, or NumPy and
 kernels compiled for the CPU (tests/kernel_host.py) in the tests, which check it against the NumPy layers.
@@ -104,6 +105,14 @@ def gpu_seconds_per_launch(cupy, kernel, launch, reps=20):
     return cuda.get_elapsed_time(start, end) / 1e3 / reps
 
 
+def flat_range(model, layer):
+    """[start, end) of a Linear layer's W and b in its model's flat buffers (W, then b)."""
+    i = model.layers.index(layer)
+    start, end = model.slices[f"{i}.W"][0], model.slices[f"{i}.b"][0] + layer.out_features
+    assert end - start == layer.params["W"].size + layer.params["b"].size
+    return start, end
+
+
 def draw_ids(k):
     """(noise draws, D-step dropout draws per D iteration, G-step dropout draws) of a step with k D-steps."""
     noise = [NOISE + i for i in range(k)]
@@ -135,13 +144,21 @@ class FusedStep:
             raise ValueError("the fused step implements the reference GAN only")
         self.slope, self.drop_p = np.float32(slopes.pop()), np.float32(drops.pop())
         self.drop_scale = np.float32(1.0 / (1.0 - float(self.drop_p)))  # as Dropout: float32(1 / (1 - p))
+        # Adam in two launches per model, so that the part whose gradients are complete first is updated
+        # beside the rest of the backward pass: D's layers but the first (their gradients come from the side
+        # stream, before D's first layer's), and G's last layer (its gradient is the first of G's). The flat
+        # buffers hold the layers in order, so each part is one range.
+        (d_start, d_first_end), (g_last_start, g_end) = flat_range(D, self.d_linear[0]), flat_range(G, self.g_linear[3])
+        assert d_start == 0 and g_end == G.params.size
+        self.d_first, self.d_rest = slice(0, d_first_end), slice(d_first_end, D.params.size)
+        self.g_rest, self.g_last = slice(0, g_last_start), slice(g_last_start, g_end)
         self.step = xp.zeros(1, np.uint64)  # feeds the random streams; +1 per step
         self.t_G, self.t_D = xp.zeros(1, np.int64), xp.zeros(1, np.int64)  # Adam step counts
         self.stats = xp.zeros(4, np.float32)  # loss_D, loss_G, D(x), D(G(z)) of the current step
         self._device_counters = None  # the host counters the device counters are known to equal
         self._buffers = {}
         # On a GPU each batch size's step is captured once as a CUDA graph (on a stream of its own, which
-        # synchronises with the default stream) and replayed: one launch per step instead of 42 (K = 1).
+        # synchronises with the default stream) and replayed: one launch per step instead of 44 (K = 1).
         on_gpu = hasattr(xp, "cuda")
         self.stream = xp.cuda.Stream(non_blocking=False) if on_gpu else None
         self.use_graph = on_gpu
@@ -273,12 +290,12 @@ class FusedStep:
                         np.int32(n_in), np.int32(activation), self.slope, self.drop_p, self.drop_scale, self.seed,
                         self.step, np.uint32(draw)))
 
-    def adam(self, opt, t, t_offset=0):
-        self.join()  # the weight gradients are complete
-        n = opt.params.size
+    def adam(self, opt, t, part, t_offset=0):
+        """Adam over ``part`` (a slice) of the model's flat buffers, whose gradients must be complete."""
+        n = part.stop - part.start
         # 8 blocks of 256 per SM fill an H100's SMs (2048 threads each); the kernel strides over the rest
         self._launch("optim", "adam_step_counted", min(n, 8 * self.sms * THREADS),
-                     (opt.params, opt.grads, opt.m, opt.v, np.int64(n), np.float64(opt.lr),
+                     (opt.params[part], opt.grads[part], opt.m[part], opt.v[part], np.int64(n), np.float64(opt.lr),
                       np.float64(opt.betas[0]), np.float64(opt.betas[1]), np.float64(opt.eps), t,
                       np.int32(t_offset)))
 
@@ -322,24 +339,22 @@ class FusedStep:
                                                             b[f"{tag}logit"], b["head_partials"], np.int32(n), k,
                                                             np.int32(g_step), np.int32(first)))
 
-    def discriminator_backward(self, b, x, rows, tag, draws, param_grads, dx=None):
-        """From d loss / d h2 (b[tag + 'dh2'], from head()) back through D's other layers; into
-        dx * sigmoid'(x) if dx is given."""
-        dy = b[f"{tag}dh2"]
-        for j in (2, 1, 0):
-            layer = self.d_linear[j]
+    def discriminator_backward(self, b, x, rows, tag, draws, param_grads, dx=None, layers=(2, 1, 0)):
+        """From d loss / d h2 (b[tag + 'dh2'], from head()) back through D's other ``layers`` (from the last);
+        into dx * sigmoid'(x) if dx is given."""
+        for j in layers:
+            layer, dy = self.d_linear[j], b[f"{tag}dh{j}"]
             layer_in = x if j == 0 else b[f"{tag}h{j - 1}"]
             if j > 0:
                 self.linear_backward(dy, layer_in, layer, rows, b[f"{tag}dh{j - 1}"], layer_in, ACT_LEAKY_DROPOUT,
                                      draws[j - 1], param_grads)
-                dy = b[f"{tag}dh{j - 1}"]
             else:
                 self.linear_backward(dy, layer_in, layer, rows, dx, x, ACT_SIGMOID, 0, param_grads)
 
-    def generator_backward(self, b, z, n):
-        dy = b["dfake"]  # d loss / d (G's last pre-activation)
-        for i in (3, 2, 1, 0):
-            layer = self.g_linear[i]
+    def generator_backward(self, b, z, n, layers=(3, 2, 1, 0)):
+        """From d loss / d (G's last pre-activation) (b['dfake']) back through G's ``layers`` (from the last)."""
+        for i in layers:
+            layer, dy = self.g_linear[i], b["dfake"] if i == 3 else b[f"gdpre{i}"]
             layer_in = z if i == 0 else b[f"gy{i - 1}"]
             self.linear_backward(dy, layer_in, layer, n, b[f"gdy{i - 1}"] if i > 0 else None)
             if i > 0:
@@ -348,7 +363,6 @@ class FusedStep:
                              (b[f"gdpre{i - 1}"], norm.grads["gamma"], norm.grads["beta"], b[f"gdy{i - 1}"],
                               b[f"gx_hat{i - 1}"], b[f"ginv_std{i - 1}"], norm.params["gamma"], b[f"ga{i - 1}"],
                               np.int32(n), np.int32(c), self.slope))
-                dy = b[f"gdpre{i - 1}"]
 
     def run(self, n):
         """One training step on the batch already in buffers(n)["x"][:n]; statistics into self.stats."""
@@ -364,14 +378,23 @@ class FusedStep:
             self.discriminator_forward(b, b["x"][n:], "d", d_draws[i], first_row=n)  # and on the fake rows
             self.join()
             self.head(b, n, "d", d_draws[i], g_step=0, first=i == 0)
-            self.discriminator_backward(b, b["x"], 2 * n, "d", d_draws[i], param_grads=True)
-            self.adam(gan.opt_D, self.t_D, t_offset=i)
+            self.discriminator_backward(b, b["x"], 2 * n, "d", d_draws[i], param_grads=True, layers=(2, 1))
+            with self.branch():  # after the side stream's weight gradients, beside D's first layer's
+                self.adam(gan.opt_D, self.t_D, self.d_rest, t_offset=i)
+            self.discriminator_backward(b, b["x"], 2 * n, "d", d_draws[i], param_grads=True, layers=(0,))
+            self.adam(gan.opt_D, self.t_D, self.d_first, t_offset=i)
+            self.join()
         fake = b["x"][n:]
         self.discriminator_forward(b, fake, "g", g_draws)
         self.head(b, n, "g", g_draws, g_step=1)
         self.discriminator_backward(b, fake, n, "g", g_draws, param_grads=False, dx=b["dfake"])
-        self.generator_backward(b, b["z"][gan.k - 1], n)
-        self.adam(gan.opt_G, self.t_G)
+        z = b["z"][gan.k - 1]
+        self.generator_backward(b, z, n, layers=(3,))
+        with self.branch():  # after its weight gradient, beside the rest of G's backward pass
+            self.adam(gan.opt_G, self.t_G, self.g_last)
+        self.generator_backward(b, z, n, layers=(2, 1, 0))
+        self.join()  # the side stream's weight gradients are complete (and its Adam has read t_G)
+        self.adam(gan.opt_G, self.t_G, self.g_rest)
         self._launch("step", "step_finish", 1, (self.step, self.t_G, self.t_D, np.int32(gan.k)), block=1)
 
     def graph(self, n):
