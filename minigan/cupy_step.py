@@ -225,7 +225,8 @@ class FusedStep:
 
     def _scratch_fits(self, rows, cols, splits, tile):
         partials, counters = split_scratch(rows, cols, splits, tile)
-        return partials <= self.scratch[False][0].size and counters <= self.scratch[False][1].size
+        have_partials, have_counters = self.scratch[self.on_side]
+        return partials <= have_partials.size and counters <= have_counters.size
 
     def _fastest_tile(self, key, splits, args):
         """Time every tile shape that can run this product (all give the same bits, so the launches do no

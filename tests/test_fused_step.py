@@ -96,14 +96,14 @@ def test_fused_steps_match_the_numpy_layers(host_kernels, k, mode):
 def gemm_products(kernel, xp, tile, splits, x, W, b, dy):
     """Y = x W^T + b, dX = dy W, dW = dy^T x and db through kernels/linear.cu with one tile shape, on
     ``xp`` arrays (NumPy with the host-compiled kernels, or CuPy with cupy_backend.kernel)."""
-    from minigan.cupy_step import ACT_NONE, launch_gemm, tile_shape
+    from minigan.cupy_step import ACT_NONE, launch_gemm, split_scratch, tile_shape
 
     (rows, inner), cols = x.shape, W.shape[0]
-    bm, bn, _, _, slices = tile_shape(tile)
-    tiles = -(-max(rows, cols) // bm) * -(-max(cols, inner) // bn)  # of any of the three outputs
-    # NaN: a sum that reads stale scratch shows
-    partials = xp.full(splits * (tiles * bm * bn + max(rows, cols)), np.nan, np.float32)
-    counters = xp.zeros(tiles, np.uint32)
+    slices = tile_shape(tile)[4]
+    # the scratch the step would give the largest of the three outputs; NaN: a sum that reads stale scratch shows
+    need = [split_scratch(r, c, splits, tile) for r, c in ((rows, cols), (rows, inner), (cols, inner))]
+    partials = xp.full(max(1, *(p for p, _ in need)), np.nan, np.float32)
+    counters = xp.zeros(max(1, *(c for _, c in need)), np.uint32)
     step, f32, i32 = xp.zeros(1, np.uint64), np.float32, np.int32
     y, dx = xp.empty((rows, cols), np.float32), xp.empty_like(x)
     dW, db = xp.empty_like(W), xp.empty_like(b)
