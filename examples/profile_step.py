@@ -5,9 +5,11 @@
 After three warm-up steps (kernels compiled, GEMM tiles timed, graph captured) it times the graph replay,
 and the replay of a graph without the side stream's branches (one stream), then runs one step launch by
 launch on one stream with a CUDA event before each launch, all queued behind kernels/step.cu::hold so the
-events time the GPU and not the host. Prints one JSON line per launch (kernel,
-grid, block, microseconds), one per kernel family (launches, total, share) and a summary: the sum of the
-launches against the replayed graphs' times per step.
+events time the GPU and not the host. Prints one JSON line per launch (kernel, grid, block, microseconds, and
+the stream the graph runs it on), one per kernel family (launches, total, share) and a summary: the sum of the
+launches, and of the main stream's alone, against the replayed graphs' times per step. The main stream's
+launches are the step's critical path (the side stream's wait for them; they wait for the side stream only at
+the joins), so where the graph's time is their sum, hiding more work on the side stream cannot help.
 The last launch's figure also holds the conversion of the step's statistics that follows it.
 """
 
@@ -37,7 +39,8 @@ def replay_ms(gan, real, replays=200):
 
 
 def profile(gan, real):
-    """[(kernel, grid, block, us)] of one step of ``gan`` (warmed up) run launch by launch."""
+    """[(kernel, grid, block, stream, us)] of one step of ``gan`` (warmed up) run launch by launch; stream is
+    "side" for the launches the graph runs on the side stream, else "main"."""
     import cupy
 
     from minigan import cupy_backend
@@ -50,7 +53,8 @@ def profile(gan, real):
         launch = cupy_backend.kernel(family, name)
 
         def run(grid, block, args):
-            marks.append((name, tuple(grid), tuple(block), fused.stream.record()))
+            marks.append((name, tuple(grid), tuple(block), "side" if fused.on_side else "main",
+                          fused.stream.record()))
             launch(grid, block, args)
 
         return run
@@ -66,9 +70,9 @@ def profile(gan, real):
         last.synchronize()
     finally:
         fused.kernel, fused.use_graph, fused.side = cupy_backend.kernel, True, side
-    ends = [m[3] for m in marks[1:]] + [last]
-    return [(name, grid, block, cupy.cuda.get_elapsed_time(event, after) * 1e3)
-            for (name, grid, block, event), after in zip(marks, ends)]
+    ends = [m[-1] for m in marks[1:]] + [last]
+    return [(name, grid, block, stream, cupy.cuda.get_elapsed_time(event, after) * 1e3)
+            for (name, grid, block, stream, event), after in zip(marks, ends)]
 
 
 def main(argv=None):
@@ -90,16 +94,19 @@ def main(argv=None):
     graph_ms, one_stream_ms = replay_ms(gan, real), replay_ms(one_stream, real)
     launches = profile(gan, real)
     families = collections.defaultdict(lambda: [0, 0.0])
-    for i, (name, grid, block, us) in enumerate(launches):
-        print(json.dumps({"launch": i, "kernel": name, "grid": grid, "block": block, "us": round(us, 2)}))
+    for i, (name, grid, block, stream, us) in enumerate(launches):
+        print(json.dumps({"launch": i, "kernel": name, "grid": grid, "block": block, "stream": stream,
+                          "us": round(us, 2)}))
         family = "_".join(name.split("_")[:-2]) if name.startswith("linear") else name
         families[family][0] += 1
         families[family][1] += us
     total = sum(us for *_, us in launches)
+    main_stream = [us for *_, stream, us in launches if stream == "main"]
     for family, (count, us) in sorted(families.items(), key=lambda f: -f[1][1]):
         print(json.dumps({"kernel": family, "launches": count, "us": round(us, 1), "share": round(us / total, 3)}))
     print(json.dumps({"device": backend.device, "batch": args.batch, "k": args.k, "launches": len(launches),
-                      "sum_of_launches_ms": round(total / 1e3, 4), "graph_ms_per_step": round(graph_ms, 4),
+                      "sum_of_launches_ms": round(total / 1e3, 4), "main_stream_launches": len(main_stream),
+                      "main_stream_sum_ms": round(sum(main_stream) / 1e3, 4), "graph_ms_per_step": round(graph_ms, 4),
                       "graph_one_stream_ms_per_step": round(one_stream_ms, 4)}))
     return 0
 

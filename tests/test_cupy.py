@@ -221,4 +221,8 @@ def test_profile_step_times_every_launch_of_a_step():
     assert len(launches) == 44, names
     assert names[0].startswith("linear_forward") and names[3] == "normal_step_fill" and names[-1] == "step_finish"
     assert all(us > 0 for *_, us in launches) and graph_ms > 0
+    # the critical path: every launch but D's forward pass over the real rows, the heads' reductions, the
+    # weight gradients beside an input gradient and the two Adam ranges the side stream takes
+    streams = [stream for *_, stream, _ in launches]
+    assert streams[:3] == ["side"] * 3 and streams.count("main") == 32 and streams[-1] == "main"
     assert gan.fused.use_graph and gan.fused.side is not None  # restored for training

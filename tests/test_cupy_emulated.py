@@ -96,6 +96,7 @@ def test_gpu_benchmark_and_profile_on_the_emulated_gpu(emulated_gpu, capsys):
     assert {(kinds[name], *sizes) for name, *sizes in gan.fused.tiles} == set(bench_gemm.products(16))
     launches = profile(gan, real)
     assert len(launches) == 44 and gan.fused.side is not None and gan.fused.use_graph
+    assert [stream for *_, stream, _ in launches].count("main") == 32  # the side stream's 12 off the critical path
 
 
 
