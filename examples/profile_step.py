@@ -8,8 +8,9 @@ launch on one stream with a CUDA event before each launch, all queued behind ker
 events time the GPU and not the host. Prints one JSON line per launch (kernel, grid, block, microseconds, and
 the stream the graph runs it on), one per kernel family (launches, total, share) and a summary: the sum of the
 launches, and of the main stream's alone, against the replayed graphs' times per step. The main stream's
-launches are the step's critical path (the side stream's wait for them; they wait for the side stream only at
-the joins), so where the graph's time is their sum, hiding more work on the side stream cannot help.
+launches are the step's critical path (a side stream's launch waits for the main stream's before it; the main
+stream waits for the side stream only at the joins), so where the graph's time is their sum, moving more work
+to the side stream cannot help.
 The last launch's figure also holds the conversion of the step's statistics that follows it.
 """
 
