@@ -17,6 +17,7 @@ Every kernel is checked against the NumPy reference: on the CPU by tests/test_fu
 compiled for the host by tests/kernel_host.py), on a GPU by tests/test_cupy.py.
 """
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +25,35 @@ import numpy as np
 from minigan.backend import BackendError
 
 KERNELS = Path(__file__).resolve().parent.parent / "kernels"
-NVRTC_OPTIONS = ("--std=c++17", f"-I{KERNELS}")  # tests/test_kernels.py compiles with these too
+NVRTC_OPTIONS = ("--std=c++17",)  # tests/test_kernels.py compiles with these too
 THREADS = 256
+_LOCAL_INCLUDE = re.compile(r'^#include "([^"]+)"[^\n]*$', re.MULTILINE)
+_PRAGMA_ONCE = re.compile(r"^#pragma once[^\n]*\n", re.MULTILINE)
+
+
+def kernel_source(family):
+    """kernels/<family>.cu with each ``#include "header"`` of kernels/ written in place, once, between #line
+    directives (compiler messages still name the header's own lines).
+
+    CuPy's kernel cache on disk is keyed by the source string and the options. Headers reached through an -I
+    path are in neither, so after an edit of kernels/philox.cuh the cache would hand back kernels built from
+    the old one; with the headers in the source it cannot, and the key no longer holds the checkout's path.
+    """
+    included = set()
+
+    def expand(text, file):
+        def header(match):
+            name = match.group(1)
+            if name in included:
+                return ""
+            included.add(name)
+            line = text.count("\n", 0, match.start()) + 1
+            body = expand(_PRAGMA_ONCE.sub("\n", (KERNELS / name).read_text()), name)  # (its lines kept)
+            return f'#line 1 "{name}"\n{body}\n#line {line + 1} "{file}"'
+
+        return _LOCAL_INCLUDE.sub(header, text)
+
+    return expand((KERNELS / f"{family}.cu").read_text(), f"{family}.cu")
 
 
 def _import_cupy():
@@ -55,8 +83,7 @@ def kernel(family, name):
         try:
             module = _modules.get(family)
             if module is None:
-                source = (KERNELS / f"{family}.cu").read_text()
-                module = _modules[family] = cupy.RawModule(code=source, options=NVRTC_OPTIONS)
+                module = _modules[family] = cupy.RawModule(code=kernel_source(family), options=NVRTC_OPTIONS)
             found = _kernels[(family, name)] = module.get_function(name)  # compiles on first use
         except Exception as e:  # CompileException (NVRTC), CUDADriverError (loading), OSError (the source)
             first_line = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)

@@ -77,18 +77,15 @@ def _nvrtc():
 NVRTC = _nvrtc()
 
 
-@pytest.mark.skipif(NVRTC is None, reason="no NVRTC library (pip install nvidia-cuda-nvrtc)")
-@pytest.mark.parametrize("source", SOURCES, ids=[p.name for p in SOURCES])
-def test_kernel_compiles_with_nvrtc_as_cupy_does(source):
-    """NVRTC with minigan.cupy_backend's options, plus what CuPy's RawModule adds (-ftz=true, the arch): the
-    compiler the GPU path really uses, whose built-in headers differ from nvcc's."""
+def nvrtc_compile(code, name):
+    """(PTX or None, log) of NVRTC on ``code`` with minigan.cupy_backend's options, plus what CuPy's RawModule
+    adds (-ftz=true, the arch)."""
     import ctypes
 
     from minigan.cupy_backend import NVRTC_OPTIONS
 
     program = ctypes.c_void_p()
-    assert NVRTC.nvrtcCreateProgram(ctypes.byref(program), source.read_bytes(), source.name.encode(), 0, None,
-                                    None) == 0
+    assert NVRTC.nvrtcCreateProgram(ctypes.byref(program), code.encode(), name.encode(), 0, None, None) == 0
     try:
         options = [o.encode() for o in NVRTC_OPTIONS + ("-ftz=true", "-arch=compute_90")]
         result = NVRTC.nvrtcCompileProgram(program, len(options), (ctypes.c_char_p * len(options))(*options))
@@ -96,15 +93,51 @@ def test_kernel_compiles_with_nvrtc_as_cupy_does(source):
         NVRTC.nvrtcGetProgramLogSize(program, ctypes.byref(size))
         log = ctypes.create_string_buffer(size.value)
         NVRTC.nvrtcGetProgramLog(program, log)
-        assert result == 0, log.value.decode()
-        assert "warning" not in log.value.decode(), log.value.decode()
+        if result != 0:
+            return None, log.value.decode()
         NVRTC.nvrtcGetPTXSize(program, ctypes.byref(size))
         ptx = ctypes.create_string_buffer(size.value)
         NVRTC.nvrtcGetPTX(program, ptx)
+        return ptx.value.decode(), log.value.decode()
     finally:
         NVRTC.nvrtcDestroyProgram(ctypes.byref(program))
+
+
+@pytest.mark.skipif(NVRTC is None, reason="no NVRTC library (pip install nvidia-cuda-nvrtc)")
+@pytest.mark.parametrize("source", SOURCES, ids=[p.name for p in SOURCES])
+def test_kernel_compiles_with_nvrtc_as_cupy_does(source):
+    """NVRTC on the source CuPy's RawModule gets (minigan.cupy_backend.kernel_source), with its options: the
+    compiler the GPU path really uses, whose built-in headers differ from nvcc's."""
+    from minigan.cupy_backend import kernel_source
+
+    ptx, log = nvrtc_compile(kernel_source(source.stem), source.name)
+    assert ptx is not None, log
+    assert "warning" not in log, log
     for name in kernel_names(source):
-        assert f".entry {name}(" in ptx.value.decode(), f"{name} missing from NVRTC's PTX"
+        assert f".entry {name}(" in ptx, f"{name} missing from NVRTC's PTX"
+
+
+def test_kernel_source_holds_its_headers(tmp_path, monkeypatch):
+    """The source handed to CuPy holds kernels/'s headers themselves, so CuPy's kernel cache (keyed by the source
+    and options) sees an edited header; and a compiler message inside a header names the header's line."""
+    from minigan import cupy_backend
+
+    for family in ("linear", "random"):
+        code = cupy_backend.kernel_source(family)
+        assert '#include "' not in code and "philox4x32(" in code and "#pragma once" not in code
+    kernels = tmp_path / "kernels"
+    shutil.copytree(ROOT / "kernels", kernels)
+    monkeypatch.setattr(cupy_backend, "KERNELS", kernels)
+    before = cupy_backend.kernel_source("random")
+    header = (kernels / "philox.cuh").read_text().splitlines()
+    line = next(i for i, text in enumerate(header, 1) if text.startswith("__host__"))  # after #pragma once
+    header.insert(line - 1, "this is not C++;")
+    (kernels / "philox.cuh").write_text("\n".join(header) + "\n")
+    after = cupy_backend.kernel_source("random")
+    assert after != before and "this is not C++;" in after
+    if NVRTC is not None:
+        ptx, log = nvrtc_compile(after, "random.cu")
+        assert ptx is None and f"philox.cuh({line})" in log, log
 
 
 def test_philox_reference_matches_known_answers():
