@@ -165,6 +165,7 @@ def test_bench_gemm_narrows_to_one_product_tile_and_split(emulated_gpu, capsys):
         bench_gemm.main(["--only", "backward", "1", "2", "3"])
     assert "KIND is forward, weight or input" in capsys.readouterr().err
 
+
 def test_resuming_on_the_emulated_gpu_is_bit_exact(emulated_gpu, tmp_path):
     """1 epoch, then --resume for a 2nd, equals 2 epochs straight, on the GPU backend: the Philox stream's
     state and the Adam counts come back from the checkpoint to the device."""
