@@ -48,10 +48,10 @@ def profile(gan, real):
     from minigan.cupy_step import HOLD_CYCLES
 
     fused = gan.fused
-    marks = []
+    marks, launcher = [], fused.kernel
 
     def marked(family, name):
-        launch = cupy_backend.kernel(family, name)
+        launch = launcher(family, name)
 
         def run(grid, block, args):
             marks.append((name, tuple(grid), tuple(block), "side" if fused.on_side else "main",
@@ -70,7 +70,7 @@ def profile(gan, real):
             last = fused.stream.record()
         last.synchronize()
     finally:
-        fused.kernel, fused.use_graph, fused.side = cupy_backend.kernel, True, side
+        fused.kernel, fused.use_graph, fused.side = launcher, True, side
     ends = [m[-1] for m in marks[1:]] + [last]
     return [(name, grid, block, stream, cupy.cuda.get_elapsed_time(event, after) * 1e3)
             for (name, grid, block, stream, event), after in zip(marks, ends)]

@@ -1,6 +1,7 @@
 // The fused step's BatchNorm1d (training mode), which reduces over the batch. Semantics and float32
 // grouping follow minigan/layers.py (PyTorch's): biased batch variance to normalise, unbiased into
 // running_var. (D's sigmoid + BCE head is in kernels/linear.cu, fused with D's last layer.)
+#include "dependent_launch.cuh"
 
 // BatchNorm reduces each column over the batch. A block of 256 threads takes 8 adjacent columns: thread
 // (lane, column) sums rows lane, lane + 32, ... (a warp reads 8 adjacent floats, one 32-byte sector, of each
@@ -27,6 +28,7 @@ __device__ __forceinline__ float sum_over_lanes(float v, float (*partial)[BN_COL
 extern "C" __global__ void batchnorm_forward(float* Y, float* X_hat, float* inv_std, const float* X,
                                              const float* gamma, const float* beta, float* running_mean,
                                              float* running_var, int M, int C, float eps, float momentum) {
+    after_previous_kernels();
     __shared__ float partial[BN_LANES][BN_COLUMNS];
     int c = blockIdx.x * BN_COLUMNS + threadIdx.x % BN_COLUMNS, lane = threadIdx.x / BN_COLUMNS;
     bool inside = c < C;  // threads past the last column still take part in the barriers
@@ -63,6 +65,7 @@ extern "C" __global__ void batchnorm_forward(float* Y, float* X_hat, float* inv_
 extern "C" __global__ void batchnorm_leaky_backward(float* dpre, float* dgamma, float* dbeta, const float* dY,
                                                     const float* X_hat, const float* inv_std, const float* gamma,
                                                     const float* A, int M, int C, float slope) {
+    after_previous_kernels();
     __shared__ float partial[BN_LANES][BN_COLUMNS];
     int c = blockIdx.x * BN_COLUMNS + threadIdx.x % BN_COLUMNS, lane = threadIdx.x / BN_COLUMNS;
     bool inside = c < C;

@@ -18,6 +18,7 @@
 // they give bit-identical results and the step may pick whichever is fastest on the GPU at hand. `splits`
 // > 1 cuts the inner dimension into that many ranges, for the products whose output has too few tiles to
 // fill the GPU; the partial sums are added in split order (deterministic) before the epilogue.
+#include "dependent_launch.cuh"
 #include "philox.cuh"
 
 #define TILE_K 16
@@ -339,6 +340,7 @@ struct StoreEpilogue {
         float* Y, const float* X, const float* W, const float* b, int M, int N, int K, int activation, float slope,  \
         float drop_p, float drop_scale, unsigned long long seed, const unsigned long long* step, unsigned int draw, \
         int first_row, float* partials, unsigned int* tile_counters) {                                             \
+        after_previous_kernels();                                                                                  \
         static_assert(THREADS == BM / TM * BN / TN * SLICES, "the launch bound is the block's size");             \
         ForwardEpilogue epilogue = {Y, b, N, activation, slope, drop_p, drop_scale, seed, *step, draw, first_row}; \
         gemm<BM, BN, TM, TN, SLICES>(X, K, 1, W, 1, K, M, N, K, nullptr, partials, tile_counters, epilogue);        \
@@ -347,12 +349,14 @@ struct StoreEpilogue {
         float* dX, const float* dY, const float* W, const float* Y_prev, int M, int N, int K, int activation,      \
         float slope, float drop_p, float drop_scale, unsigned long long seed, const unsigned long long* step,      \
         unsigned int draw, float* partials, unsigned int* tile_counters) {                                         \
+        after_previous_kernels();                                                                                  \
         InputGradEpilogue epilogue = {dX, Y_prev, K, activation, slope, drop_p, drop_scale, seed, *step, draw};    \
         gemm<BM, BN, TM, TN, SLICES>(dY, N, 1, W, K, 1, M, K, N, nullptr, partials, tile_counters, epilogue);       \
     }                                                                                                              \
     extern "C" __global__ void __launch_bounds__(THREADS) linear_backward_weight_##TILE(                         \
         float* dW, float* db, const float* dY, const float* X, int M, int N, int K, float* partials,               \
         unsigned int* tile_counters) {                                                                             \
+        after_previous_kernels();                                                                                  \
         StoreEpilogue epilogue = {dW, K};                                                                          \
         gemm<BM, BN, TM, TN, SLICES>(dY, 1, N, X, K, 1, N, K, M, db, partials, tile_counters, epilogue);            \
     }
@@ -395,6 +399,7 @@ extern "C" __global__ void __launch_bounds__(HEAD_THREADS) head_forward_backward
     float* dH, float* Z, float* partials, const float* H, const float* w, const float* b, int rows, int n,
     int K, int g_step, int activation, float slope, float drop_p, float drop_scale, unsigned long long seed,
     const unsigned long long* step, unsigned int draw) {
+    after_previous_kernels();
     __shared__ float lane_sums[HEAD_ROWS][32];
     __shared__ float dz_of[HEAD_ROWS];
     int t = threadIdx.x, row0 = blockIdx.x * HEAD_ROWS;
@@ -440,6 +445,7 @@ extern "C" __global__ void __launch_bounds__(HEAD_THREADS) head_forward_backward
 extern "C" __global__ void __launch_bounds__(HEAD_THREADS) head_reduce(float* stats, float* dW, float* db,
                                                                        const float* Z, const float* partials,
                                                                        int n, int K, int g_step, int first) {
+    after_previous_kernels();
     __shared__ float loss_real[HEAD_THREADS], loss_fake[HEAD_THREADS], p_real[HEAD_THREADS], p_fake[HEAD_THREADS];
     int t = threadIdx.x, rows = g_step ? n : 2 * n;
     float inv_n = 1.0f / n, lr = 0.0f, lf = 0.0f, pr = 0.0f, pf = 0.0f;

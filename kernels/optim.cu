@@ -4,6 +4,7 @@
 //   p <- p - m / (sqrt(v) * inv_scale + eps_scaled),
 // with inv_scale = 1 / (sqrt(1 - beta2^t) * step_size), eps_scaled = eps / step_size and
 // step_size = lr / (1 - beta1^t), computed in double precision (on the host for adam_step).
+#include "dependent_launch.cuh"
 
 __device__ __forceinline__ void adam_update(float* p, const float* g, float* m, float* v, long long i,
                                             float one_minus_beta1, float beta2, float one_minus_beta2,
@@ -20,6 +21,7 @@ __device__ __forceinline__ void adam_update(float* p, const float* g, float* m, 
 extern "C" __global__ void adam_step(float* p, const float* g, float* m, float* v, long long n,
                                      float one_minus_beta1, float beta2, float one_minus_beta2,
                                      float inv_scale, float eps_scaled) {
+    after_previous_kernels();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) adam_update(p, g, m, v, i, one_minus_beta1, beta2, one_minus_beta2, inv_scale, eps_scaled);
 }
@@ -32,6 +34,7 @@ extern "C" __global__ void adam_step(float* p, const float* g, float* m, float* 
 extern "C" __global__ void adam_step_counted(float* p, const float* g, float* m, float* v, long long n, double lr,
                                              double beta1, double beta2, double eps, const long long* t,
                                              int t_offset) {
+    after_previous_kernels();
     __shared__ float inv_scale, eps_scaled;
     if (threadIdx.x == 0) {
         double step = (double)(*t + t_offset + 1);

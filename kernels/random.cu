@@ -5,6 +5,7 @@
 // numbers starting at block `offset` is reproducible from (seed, offset); the host advances offset by
 // ceil(n / 4). normal_step_fill serves the fused step (minigan/cupy_step.py), whose counters are
 // (index, draw, step): `step` lives in device memory, so a captured graph draws new noise at each replay.
+#include "dependent_launch.cuh"
 #include "philox.cuh"
 
 // Box-Muller: two normals from two uniform words.
@@ -25,6 +26,7 @@ __device__ __forceinline__ uint4x32 offset_block(unsigned long long seed, unsign
 
 // out[i] ~ U[0, 1), i < n. Launch: ceil(n / 4) threads, one Philox block each.
 extern "C" __global__ void uniform_fill(float* out, long long n, unsigned long long seed, unsigned long long offset) {
+    after_previous_kernels();
     long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (4 * t >= n) return;
     uint4x32 r = offset_block(seed, offset + (unsigned long long)t);
@@ -33,6 +35,7 @@ extern "C" __global__ void uniform_fill(float* out, long long n, unsigned long l
 
 // out[i] ~ N(0, 1), i < n. Launch: ceil(n / 4) threads, one Philox block (two Box-Muller pairs) each.
 extern "C" __global__ void normal_fill(float* out, long long n, unsigned long long seed, unsigned long long offset) {
+    after_previous_kernels();
     long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (4 * t >= n) return;
     uint4x32 r = offset_block(seed, offset + (unsigned long long)t);
@@ -45,6 +48,7 @@ extern "C" __global__ void normal_fill(float* out, long long n, unsigned long lo
 // The fused step's noise: out[i] ~ N(0, 1), i < n, from counters (i / 4, draw, *step). Launch: ceil(n / 4) threads.
 extern "C" __global__ void normal_step_fill(float* out, int n, unsigned long long seed,
                                             const unsigned long long* step, unsigned int draw) {
+    after_previous_kernels();
     int t = blockIdx.x * blockDim.x + threadIdx.x;
     if (4 * t >= n) return;
     unsigned long long s = *step;

@@ -1,8 +1,10 @@
 // Bookkeeping of the fused step, on the device so that a captured CUDA graph can be replayed unchanged.
+#include "dependent_launch.cuh"
 
 // End of step: advance the step counter that feeds the random streams and the optimizers' step counts
 // (G's by one, D's by its k updates). Launch: 1 thread.
 extern "C" __global__ void step_finish(unsigned long long* step, long long* t_G, long long* t_D, int k) {
+    after_previous_kernels();
     *step += 1;
     *t_G += 1;
     *t_D += k;
@@ -12,6 +14,7 @@ extern "C" __global__ void step_finish(unsigned long long* step, long long* t_G,
 // launches behind this, so that its events time the GPU's work rather than the host's launch rate.
 // Launch: 1 thread.
 extern "C" __global__ void hold(long long cycles) {
+    after_previous_kernels();
     long long start = clock64();
     while (clock64() - start < cycles) {
     }

@@ -11,12 +11,15 @@ The layers' formulas run unchanged through ``xp = cupy``. What the GPU needs of 
 - ``gather_batch``: the batch gathered from the uint8 dataset kept on the GPU (kernels/data.cu), so
   no image crosses the PCIe bus inside an epoch;
 - ``fused_step``: the whole training step as our own kernels (minigan/cupy_step.py), which
-  ``GAN.train_step`` uses in place of the layer-by-layer path.
+  ``GAN.train_step`` uses in place of the layer-by-layer path; on Hopper and later its kernels go through
+  ``DependentLaunch``, so that each one's blocks are scheduled while the kernels before it still run
+  (kernels/dependent_launch.cuh).
 
 Every kernel is checked against the NumPy reference: on the CPU by tests/test_fused_step.py (the kernels
 compiled for the host by tests/kernel_host.py), on a GPU by tests/test_cupy.py.
 """
 
+import ctypes
 import re
 from pathlib import Path
 
@@ -88,6 +91,83 @@ def kernel(family, name):
         except Exception as e:  # CompileException (NVRTC), CUDADriverError (loading), OSError (the source)
             first_line = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
             raise BackendError(f"kernels/{family}.cu: {name}: {first_line}") from None
+    return found
+
+
+# cuda.h's CUlaunchAttribute (an id, then a 64-byte union at offset 8) and CUlaunchConfig, for
+# cuLaunchKernelEx, which CuPy does not wrap; tests/test_kernels.py holds them to cuda.h's layout.
+CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6
+
+
+class LaunchAttribute(ctypes.Structure):
+    _fields_ = [("id", ctypes.c_int), ("pad", ctypes.c_char * 4), ("value", ctypes.c_int * 16)]
+
+
+class LaunchConfig(ctypes.Structure):
+    _fields_ = [("gridDimX", ctypes.c_uint), ("gridDimY", ctypes.c_uint), ("gridDimZ", ctypes.c_uint),
+                ("blockDimX", ctypes.c_uint), ("blockDimY", ctypes.c_uint), ("blockDimZ", ctypes.c_uint),
+                ("sharedMemBytes", ctypes.c_uint), ("hStream", ctypes.c_void_p),
+                ("attrs", ctypes.POINTER(LaunchAttribute)), ("numAttrs", ctypes.c_uint)]
+
+
+def kernel_params(args):
+    """(the argument values, the void* array pointing at each) for cuLaunchKernelEx, as CuPy passes them: an
+    array as its device address, a NumPy scalar as the bytes of its own dtype. Keep the first alive until the
+    launch returns (the driver copies the values then, into the graph's node too)."""
+    values = []
+    for arg in args:
+        if isinstance(arg, np.generic):
+            values.append(np.array(arg))
+        elif hasattr(arg, "data") and hasattr(arg.data, "ptr"):  # cupy.ndarray (a view: its own address)
+            values.append(np.array(arg.data.ptr, dtype=np.uint64))
+        else:
+            raise TypeError(f"a kernel argument must be an array or a NumPy scalar, not {type(arg).__name__}")
+    return values, (ctypes.c_void_p * max(1, len(values)))(*[v.ctypes.data for v in values])
+
+
+class DependentLaunch:
+    """A kernel launched, like a CuPy kernel, as ``kernel(grid, block, args)`` on the current stream, but
+    through cuLaunchKernelEx with programmatic stream serialization: its blocks may be scheduled while the
+    kernels it depends on still run, and wait in kernels/dependent_launch.cuh's after_previous_kernels()
+    until those have finished. Stream capture keeps that as the graph's programmatic edges."""
+
+    _driver = None
+
+    def __init__(self, function):
+        import cupy
+
+        self.cupy, self.function = cupy, function
+        attribute = LaunchAttribute(id=CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION)
+        attribute.value[0] = 1  # programmaticStreamSerializationAllowed
+        self.attribute = attribute
+        if DependentLaunch._driver is None:
+            driver = ctypes.CDLL("libcuda.so.1")
+            driver.cuLaunchKernelEx.argtypes = [ctypes.POINTER(LaunchConfig), ctypes.c_void_p,
+                                                ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p]
+            driver.cuGetErrorName.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)]
+            DependentLaunch._driver = driver
+
+    def __call__(self, grid, block, args):
+        grid, block = (tuple(grid) + (1, 1))[:3], (tuple(block) + (1, 1))[:3]
+        values, params = kernel_params(args)
+        config = LaunchConfig(*grid, *block, 0, self.cupy.cuda.get_current_stream().ptr,
+                              ctypes.pointer(self.attribute), 1)
+        result = self._driver.cuLaunchKernelEx(ctypes.byref(config), self.function.ptr, params, None)
+        if result != 0:
+            name = ctypes.c_char_p()
+            self._driver.cuGetErrorName(result, ctypes.byref(name))
+            raise RuntimeError(f"cuLaunchKernelEx: {(name.value or b'error %d' % result).decode()}")
+        del values  # (alive until here)
+
+
+_dependent = {}
+
+
+def dependent_kernel(family, name):
+    """kernel(family, name) launched through DependentLaunch."""
+    found = _dependent.get((family, name))
+    if found is None:
+        found = _dependent[(family, name)] = DependentLaunch(kernel(family, name))
     return found
 
 
@@ -183,7 +263,9 @@ class CupyBackend:
 
         if gan.dtype != np.float32:
             return None
-        return FusedStep(gan, self.xp, kernel)
+        # programmatic dependent launch needs compute capability 9.0 (griddepcontrol); before it, CuPy's launch
+        major = int(self.xp.cuda.Device().compute_capability[:-1])
+        return FusedStep(gan, self.xp, dependent_kernel if major >= 9 else kernel)
 
     def upload_images(self, images):
         return self.xp.asarray(images)

@@ -126,7 +126,8 @@ class FakeCuda:
         return (end.time - start.time) * 1e3
 
     def Device(self, device=None):
-        return types.SimpleNamespace(id=0, attributes={"MultiProcessorCount": 132}, synchronize=self.synchronize)
+        return types.SimpleNamespace(id=0, attributes={"MultiProcessorCount": 132}, compute_capability="90",
+                                     synchronize=self.synchronize)
 
     def Stream(self, non_blocking=False):
         cuda = self
@@ -225,6 +226,7 @@ def install(host_kernels, setattr_=setattr, modules=None):
     else:
         modules("cupy", fake_cupy(cuda))
     setattr_(cupy_backend, "kernel", cuda.kernel)
+    setattr_(cupy_backend, "dependent_kernel", cuda.kernel)  # an H100's launch path; the order is what counts here
     # emulated time means nothing: the stand-in timer, not CUDA events behind a spinning kernel
     setattr_(FusedStep, "_gpu_time", lambda self, launch: cuda.timer(launch))
     return cuda

@@ -40,6 +40,7 @@ def test_kernel_compiles(source, tmp_path):
     assert names
     for name in names:
         assert f".entry {name}(" in ptx, f"{name} missing from the PTX"
+    assert ptx.count("griddepcontrol.wait;") >= len(names)  # kernels/dependent_launch.cuh, for Hopper
     # and to machine code: no kernel spills registers to local memory
     proc = subprocess.run([NVCC, "-cubin", "-arch=sm_90", "--std=c++17", "-Xptxas", "-v", "-o", str(tmp_path / "out.cubin"),
                            str(source)], capture_output=True, text=True)
@@ -138,6 +139,71 @@ def test_kernel_source_holds_its_headers(tmp_path, monkeypatch):
     if NVRTC is not None:
         ptx, log = nvrtc_compile(after, "random.cu")
         assert ptx is None and f"philox.cuh({line})" in log, log
+
+
+def test_every_kernel_first_waits_for_the_kernels_before_it():
+    """The fused step launches every kernel with programmatic stream serialization (kernels/dependent_launch.cuh):
+    its blocks may start while the kernels it depends on still run, so it must wait for them before it reads or
+    writes anything. The first statement of every kernel is that wait."""
+    from kernel_host import SIGNATURE, preprocessed
+
+    for source in SOURCES:
+        text = preprocessed(source)
+        kernels = list(SIGNATURE.finditer(text))
+        assert kernels
+        for kernel in kernels:
+            body = text[kernel.end():].lstrip()
+            assert body.startswith("{") and body[1:].lstrip().startswith("after_previous_kernels();"), \
+                f"{source.name}: {kernel.group(2)} does not begin with after_previous_kernels()"
+
+
+CUDA_H = next((h for h in [Path(NVCC).resolve().parent.parent / "include" / "cuda.h" if NVCC else None,
+                           Path("/usr/local/cuda/include/cuda.h")] if h and h.exists()), None)
+
+
+@pytest.mark.skipif(CUDA_H is None or shutil.which("gcc") is None, reason="no cuda.h or no C compiler")
+def test_launch_structs_match_cuda_h(tmp_path):
+    """cuLaunchKernelEx's arguments as minigan.cupy_backend lays them out in ctypes, against cuda.h's own."""
+    import ctypes
+
+    from minigan.cupy_backend import (CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION, LaunchAttribute,
+                                      LaunchConfig)
+
+    probe = tmp_path / "layout.c"
+    probe.write_text("#include <cuda.h>\n#include <stddef.h>\n#include <stdio.h>\nint main(void) {\n"
+                     '  printf("%zu %zu %zu %zu %zu %zu %zu %d\\n", sizeof(CUlaunchAttribute),\n'
+                     "         offsetof(CUlaunchAttribute, value),\n"
+                     "         offsetof(CUlaunchAttributeValue, programmaticStreamSerializationAllowed),\n"
+                     "         sizeof(CUlaunchConfig), offsetof(CUlaunchConfig, hStream),\n"
+                     "         offsetof(CUlaunchConfig, attrs), offsetof(CUlaunchConfig, numAttrs),\n"
+                     "         (int)CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION);\n}\n")
+    subprocess.run(["gcc", f"-I{CUDA_H.parent}", "-o", str(tmp_path / "layout"), str(probe)], check=True)
+    c = [int(w) for w in subprocess.run([str(tmp_path / "layout")], capture_output=True, text=True,
+                                        check=True).stdout.split()]
+    ours = [ctypes.sizeof(LaunchAttribute), LaunchAttribute.value.offset, 0, ctypes.sizeof(LaunchConfig),
+            LaunchConfig.hStream.offset, LaunchConfig.attrs.offset, LaunchConfig.numAttrs.offset,
+            CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION]
+    assert c == ours
+
+
+def test_kernel_params_point_at_what_cupy_passes():
+    """Each void* of cuLaunchKernelEx's argument array points at what CuPy's own launch would pass: an array's
+    device address, a NumPy scalar's bytes in its dtype; anything else is refused."""
+    import ctypes
+    import types
+
+    from minigan.cupy_backend import kernel_params
+
+    class DeviceArray:  # what kernel_params reads of a cupy.ndarray
+        data = types.SimpleNamespace(ptr=0x7F0012345600)
+
+    args = (DeviceArray(), np.int32(-3), np.float32(0.5), np.uint64(2**63 + 5), np.float64(0.25), np.uint32(7))
+    values, params = kernel_params(args)
+    kinds = (ctypes.c_uint64, ctypes.c_int32, ctypes.c_float, ctypes.c_uint64, ctypes.c_double, ctypes.c_uint32)
+    got = [ctypes.cast(params[i], ctypes.POINTER(kind)).contents.value for i, kind in enumerate(kinds)]
+    assert got == [0x7F0012345600, -3, 0.5, 2**63 + 5, 0.25, 7]
+    with pytest.raises(TypeError, match="NumPy scalar"):
+        kernel_params((DeviceArray(), 3))
 
 
 def test_philox_reference_matches_known_answers():
