@@ -133,10 +133,10 @@ class DependentLaunch:
 
     _driver = None
 
-    def __init__(self, function):
+    def __init__(self, raw_kernel):
         import cupy
 
-        self.cupy, self.function = cupy, function
+        self.cupy, self.cu_function = cupy, raw_kernel.kernel.ptr  # the cupy.RawKernel's CUfunction
         attribute = LaunchAttribute(id=CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION)
         attribute.value[0] = 1  # programmaticStreamSerializationAllowed
         self.attribute = attribute
@@ -149,15 +149,14 @@ class DependentLaunch:
 
     def __call__(self, grid, block, args):
         grid, block = (tuple(grid) + (1, 1))[:3], (tuple(block) + (1, 1))[:3]
-        values, params = kernel_params(args)
+        values, params = kernel_params(args)  # params points into values, alive until the call returns
         config = LaunchConfig(*grid, *block, 0, self.cupy.cuda.get_current_stream().ptr,
                               ctypes.pointer(self.attribute), 1)
-        result = self._driver.cuLaunchKernelEx(ctypes.byref(config), self.function.ptr, params, None)
+        result = self._driver.cuLaunchKernelEx(ctypes.byref(config), self.cu_function, params, None)
         if result != 0:
             name = ctypes.c_char_p()
             self._driver.cuGetErrorName(result, ctypes.byref(name))
             raise RuntimeError(f"cuLaunchKernelEx: {(name.value or b'error %d' % result).decode()}")
-        del values  # (alive until here)
 
 
 _dependent = {}
