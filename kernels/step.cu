@@ -19,3 +19,10 @@ extern "C" __global__ void hold(long long cycles) {
     while (clock64() - start < cycles) {
     }
 }
+
+// examples/bench_launch.py's kernel, for the cost of a kernel boundary alone: one thread adds one to *counter.
+// Launch: any grid; launches in a chain each add after the one before (the count checks the order held).
+extern "C" __global__ void count_launch(unsigned int* counter) {
+    after_previous_kernels();
+    if (blockIdx.x == 0 && threadIdx.x == 0) *counter += 1;
+}

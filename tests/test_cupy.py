@@ -4,6 +4,7 @@ Every test here is marked ``gpu`` and skips where CuPy or a CUDA device is missi
 tests/test_kernels.py still compiles every kernel and checks the random stream's arithmetic on the host.
 """
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -226,3 +227,15 @@ def test_profile_step_times_every_launch_of_a_step():
     streams = [stream for *_, stream, _ in launches]
     assert streams[:3] == ["side"] * 3 and streams.count("main") == 32 and streams[-1] == "main"
     assert gan.fused.use_graph and gan.fused.side is not None  # restored for training
+
+
+def test_bench_launch_counts_every_launch_both_ways(capsys):
+    """examples/bench_launch.py: the chains of launches, CuPy's and the dependent ones, each counted every launch
+    (the order held), and the fused step's graph ran both ways."""
+    from bench_launch import main
+
+    assert main(["--launches", "4", "--replays", "3", "--rounds", "1", "--batch", "16"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    chains = {(line["chain"], line["blocks"]) for line in lines if "chain" in line}
+    assert chains == {(path, blocks) for path in ("cupy", "dependent") for blocks in (1, 1024)}
+    assert {line["step"] for line in lines if "step" in line} == {"cupy", "dependent"}
