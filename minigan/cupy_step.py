@@ -38,7 +38,7 @@ HEAD_ROWS = 8  # the rows of a head_forward_backward block (kernels/linear.cu)
 GEMM_TILES = ("32x32_4x4", "64x64_4x4", "64x64_8x8", "128x64_8x4", "128x128_8x8",
               "32x32_4x4_s2", "32x32_4x4_s4", "32x64_4x8_s2", "64x64_8x8_s2")
 DEFAULT_TILE = "32x32_4x4"  # where nothing is timed: the kernels compiled for the CPU, where 64 threads run fastest
-MAX_SPLITS, MIN_SPLIT_INNER = 16, 64
+MAX_SPLITS, MIN_SPLIT_INNER = 16, 48
 H100_SMS = 132  # H100 and H200 SXM: the SM count the splits are planned for where there is no GPU to ask
 SPLIT_BLOCKS_PER_SM = 8  # split products keep at most this many 32 x 32 tiles' splits per SM
 HOLD_CYCLES = 2_000_000  # about 1 ms of kernels/step.cu::hold

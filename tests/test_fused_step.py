@@ -242,7 +242,8 @@ def test_split_rule_fills_the_sms_and_keeps_whole_ranges():
     assert split_k(256, 1024, 784, 132) == 4  # 256 tiles: 8 splits would be 2048
     assert split_k(128, 512, 256, 132) == 4  # each split keeps 64 of the 256
     assert split_k(1024, 784, 256, 132) == 1  # 800 tiles fill the SMs already
-    assert split_k(16, 16, 100, 132) == 1  # too short to cut
+    assert split_k(16, 16, 100, 132) == 2  # 100 >= 2 x MIN_SPLIT_INNER (48): slices 4 and 3
+    assert split_k(16, 16, 90, 132) == 1  # too short to cut
     assert split_k(1, 1, 10**6, 132) == MAX_SPLITS
 
 
