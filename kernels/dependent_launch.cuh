@@ -1,7 +1,8 @@
 // Programmatic dependent launch (Hopper and later): the gaps between the step's kernels.
 //
 // A kernel normally starts once the kernel before it has finished and drained, and its blocks are then
-// scheduled, a few microseconds on every edge of the step's graph. minigan/cupy_backend.py launches the
+// scheduled: 0.8 to 1.7 us on every edge of the step's graph on an H200 (examples/bench_launch.py, with 1 and
+// 1024 blocks; 0.5 to 1.7 us this way). minigan/cupy_backend.py launches the
 // fused step's kernels with CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION instead, which lets a
 // kernel's blocks be scheduled while the kernels it depends on still run. Every kernel therefore begins
 // with after_previous_kernels(), before it touches memory:

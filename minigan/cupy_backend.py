@@ -125,13 +125,28 @@ def kernel_params(args):
     return values, (ctypes.c_void_p * max(1, len(values)))(*[v.ctypes.data for v in values])
 
 
+_driver = []
+
+
+def launch_ex_driver():
+    """The CUDA driver library (ctypes) if it has cuLaunchKernelEx (CUDA 12.0 on), else None."""
+    if not _driver:
+        try:
+            driver = ctypes.CDLL("libcuda.so.1")
+            driver.cuLaunchKernelEx.argtypes = [ctypes.POINTER(LaunchConfig), ctypes.c_void_p,
+                                                ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p]
+            driver.cuGetErrorName.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)]
+        except (OSError, AttributeError):  # no driver library, or one older than the call
+            driver = None
+        _driver.append(driver)
+    return _driver[0]
+
+
 class DependentLaunch:
     """A kernel launched, like a CuPy kernel, as ``kernel(grid, block, args)`` on the current stream, but
     through cuLaunchKernelEx with programmatic stream serialization: its blocks may be scheduled while the
     kernels it depends on still run, and wait in kernels/dependent_launch.cuh's after_previous_kernels()
     until those have finished. Stream capture keeps that as the graph's programmatic edges."""
-
-    _driver = None
 
     def __init__(self, raw_kernel):
         import cupy
@@ -139,13 +154,7 @@ class DependentLaunch:
         self.cupy, self.cu_function = cupy, raw_kernel.kernel.ptr  # the cupy.RawKernel's CUfunction
         attribute = LaunchAttribute(id=CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION)
         attribute.value[0] = 1  # programmaticStreamSerializationAllowed
-        self.attribute = attribute
-        if DependentLaunch._driver is None:
-            driver = ctypes.CDLL("libcuda.so.1")
-            driver.cuLaunchKernelEx.argtypes = [ctypes.POINTER(LaunchConfig), ctypes.c_void_p,
-                                                ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p]
-            driver.cuGetErrorName.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)]
-            DependentLaunch._driver = driver
+        self.attribute, self._driver = attribute, launch_ex_driver()
 
     def __call__(self, grid, block, args):
         grid, block = (tuple(grid) + (1, 1))[:3], (tuple(block) + (1, 1))[:3]
@@ -262,9 +271,10 @@ class CupyBackend:
 
         if gan.dtype != np.float32:
             return None
-        # programmatic dependent launch needs compute capability 9.0 (griddepcontrol); before it, CuPy's launch
-        major = int(self.xp.cuda.Device().compute_capability[:-1])
-        return FusedStep(gan, self.xp, dependent_kernel if major >= 9 else kernel)
+        # programmatic dependent launch needs compute capability 9.0 (griddepcontrol) and a driver with
+        # cuLaunchKernelEx; without either, CuPy's own launch
+        dependent = int(self.xp.cuda.Device().compute_capability[:-1]) >= 9 and launch_ex_driver() is not None
+        return FusedStep(gan, self.xp, dependent_kernel if dependent else kernel)
 
     def upload_images(self, images):
         return self.xp.asarray(images)

@@ -206,6 +206,25 @@ def test_kernel_params_point_at_what_cupy_passes():
         kernel_params((DeviceArray(), 3))
 
 
+def test_a_driver_without_cuLaunchKernelEx_means_cupys_own_launch(monkeypatch):
+    """Hopper with a CUDA 11 driver, or no driver library: launch_ex_driver is None, and the fused step then
+    launches through CuPy (minigan.cupy_backend.CupyBackend.fused_step) rather than failing."""
+    import types
+
+    from minigan import cupy_backend
+
+    def old_driver(name):
+        return types.SimpleNamespace(cuGetErrorName=lambda *args: 0)  # no cuLaunchKernelEx
+
+    def no_driver(name):
+        raise OSError(f"{name}: cannot open shared object file")
+
+    for loader in (old_driver, no_driver):
+        monkeypatch.setattr(cupy_backend, "_driver", [])
+        monkeypatch.setattr(cupy_backend.ctypes, "CDLL", loader)
+        assert cupy_backend.launch_ex_driver() is None
+
+
 def test_philox_reference_matches_known_answers():
     for counter, key, expected in PHILOX_KAT:
         got = philox4x32(*counter, *key)
