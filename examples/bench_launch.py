@@ -73,8 +73,9 @@ def main(argv=None):
         print(f"bench_launch.py: error: {e}", file=sys.stderr)
         return 1
     cupy = backend.xp
-    if int(cupy.cuda.Device().compute_capability[:-1]) < 9:
-        print("bench_launch.py: error: programmatic dependent launch needs compute capability 9.0", file=sys.stderr)
+    if not cupy_backend.dependent_launch_available(cupy):
+        print("bench_launch.py: error: programmatic dependent launch needs compute capability 9.0 and a driver "
+              "with cuLaunchKernelEx (CUDA 12.0)", file=sys.stderr)
         return 1
     paths = {"cupy": cupy_backend.kernel("step", "count_launch"),
              "dependent": cupy_backend.dependent_kernel("step", "count_launch")}

@@ -20,6 +20,7 @@ compiled for the host by tests/kernel_host.py), on a GPU by tests/test_cupy.py.
 """
 
 import ctypes
+import functools
 import re
 from pathlib import Path
 
@@ -168,15 +169,16 @@ class DependentLaunch:
             raise RuntimeError(f"cuLaunchKernelEx: {(name.value or b'error %d' % result).decode()}")
 
 
-_dependent = {}
+def dependent_launch_available(cupy):
+    """Whether this GPU and driver can launch through DependentLaunch: compute capability 9.0 (griddepcontrol)
+    and a driver with cuLaunchKernelEx."""
+    return int(cupy.cuda.Device().compute_capability[:-1]) >= 9 and launch_ex_driver() is not None
 
 
+@functools.cache
 def dependent_kernel(family, name):
     """kernel(family, name) launched through DependentLaunch."""
-    found = _dependent.get((family, name))
-    if found is None:
-        found = _dependent[(family, name)] = DependentLaunch(kernel(family, name))
-    return found
+    return DependentLaunch(kernel(family, name))
 
 
 def _blocks(n):
@@ -271,10 +273,8 @@ class CupyBackend:
 
         if gan.dtype != np.float32:
             return None
-        # programmatic dependent launch needs compute capability 9.0 (griddepcontrol) and a driver with
-        # cuLaunchKernelEx; without either, CuPy's own launch
-        dependent = int(self.xp.cuda.Device().compute_capability[:-1]) >= 9 and launch_ex_driver() is not None
-        return FusedStep(gan, self.xp, dependent_kernel if dependent else kernel)
+        # where the GPU or the driver cannot launch dependent kernels, CuPy's own launch
+        return FusedStep(gan, self.xp, dependent_kernel if dependent_launch_available(self.xp) else kernel)
 
     def upload_images(self, images):
         return self.xp.asarray(images)

@@ -126,8 +126,7 @@ class FakeCuda:
         return (end.time - start.time) * 1e3
 
     def Device(self, device=None):
-        return types.SimpleNamespace(id=0, attributes={"MultiProcessorCount": 132}, compute_capability="90",
-                                     synchronize=self.synchronize)
+        return types.SimpleNamespace(id=0, attributes={"MultiProcessorCount": 132}, synchronize=self.synchronize)
 
     def Stream(self, non_blocking=False):
         cuda = self
@@ -226,7 +225,9 @@ def install(host_kernels, setattr_=setattr, modules=None):
     else:
         modules("cupy", fake_cupy(cuda))
     setattr_(cupy_backend, "kernel", cuda.kernel)
-    setattr_(cupy_backend, "dependent_kernel", cuda.kernel)  # an H100's launch path; the order is what counts here
+    # an H100's launch path, taken as an H100 would take it; the order of launches is what counts here
+    setattr_(cupy_backend, "dependent_launch_available", lambda cupy: True)
+    setattr_(cupy_backend, "dependent_kernel", cuda.kernel)
     # emulated time means nothing: the stand-in timer, not CUDA events behind a spinning kernel
     setattr_(FusedStep, "_gpu_time", lambda self, launch: cuda.timer(launch))
     return cuda

@@ -207,8 +207,8 @@ def test_kernel_params_point_at_what_cupy_passes():
 
 
 def test_a_driver_without_cuLaunchKernelEx_means_cupys_own_launch(monkeypatch):
-    """Hopper with a CUDA 11 driver, or no driver library: launch_ex_driver is None, and the fused step then
-    launches through CuPy (minigan.cupy_backend.CupyBackend.fused_step) rather than failing."""
+    """Hopper with a CUDA 11 driver, or no driver library: launch_ex_driver is None, so dependent launch is not
+    available, and the fused step then launches through CuPy (CupyBackend.fused_step) rather than failing."""
     import types
 
     from minigan import cupy_backend
@@ -223,6 +223,9 @@ def test_a_driver_without_cuLaunchKernelEx_means_cupys_own_launch(monkeypatch):
         monkeypatch.setattr(cupy_backend, "_driver", [])
         monkeypatch.setattr(cupy_backend.ctypes, "CDLL", loader)
         assert cupy_backend.launch_ex_driver() is None
+        hopper = types.SimpleNamespace(cuda=types.SimpleNamespace(
+            Device=lambda: types.SimpleNamespace(compute_capability="90")))
+        assert not cupy_backend.dependent_launch_available(hopper)
 
 
 def test_philox_reference_matches_known_answers():
