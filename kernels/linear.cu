@@ -6,7 +6,8 @@
 //   linear_backward_weight dW = dY^T X, and db = sum over rows of dY from the same tiles
 //
 // Shapes: X (M, K), W (N, K), b (N,), Y (M, N), all row-major float32. Dropout masks are not stored: the
-// epilogues regenerate them from philox counters (element, draw, *step) (philox.cuh). Because the stored
+// epilogues regenerate them from philox counters (element / 4, draw, *step) (philox.cuh), four neighbours of a
+// row from one Philox block: an epilogue takes a thread's outputs four columns at a time. Because the stored
 // output is the post-dropout Y, whose sign is the LeakyReLU output's wherever the mask keeps it, Y alone
 // gives both derivatives. The semantics are minigan/layers.py's; tests/test_fused_step.py runs these kernels
 // on the CPU against the NumPy layers, tests/test_cupy.py on the GPU.
@@ -113,7 +114,8 @@ __device__ __forceinline__ void fence_acq_rel_gpu() {
 
 // C (rows, cols) = A (rows, inner) B (inner, cols) with A(i, k) = A[i * a_i + k * a_k] and
 // B(k, j) = B[k * b_k + j * b_j]: the strides express every transpose the layers need.
-// Calls epilogue(i, j, value) for each element of the block's tile inside the matrix.
+// Calls epilogue(i, j, v, count) for each run v of four neighbours (i, j .. j + 3) of the block's tile, j a
+// multiple of 4, count (1 .. 4) of them inside the matrix.
 //
 // Split-K: the inner dimension is cut into splits = gridDim.z * SLICES ranges of whole TILE_K slices; split s
 // is taken by thread group s % SLICES (each of (BM/TM)(BN/TN) threads) of block z = s / SLICES. Within a
@@ -271,10 +273,37 @@ __device__ __forceinline__ void gemm(const float* A, long long a_i, long long a_
 #pragma unroll
     for (int r = 0; r < TM; ++r)
 #pragma unroll
-        for (int c = 0; c < TN; ++c) {
+        for (int c = 0; c < TN; c += 4) {
             int i = row0 + tile_row(r), j = col0 + tile_col(c);
-            if (i < rows && j < cols) epilogue(i, j, acc[r][c]);
+            float run[4] = {acc[r][c], acc[r][c + 1], acc[r][c + 2], acc[r][c + 3]};
+            if (i < rows && j < cols) epilogue(i, j, run, min(4, cols - j));
         }
+}
+
+// Four neighbours X[at .. at + 3], of which the first count are inside the matrix: one 16-byte access where
+// all four are and X + at is aligned (a row whose width is a multiple of 4), else a float at a time.
+__device__ __forceinline__ bool whole_run(const float* X, long long at, int count) {
+    return count == 4 && (reinterpret_cast<unsigned long long>(X + at) & 15) == 0;
+}
+
+__device__ __forceinline__ void load_run(float (&v)[4], const float* X, long long at, int count) {
+    if (whole_run(X, at, count)) {
+        float4 q = *reinterpret_cast<const float4*>(X + at);
+        v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
+    } else {
+#pragma unroll
+        for (int q = 0; q < 4; ++q) v[q] = q < count ? X[at + q] : 0.0f;
+    }
+}
+
+__device__ __forceinline__ void store_run(float* X, long long at, const float (&v)[4], int count) {
+    if (whole_run(X, at, count)) {
+        *reinterpret_cast<float4*>(X + at) = make_float4(v[0], v[1], v[2], v[3]);
+    } else {
+#pragma unroll
+        for (int q = 0; q < 4; ++q)
+            if (q < count) X[at + q] = v[q];
+    }
 }
 
 struct ForwardEpilogue {
@@ -285,14 +314,19 @@ struct ForwardEpilogue {
     unsigned long long seed, step;
     unsigned int draw;
     int first_row;  // the batch's row that Y's row 0 is: the dropout counters count the whole batch's elements
-    __device__ __forceinline__ void operator()(int i, int j, float v) const {
-        v += b[j];
-        if (activation == ACT_LEAKY || activation == ACT_LEAKY_DROPOUT) v = v > 0.0f ? v : v * slope;
+    __device__ __forceinline__ void operator()(int i, int j, float (&v)[4], int count) const {
+        float bias[4], u[4];
+        load_run(bias, b, j, count);
         if (activation == ACT_LEAKY_DROPOUT)
-            v = step_uniform(seed, step, draw, (unsigned int)((first_row + i) * N + j)) >= drop_p ? v * drop_scale
-                                                                                                 : 0.0f;
-        if (activation == ACT_SIGMOID) v = 1.0f / (1.0f + expf(-v));  // exp overflows to inf: exactly 0
-        Y[(long long)i * N + j] = v;
+            step_uniforms4(seed, step, draw, (unsigned int)((first_row + i) * N + j), u);
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+            v[q] += bias[q];
+            if (activation == ACT_LEAKY || activation == ACT_LEAKY_DROPOUT) v[q] = v[q] > 0.0f ? v[q] : v[q] * slope;
+            if (activation == ACT_LEAKY_DROPOUT) v[q] = u[q] >= drop_p ? v[q] * drop_scale : 0.0f;
+            if (activation == ACT_SIGMOID) v[q] = 1.0f / (1.0f + expf(-v[q]));  // exp overflows to inf: exactly 0
+        }
+        store_run(Y, (long long)i * N + j, v, count);
     }
 };
 
@@ -303,26 +337,30 @@ struct InputGradEpilogue {
     float slope, drop_p, drop_scale;
     unsigned long long seed, step;
     unsigned int draw;
-    __device__ __forceinline__ void operator()(int i, int j, float v) const {
+    __device__ __forceinline__ void operator()(int i, int j, float (&v)[4], int count) const {
         long long at = (long long)i * K + j;
-        if (activation == ACT_LEAKY_DROPOUT) {
-            // Dropout's backward, then LeakyReLU's, in the NumPy layers' order
-            bool keep = step_uniform(seed, step, draw, (unsigned int)at) >= drop_p;
-            v = keep ? (v * drop_scale) * (Y_prev[at] > 0.0f ? 1.0f : slope) : 0.0f;
-        } else if (activation == ACT_LEAKY) {
-            v *= Y_prev[at] > 0.0f ? 1.0f : slope;
-        } else if (activation == ACT_SIGMOID) {
-            float y = Y_prev[at];
-            v *= y * (1.0f - y);
+        float y[4], u[4];
+        if (activation != ACT_NONE) load_run(y, Y_prev, at, count);
+        if (activation == ACT_LEAKY_DROPOUT) step_uniforms4(seed, step, draw, (unsigned int)at, u);
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+            if (activation == ACT_LEAKY_DROPOUT)  // Dropout's backward, then LeakyReLU's, in the NumPy layers' order
+                v[q] = u[q] >= drop_p ? (v[q] * drop_scale) * (y[q] > 0.0f ? 1.0f : slope) : 0.0f;
+            else if (activation == ACT_LEAKY)
+                v[q] *= y[q] > 0.0f ? 1.0f : slope;
+            else if (activation == ACT_SIGMOID)
+                v[q] *= y[q] * (1.0f - y[q]);
         }
-        dX[at] = v;
+        store_run(dX, at, v, count);
     }
 };
 
 struct StoreEpilogue {
     float* C;
     int cols;
-    __device__ __forceinline__ void operator()(int i, int j, float v) const { C[(long long)i * cols + j] = v; }
+    __device__ __forceinline__ void operator()(int i, int j, float (&v)[4], int count) const {
+        store_run(C, (long long)i * cols + j, v, count);
+    }
 };
 
 // The kernels of one tile shape TILE = BMxBN_TMxTN, or BMxBN_TMxTN_sSLICES with SLICES > 1 thread groups
@@ -424,9 +462,13 @@ extern "C" __global__ void __launch_bounds__(HEAD_THREADS) head_forward_backward
     }
     __syncthreads();
     InputGradEpilogue epilogue = {dH, H, K, activation, slope, drop_p, drop_scale, seed, *step, draw};
-    for (int at = t; at < HEAD_ROWS * K; at += HEAD_THREADS) {
-        int r = at / K, k = at % K;
-        if (row0 + r < rows) epilogue(row0 + r, k, dz_of[r] * w[k]);
+    int runs = (K + 3) / 4;  // four neighbours of a row at a time, as the GEMMs' epilogues take them
+    for (int at = t; at < HEAD_ROWS * runs; at += HEAD_THREADS) {
+        int r = at / runs, k = 4 * (at % runs), count = min(4, K - k);
+        float run[4];
+#pragma unroll
+        for (int q = 0; q < 4; ++q) run[q] = q < count ? dz_of[r] * w[k + q] : 0.0f;
+        if (row0 + r < rows) epilogue(row0 + r, k, run, count);
     }
     if (g_step) return;  // the G step does not train D
     for (int k = t; k <= K; k += HEAD_THREADS) {  // k == K: the bias's sum, dz times 1

@@ -39,13 +39,32 @@ __host__ __device__ __forceinline__ float uniform_from_bits(unsigned int bits) {
     return (float)(bits >> 8) * 5.9604644775390625e-08f;
 }
 
-// The fused step's streams: word 0 of philox((index, draw, step_lo, step_hi), seed), for element `index`
-// of the `draw`-th random tensor of training step `step`. Every (step, draw, element) has its own counter,
-// so a dropout mask is regenerated exactly in the backward pass and a replayed CUDA graph, which reads
-// `step` from device memory, draws fresh numbers each time.
-__host__ __device__ __forceinline__ float step_uniform(unsigned long long seed, unsigned long long step,
-                                                       unsigned int draw, unsigned int index) {
-    uint4x32 r = philox4x32(index, draw, (unsigned int)step, (unsigned int)(step >> 32), (unsigned int)seed,
-                            (unsigned int)(seed >> 32));
-    return uniform_from_bits(r.v[0]);
+// The fused step's streams: element `index` of the `draw`-th random tensor of training step `step` is word
+// index % 4 of step_block(index / 4): philox((index / 4, draw, step_lo, step_hi), seed), four elements to a
+// block, as random.cu's noise draws them. Every (step, draw, element) has its own word, so a dropout mask is
+// regenerated exactly in the backward pass, and a replayed CUDA graph, which reads `step` from device memory,
+// draws fresh numbers each time.
+__host__ __device__ __forceinline__ uint4x32 step_block(unsigned long long seed, unsigned long long step,
+                                                        unsigned int draw, unsigned int block) {
+    return philox4x32(block, draw, (unsigned int)step, (unsigned int)(step >> 32), (unsigned int)seed,
+                      (unsigned int)(seed >> 32));
+}
+
+// Word w (0 .. 7) of two consecutive blocks, by selects rather than an indexed array (which would live in
+// local memory)
+__host__ __device__ __forceinline__ unsigned int word_of(const uint4x32& first, const uint4x32& second, int w) {
+    const uint4x32& r = w < 4 ? first : second;
+    int v = w & 3;
+    return v == 0 ? r.v[0] : v == 1 ? r.v[1] : v == 2 ? r.v[2] : r.v[3];
+}
+
+// u[q] = the uniform of element index + q, q = 0 .. 3: one Philox block where index is a multiple of 4 (a
+// row of a tensor whose width is), two otherwise.
+__host__ __device__ __forceinline__ void step_uniforms4(unsigned long long seed, unsigned long long step,
+                                                        unsigned int draw, unsigned int index, float (&u)[4]) {
+    uint4x32 first = step_block(seed, step, draw, index / 4), second = first;
+    int offset = index % 4;
+    if (offset != 0) second = step_block(seed, step, draw, index / 4 + 1);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) u[q] = uniform_from_bits(word_of(first, second, offset + q));
 }

@@ -45,15 +45,14 @@ extern "C" __global__ void normal_fill(float* out, long long n, unsigned long lo
     for (int j = 0; j < 4 && 4 * t + j < n; ++j) out[4 * t + j] = z[j];
 }
 
-// The fused step's noise: out[i] ~ N(0, 1), i < n, from counters (i / 4, draw, *step). Launch: ceil(n / 4) threads.
+// The fused step's noise: out[i] ~ N(0, 1), i < n, from counters (i / 4, draw, *step) (philox.cuh::step_block).
+// Launch: ceil(n / 4) threads.
 extern "C" __global__ void normal_step_fill(float* out, int n, unsigned long long seed,
                                             const unsigned long long* step, unsigned int draw) {
     after_previous_kernels();
     int t = blockIdx.x * blockDim.x + threadIdx.x;
     if (4 * t >= n) return;
-    unsigned long long s = *step;
-    uint4x32 r = philox4x32((unsigned int)t, draw, (unsigned int)s, (unsigned int)(s >> 32), (unsigned int)seed,
-                            (unsigned int)(seed >> 32));
+    uint4x32 r = step_block(seed, *step, draw, (unsigned int)t);
     float z[4];
     box_muller(r.v[0], r.v[1], &z[0], &z[1]);
     box_muller(r.v[2], r.v[3], &z[2], &z[3]);

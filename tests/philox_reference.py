@@ -41,12 +41,15 @@ def normals(seed, offset, n):
     return np.stack([radius * np.cos(2 * np.pi * u2), radius * np.sin(2 * np.pi * u2)], axis=1).reshape(-1)[:n]
 
 
-def step_uniforms(seed, step, draw, shape):
-    """kernels/philox.cuh::step_uniform for every element of an array of ``shape`` (row-major index)."""
-    index = np.arange(int(np.prod(shape)), dtype=np.uint64) & MASK
+def step_uniforms(seed, step, draw, shape, first=0):
+    """The fused step's uniform of every element of an array of ``shape`` (row-major index, counted from
+    ``first``): element i is word i % 4 of kernels/philox.cuh::step_block(i // 4)."""
+    size = int(np.prod(shape))
+    blocks = np.arange(first // 4, (first + size + 3) // 4, dtype=np.uint64)
     seed, step = np.uint64(seed), np.uint64(step)
-    words = philox4x32(index, draw, step & MASK, step >> np.uint64(32), seed & MASK, seed >> np.uint64(32))
-    return ((words[0] >> np.uint32(8)).astype(np.float32) * np.float32(2.0**-24)).reshape(shape)
+    words = philox4x32(blocks, draw, step & MASK, step >> np.uint64(32), seed & MASK, seed >> np.uint64(32))
+    words = np.stack(words, axis=1).reshape(-1)[first % 4:first % 4 + size]
+    return ((words >> np.uint32(8)).astype(np.float32) * np.float32(2.0**-24)).reshape(shape)
 
 
 def step_normals(seed, step, draw, n):

@@ -235,6 +235,41 @@ def test_gemm_tiles_read_misaligned_operands(host_kernels, splits):
             np.testing.assert_array_equal(a, b, err_msg=tile)
 
 
+@pytest.mark.parametrize("splits", [1, 4])
+def test_gemm_epilogues_apply_the_dropout_masks_of_the_reference(host_kernels, splits):
+    """LeakyReLU + Dropout in the forward epilogue and their derivatives in the input gradient's, every tile
+    shape, on widths that are no multiple of 4 and rows that start mid-batch: the epilogues draw four
+    neighbours' uniforms from one or two Philox blocks, and each element gets its own word of the reference
+    stream (philox_reference.step_uniforms), which the NumPy side applies here."""
+    from minigan.cupy_step import ACT_LEAKY_DROPOUT, launch_gemm, split_scratch
+
+    rows, cols, inner, first_row = 19, 37, 45, 3
+    rng, f32, i32 = np.random.default_rng(splits), np.float32, np.int32
+    seed, step, draw, slope, drop_p = 11, 4, 6, f32(0.2), 0.3
+    x, W = rng.standard_normal((rows, inner)).astype(f32), rng.standard_normal((cols, inner)).astype(f32)
+    b, dy = rng.standard_normal(cols).astype(f32), rng.standard_normal((rows, cols)).astype(f32)
+    y_prev = rng.standard_normal((rows, inner)).astype(f32)  # the previous layer's (dropped-out) output
+    act = (i32(ACT_LEAKY_DROPOUT), slope, f32(drop_p), f32(1 / (1 - drop_p)), np.uint64(seed),
+           np.full(1, step, np.uint64), np.uint32(draw))
+    x64, W64 = x.astype(np.float64), W.astype(np.float64)
+    pre = x64 @ W64.T + b
+    kept = step_uniforms(seed, step, draw, (rows, cols), first=first_row * cols) >= f32(drop_p)
+    y_expected = np.where(kept, np.where(pre > 0, pre, 0.2 * pre) / (1 - drop_p), 0)
+    kept_prev = step_uniforms(seed, step, draw, (rows, inner)) >= f32(drop_p)
+    dx_expected = np.where(kept_prev, dy.astype(np.float64) @ W64 / (1 - drop_p) * np.where(y_prev > 0, 1, 0.2), 0)
+    for tile in (tile for tile in GEMM_TILES if tile_fits(tile, splits)):
+        scratch = [split_scratch(r, c, splits, tile) for r, c in ((rows, cols), (rows, inner))]
+        partials = np.zeros(max(1, *(p for p, _ in scratch)), f32)
+        counters = np.zeros(max(1, *(c for _, c in scratch)), np.uint32)
+        y, dx = np.full((rows, cols), np.nan, f32), np.full((rows, inner), np.nan, f32)
+        launch_gemm(host_kernels, "linear_forward", tile, rows, cols, splits,
+                    (y, x, W, b, i32(rows), i32(cols), i32(inner)) + act + (i32(first_row), partials, counters))
+        launch_gemm(host_kernels, "linear_backward_input", tile, rows, inner, splits,
+                    (dx, dy, W, y_prev, i32(rows), i32(cols), i32(inner)) + act + (partials, counters))
+        np.testing.assert_allclose(y, y_expected, rtol=0, atol=1e-5 * np.abs(y_expected).max(), err_msg=tile)
+        np.testing.assert_allclose(dx, dx_expected, rtol=0, atol=1e-5 * np.abs(dx_expected).max(), err_msg=tile)
+
+
 def test_split_rule_fills_the_sms_and_keeps_whole_ranges():
     from minigan.cupy_step import MAX_SPLITS, split_k
 
@@ -302,10 +337,11 @@ def test_step_noise_matches_its_reference_and_the_replay_sequence(host_kernels):
 @pytest.mark.parametrize("n", [13, 3, 64])
 def test_head_kernels_on_ragged_shapes(host_kernels, n):
     """D's last layer fused with the sigmoid + BCE head (kernels/linear.cu: head_forward_backward, then
-    head_reduce), D step and G step, against float64 NumPy; row counts that leave a block part empty."""
-    from minigan.cupy_step import ACT_LEAKY, HEAD_ROWS
+    head_reduce), D step and G step, against float64 NumPy; row counts that leave a block part empty, and a
+    width that is no multiple of 4 (the previous layer's dropout mask, four neighbours at a time, ends mid-run)."""
+    from minigan.cupy_step import ACT_LEAKY_DROPOUT, HEAD_ROWS
 
-    rng, K, slope = np.random.default_rng(n), 20, np.float32(0.2)
+    rng, K, slope, drop_p, seed, step, draw = np.random.default_rng(n), 21, np.float32(0.2), 0.3, 5, 7, 2
     i32, f32 = np.int32, np.float32
     w, bias = rng.standard_normal(K).astype(f32) * 0.3, rng.standard_normal(1).astype(f32)
     for g_step in (0, 1):
@@ -317,8 +353,9 @@ def test_head_kernels_on_ragged_shapes(host_kernels, n):
         partials, stats = np.full((blocks, K + 1), np.nan, f32), np.zeros(4, f32)
         dW, db = np.full(K, np.nan, f32), np.full(1, np.nan, f32)
         host_kernels("linear", "head_forward_backward")(
-            (blocks,), (256,), (dh, z, partials, h, w, bias, i32(rows), i32(n), i32(K), i32(g_step), i32(ACT_LEAKY),
-                                slope, f32(0), f32(1), np.uint64(0), np.zeros(1, np.uint64), np.uint32(0)))
+            (blocks,), (256,), (dh, z, partials, h, w, bias, i32(rows), i32(n), i32(K), i32(g_step),
+                                i32(ACT_LEAKY_DROPOUT), slope, f32(drop_p), f32(1 / (1 - drop_p)), np.uint64(seed),
+                                np.full(1, step, np.uint64), np.uint32(draw)))
         host_kernels("linear", "head_reduce")((1,), (256,), (stats, dW, db, z, partials, i32(n), i32(K), i32(g_step),
                                                              i32(1)))
         h64 = h.astype(np.float64)
@@ -327,7 +364,9 @@ def test_head_kernels_on_ragged_shapes(host_kernels, n):
         target = np.ones(rows) if g_step else np.r_[np.ones(n), np.zeros(n)]
         dz = (p - target) / n
         np.testing.assert_allclose(z, logit, rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(dh, dz[:, None] * w * np.where(h > 0, 1, slope), rtol=1e-4, atol=1e-7)
+        kept = step_uniforms(seed, step, draw, (rows, K)) >= np.float32(drop_p)
+        dropout = np.where(kept, 1 / (1 - drop_p), 0)
+        np.testing.assert_allclose(dh, dz[:, None] * w * dropout * np.where(h > 0, 1, slope), rtol=1e-4, atol=1e-7)
         losses = -np.maximum(np.log(np.where(target == 1, p, 1 - p)), -100)
         if g_step:
             np.testing.assert_allclose(stats[1], losses.mean(), rtol=1e-5)

@@ -257,6 +257,29 @@ def test_philox_device_code_matches_the_reference_on_the_host(tmp_path):
     assert [tuple(int(w) for w in row) for row in device[:3]] == [e for _, _, e in PHILOX_KAT]
 
 
+@pytest.mark.skipif(shutil.which("g++") is None, reason="no host C++ compiler")
+def test_step_uniforms4_draws_each_element_its_own_word(tmp_path):
+    """The epilogues' four neighbours from one or two Philox blocks (philox.cuh::step_uniforms4) are the
+    reference's uniforms of those elements, whatever the first one's place within its block of four."""
+    from philox_reference import step_uniforms
+
+    harness = tmp_path / "runs.cpp"
+    harness.write_text(f'#include "{ROOT / "tests" / "cuda_host.h"}"\n#include "{ROOT / "kernels" / "philox.cuh"}"\n'
+                       "#include <cstdio>\n"
+                       "int main() { unsigned long long seed, step; unsigned int draw, index; float u[4];\n"
+                       "  while (scanf(\"%llu %llu %u %u\", &seed, &step, &draw, &index) == 4) {\n"
+                       "    step_uniforms4(seed, step, draw, index, u);\n"
+                       "    printf(\"%.9g %.9g %.9g %.9g\\n\", u[0], u[1], u[2], u[3]); } }\n")
+    exe = tmp_path / "runs"
+    subprocess.run(["g++", "-std=c++20", "-O2", "-pthread", "-o", str(exe), str(harness)], check=True)
+    cases = [(77, 3, 5, index) for index in range(9)] + [(2**40 + 7, 2**33 + 1, 11, 1_000_001), (1, 0, 0, 2**32 - 4)]
+    out = subprocess.run([str(exe)], input="\n".join(" ".join(map(str, c)) for c in cases), capture_output=True,
+                         text=True, check=True).stdout
+    for (seed, step, draw, index), line in zip(cases, out.splitlines(), strict=True):
+        expected = step_uniforms(seed, step, draw, (4,), first=index)
+        np.testing.assert_array_equal(np.array(line.split(), np.float32), expected, err_msg=str(index))
+
+
 def test_a_kernel_that_fails_to_compile_or_load_is_one_line(monkeypatch):
     """What CuPy raises from NVRTC or the driver becomes a BackendError naming the file and kernel, which
     the programs print as one line (tests/test_cupy.py runs the real compiler)."""
