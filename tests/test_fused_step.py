@@ -215,12 +215,13 @@ def test_the_stand_in_for_cuda_refuses_a_race_between_streams(host_kernels):
 
 
 @pytest.mark.parametrize("rows, cols, inner", GEMM_SHAPES)
-@pytest.mark.parametrize("splits", [1, 3, 4, 6])
+@pytest.mark.parametrize("splits", [1, 3, 4, 6, 8, 16])
 def test_gemm_tiles_on_ragged_shapes(host_kernels, rows, cols, inner, splits):
     """Every tile shape, with and without split-K (3 and 6 splits: uneven ranges, some empty where the inner
-    size is small; 4 and 6: splits shared by a block's thread groups, in shared memory when one block holds
-    them all, else together with the other blocks'), on tiles that straddle the matrix edges, against NumPy;
-    and every tile shape gives the same bits, which is what lets the GPU pick the fastest."""
+    size is small; 4 to 16: splits shared by a block's thread groups, in shared memory when one block holds
+    them all, else together with the other blocks', the four-group tiles' too from 8 on), on tiles that
+    straddle the matrix edges, against NumPy; and every tile shape gives the same bits, which is what lets
+    the GPU pick the fastest."""
     check_gemm_tiles(host_kernels, np, rows, cols, inner, splits)
 
 
