@@ -11,6 +11,9 @@
 // Launch: ceil(C / 8) blocks of 256 threads (minigan.cupy_step.BN_COLUMNS).
 #define BN_COLUMNS 8
 #define BN_LANES 32
+// A thread keeps its first BN_CACHED rows in registers from one pass over the batch to the next (all of them
+// up to BN_LANES * BN_CACHED = 128 rows), so each input is read from memory once, not two or three times.
+#define BN_CACHED 4
 
 // The sum over the block's 8 lanes of v, for this thread's column; every thread gets it.
 __device__ __forceinline__ float sum_over_lanes(float v, float (*partial)[BN_COLUMNS]) {
@@ -32,25 +35,31 @@ extern "C" __global__ void batchnorm_forward(float* Y, float* X_hat, float* inv_
     __shared__ float partial[BN_LANES][BN_COLUMNS];
     int c = blockIdx.x * BN_COLUMNS + threadIdx.x % BN_COLUMNS, lane = threadIdx.x / BN_COLUMNS;
     bool inside = c < C;  // threads past the last column still take part in the barriers
-    float sum = 0.0f;
-    #pragma unroll 4
-    for (int m = lane; inside && m < M; m += BN_LANES) sum += X[(long long)m * C + c];
+    float x[BN_CACHED], sum = 0.0f;  // rows lane, lane + BN_LANES, ... in order, the cached ones first
+#pragma unroll
+    for (int u = 0; u < BN_CACHED; ++u) {
+        int m = lane + u * BN_LANES;
+        x[u] = inside && m < M ? X[(long long)m * C + c] : 0.0f;
+        if (m < M) sum += x[u];
+    }
+    for (int m = lane + BN_CACHED * BN_LANES; inside && m < M; m += BN_LANES) sum += X[(long long)m * C + c];
     float mu = sum_over_lanes(sum, partial) / M;
     float squares = 0.0f;
-    #pragma unroll 4
-    for (int m = lane; inside && m < M; m += BN_LANES) {
+#pragma unroll
+    for (int u = 0; u < BN_CACHED; ++u)
+        if (lane + u * BN_LANES < M) squares += (x[u] - mu) * (x[u] - mu);
+    for (int m = lane + BN_CACHED * BN_LANES; inside && m < M; m += BN_LANES) {
         float d = X[(long long)m * C + c] - mu;
         squares += d * d;
     }
     float var = sum_over_lanes(squares, partial) / M;
     if (!inside) return;
-    float r = 1.0f / sqrtf(var + eps);
-    #pragma unroll 4
-    for (int m = lane; m < M; m += BN_LANES) {
+    float r = 1.0f / sqrtf(var + eps), g = gamma[c], b = beta[c];
+    for (int m = lane, u = 0; m < M; m += BN_LANES, ++u) {
         long long at = (long long)m * C + c;
-        float x_hat = (X[at] - mu) * r;
+        float x_hat = ((u < BN_CACHED ? x[u] : X[at]) - mu) * r;
         X_hat[at] = x_hat;
-        Y[at] = x_hat * gamma[c] + beta[c];
+        Y[at] = x_hat * g + b;
     }
     if (lane == 0) {
         inv_std[c] = r;
@@ -69,9 +78,19 @@ extern "C" __global__ void batchnorm_leaky_backward(float* dpre, float* dgamma, 
     __shared__ float partial[BN_LANES][BN_COLUMNS];
     int c = blockIdx.x * BN_COLUMNS + threadIdx.x % BN_COLUMNS, lane = threadIdx.x / BN_COLUMNS;
     bool inside = c < C;
-    float sum_dy = 0.0f, sum_dy_x_hat = 0.0f;
-    #pragma unroll 4
-    for (int m = lane; inside && m < M; m += BN_LANES) {
+    float dy[BN_CACHED], x_hat[BN_CACHED], sum_dy = 0.0f, sum_dy_x_hat = 0.0f;
+#pragma unroll
+    for (int u = 0; u < BN_CACHED; ++u) {
+        int m = lane + u * BN_LANES;
+        bool row = inside && m < M;
+        dy[u] = row ? dY[(long long)m * C + c] : 0.0f;
+        x_hat[u] = row ? X_hat[(long long)m * C + c] : 0.0f;
+        if (m < M) {
+            sum_dy += dy[u];
+            sum_dy_x_hat += dy[u] * x_hat[u];
+        }
+    }
+    for (int m = lane + BN_CACHED * BN_LANES; inside && m < M; m += BN_LANES) {
         long long at = (long long)m * C + c;
         sum_dy += dY[at];
         sum_dy_x_hat += dY[at] * X_hat[at];
@@ -84,10 +103,11 @@ extern "C" __global__ void batchnorm_leaky_backward(float* dpre, float* dgamma, 
         dbeta[c] = sum_dy;
     }
     float scale = gamma[c] * inv_std[c];
-    #pragma unroll 4
-    for (int m = lane; m < M; m += BN_LANES) {
+    for (int m = lane, u = 0; m < M; m += BN_LANES, ++u) {
         long long at = (long long)m * C + c;
-        float dx = ((X_hat[at] * sum_dy_x_hat + sum_dy) * (-1.0f / M) + dY[at]) * scale;
+        bool cached = u < BN_CACHED;
+        float dx = (((cached ? x_hat[u] : X_hat[at]) * sum_dy_x_hat + sum_dy) * (-1.0f / M) + (cached ? dy[u] : dY[at]))
+                   * scale;
         dpre[at] = dx * (A[at] > 0.0f ? 1.0f : slope);
     }
 }

@@ -379,10 +379,10 @@ def test_head_kernels_on_ragged_shapes(host_kernels, n):
             np.testing.assert_allclose(db, [dz.sum()], rtol=1e-4, atol=1e-7)
 
 
-@pytest.mark.parametrize("rows, columns", [(13, 45), (2, 1), (128, 256)])
+@pytest.mark.parametrize("rows, columns", [(13, 45), (2, 1), (128, 256), (200, 20)])
 def test_batchnorm_kernels_on_ragged_shapes(host_kernels, rows, columns):
-    """Columns that do not fill a block, batches that do not fill the row lanes: as the NumPy BatchNorm1d
-    followed by LeakyReLU's backward."""
+    """Columns that do not fill a block, batches that do not fill the row lanes or go past the rows a thread
+    keeps in registers (128): as the NumPy BatchNorm1d followed by LeakyReLU's backward."""
     from minigan.layers import BatchNorm1d
 
     rng = np.random.default_rng(rows)
