@@ -234,24 +234,29 @@ def test_philox_reference_matches_known_answers():
         assert tuple(int(w) for w in got) == expected
 
 
+def on_the_host(tmp_path, main, cases):
+    """kernels/philox.cuh's __host__ __device__ code compiled for the CPU: the lines that the C++ ``main`` prints
+    for ``cases``, fed to its standard input one case a line."""
+    harness = tmp_path / "philox.cpp"
+    harness.write_text(f'#include "{ROOT / "tests" / "cuda_host.h"}"\n#include "{ROOT / "kernels" / "philox.cuh"}"\n'
+                       f"#include <cstdio>\n{main}\n")
+    exe = tmp_path / "philox"
+    subprocess.run(["g++", "-std=c++20", "-O2", "-pthread", "-o", str(exe), str(harness)], check=True)
+    return subprocess.run([str(exe)], input="\n".join(" ".join(map(str, c)) for c in cases), capture_output=True,
+                          text=True, check=True).stdout.splitlines()
+
+
 @pytest.mark.skipif(shutil.which("g++") is None, reason="no host C++ compiler")
 def test_philox_device_code_matches_the_reference_on_the_host(tmp_path):
     """kernels/philox.cuh's philox4x32 is __host__ __device__: compile it for the CPU and compare."""
     rng = np.random.default_rng(0)
     cases = rng.integers(0, 2**32, size=(200, 6), dtype=np.uint64)
     cases[:3] = [list(c) + list(k) for c, k, _ in PHILOX_KAT]
-    harness = tmp_path / "kat.cpp"
-    harness.write_text(f'#include "{ROOT / "tests" / "cuda_host.h"}"\n#include "{ROOT / "kernels" / "philox.cuh"}"\n'
-                       "#include <cstdio>\n"
-                       "int main() { unsigned int a[6];\n"
-                       "  while (scanf(\"%u %u %u %u %u %u\", a, a+1, a+2, a+3, a+4, a+5) == 6) {\n"
-                       "    uint4x32 r = philox4x32(a[0], a[1], a[2], a[3], a[4], a[5]);\n"
-                       "    printf(\"%u %u %u %u\\n\", r.v[0], r.v[1], r.v[2], r.v[3]); } }\n")
-    exe = tmp_path / "kat"
-    subprocess.run(["g++", "-std=c++20", "-O2", "-pthread", "-o", str(exe), str(harness)], check=True)
-    out = subprocess.run([str(exe)], input="\n".join(" ".join(map(str, c)) for c in cases), capture_output=True,
-                         text=True, check=True).stdout
-    device = np.array([line.split() for line in out.splitlines()], dtype=np.uint64)
+    out = on_the_host(tmp_path, "int main() { unsigned int a[6];\n"
+                                "  while (scanf(\"%u %u %u %u %u %u\", a, a+1, a+2, a+3, a+4, a+5) == 6) {\n"
+                                "    uint4x32 r = philox4x32(a[0], a[1], a[2], a[3], a[4], a[5]);\n"
+                                "    printf(\"%u %u %u %u\\n\", r.v[0], r.v[1], r.v[2], r.v[3]); } }", cases)
+    device = np.array([line.split() for line in out], dtype=np.uint64)
     reference = np.stack(philox4x32(*(cases[:, i] for i in range(6))), axis=1).astype(np.uint64)
     np.testing.assert_array_equal(device, reference)
     assert [tuple(int(w) for w in row) for row in device[:3]] == [e for _, _, e in PHILOX_KAT]
@@ -263,19 +268,12 @@ def test_step_uniforms4_draws_each_element_its_own_word(tmp_path):
     reference's uniforms of those elements, whatever the first one's place within its block of four."""
     from philox_reference import step_uniforms
 
-    harness = tmp_path / "runs.cpp"
-    harness.write_text(f'#include "{ROOT / "tests" / "cuda_host.h"}"\n#include "{ROOT / "kernels" / "philox.cuh"}"\n'
-                       "#include <cstdio>\n"
-                       "int main() { unsigned long long seed, step; unsigned int draw, index; float u[4];\n"
-                       "  while (scanf(\"%llu %llu %u %u\", &seed, &step, &draw, &index) == 4) {\n"
-                       "    step_uniforms4(seed, step, draw, index, u);\n"
-                       "    printf(\"%.9g %.9g %.9g %.9g\\n\", u[0], u[1], u[2], u[3]); } }\n")
-    exe = tmp_path / "runs"
-    subprocess.run(["g++", "-std=c++20", "-O2", "-pthread", "-o", str(exe), str(harness)], check=True)
     cases = [(77, 3, 5, index) for index in range(9)] + [(2**40 + 7, 2**33 + 1, 11, 1_000_001), (1, 0, 0, 2**32 - 4)]
-    out = subprocess.run([str(exe)], input="\n".join(" ".join(map(str, c)) for c in cases), capture_output=True,
-                         text=True, check=True).stdout
-    for (seed, step, draw, index), line in zip(cases, out.splitlines(), strict=True):
+    out = on_the_host(tmp_path, "int main() { unsigned long long seed, step; unsigned int draw, index; float u[4];\n"
+                                "  while (scanf(\"%llu %llu %u %u\", &seed, &step, &draw, &index) == 4) {\n"
+                                "    step_uniforms4(seed, step, draw, index, u);\n"
+                                "    printf(\"%.9g %.9g %.9g %.9g\\n\", u[0], u[1], u[2], u[3]); } }", cases)
+    for (seed, step, draw, index), line in zip(cases, out, strict=True):
         expected = step_uniforms(seed, step, draw, (4,), first=index)
         np.testing.assert_array_equal(np.array(line.split(), np.float32), expected, err_msg=str(index))
 
