@@ -4,7 +4,8 @@
 // is a 64-bit seed, its k-th block of four words is philox((k_lo, k_hi, 0, 0), seed), and a draw of n
 // numbers starting at block `offset` is reproducible from (seed, offset); the host advances offset by
 // ceil(n / 4). normal_step_fill serves the fused step (minigan/cupy_step.py), whose counters are
-// (index, draw, step): `step` lives in device memory, so a captured graph draws new noise at each replay.
+// (index / 4, draw, step) (philox.cuh::step_block): `step` lives in device memory, so a captured graph draws
+// new noise at each replay.
 #include "dependent_launch.cuh"
 #include "philox.cuh"
 

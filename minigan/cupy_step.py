@@ -4,9 +4,9 @@ The layers in minigan/layers.py are the reference; this is the same step written
 buffers allocated once, elementwise ops fused into the GEMM epilogues (kernels/linear.cu: the tile shape
 timed per product, split-K by a fixed rule, the bias gradient summed by the weight gradient's blocks), D's
 last layer fused with the sigmoid + BCE head (kernels/linear.cu), BatchNorm as batch reductions
-(kernels/layers.cu), noise and dropout masks from Philox counters (element, draw, step) with ``step`` in
-device memory, Adam over the flat buffers in two launches per model with its step count in device memory
-(kernels/optim.cu), and the step's counters advanced on the device (kernels/step.cu).
+(kernels/layers.cu), noise and dropout masks from Philox counters (element / 4, draw, step), four elements to
+a block, with ``step`` in device memory, Adam over the flat buffers in two launches per model with its step
+count in device memory (kernels/optim.cu), and the step's counters advanced on the device (kernels/step.cu).
 Nothing in a step reads a host value, so the step can be captured once as a CUDA graph and replayed for every
 batch. The weight gradients go to a second stream (a branch of the graph), off the critical path of input
 gradients, except a layer's with no input gradient to run beside it; so do D's forward pass over the real
