@@ -233,7 +233,7 @@ def adam_step(opt, step_size, bias_correction2_sqrt):
     beta1, beta2 = opt.betas
     n = opt.params.size
     kernel("optim", "adam_step")(
-        _blocks(n), (THREADS,),
+        _blocks(-(-n // 4)), (THREADS,),  # a thread per four parameters
         (opt.params, opt.grads, opt.m, opt.v, np.int64(n), np.float32(1 - beta1), np.float32(beta2),
          np.float32(1 - beta2), np.float32(1 / (bias_correction2_sqrt * step_size)),
          np.float32(opt.eps / step_size)))

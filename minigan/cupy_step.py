@@ -297,7 +297,7 @@ class FusedStep:
         # 8 blocks of 256 per SM fill an H100's SMs (2048 threads each); the kernel strides over the rest. On
         # the side stream, 2 per SM: the main stream's kernels beside it need the rest of the SMs' slots
         blocks_per_sm = 2 if self.on_side else 8
-        self._launch("optim", "adam_step_counted", min(n, blocks_per_sm * self.sms * THREADS),
+        self._launch("optim", "adam_step_counted", min(-(-n // 4), blocks_per_sm * self.sms * THREADS),
                      (opt.params[part], opt.grads[part], opt.m[part], opt.v[part], np.int64(n), np.float64(opt.lr),
                       np.float64(opt.betas[0]), np.float64(opt.betas[1]), np.float64(opt.eps), t,
                       np.int32(t_offset)))

@@ -422,3 +422,44 @@ def test_layer_path_random_kernels_match_their_reference(host_kernels):
         host_kernels("random", "normal_fill")(grid, (256,), (z, np.int64(n), np.uint64(99), np.uint64(offset)))
         np.testing.assert_array_equal(u, uniforms(99, offset, n))
         np.testing.assert_allclose(z, normals(99, offset, n), rtol=1e-5, atol=1e-5)
+
+
+def test_adam_kernels_update_four_at_a_time_as_one_at_a_time(host_kernels):
+    """kernels/optim.cu: Adam's quads (16-byte loads and stores) give the bits of the element-by-element path
+    (taken where a buffer is not 16-byte aligned, and past the last whole quad), within float32 rounding of
+    minigan.optim.Adam; the fused step's counted Adam strides over any grid to the same bits."""
+    from minigan.optim import Adam
+
+    rng = np.random.default_rng(5)
+    lr, (beta1, beta2), eps, t = 2e-4, (0.5, 0.999), 1e-8, 7
+    for n in (1, 6, 1003, 4099):  # 4099: 1025 quads, over the 512 threads of the counted kernel's grid below
+        p, g = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+        m, v = rng.standard_normal(n).astype(np.float32) * 1e-2, rng.random(n).astype(np.float32) * 1e-3
+        reference = Adam(p.copy(), g.copy(), lr=lr, betas=(beta1, beta2), eps=eps)
+        reference.m[...], reference.v[...], reference.t = m, v, t - 1
+        reference.step()
+        step_size = lr / (1 - beta1**t)
+        constants = (np.float32(1 - beta1), np.float32(beta2), np.float32(1 - beta2),
+                     np.float32(1 / (np.sqrt(1 - beta2**t) * step_size)), np.float32(eps / step_size))
+        results = []
+        for shift in (0, 1):  # buffers 16-byte aligned (quads), then one float past (floats)
+            memory = [np.full(n + shift + 4, 7.0, np.float32) for _ in range(4)]  # 7.0: beyond the buffers
+            state = [block[shift:shift + n] for block in memory]
+            for buffer, value in zip(state, (p, g, m, v)):
+                buffer[...] = value
+            assert all(buffer.ctypes.data % 16 == 4 * shift for buffer in state)
+            host_kernels("optim", "adam_step")((-(-n // 4 // 256) or 1,), (256,), (*state, np.int64(n), *constants))
+            assert all((block[:shift] == 7.0).all() and (block[shift + n:] == 7.0).all() for block in memory)
+            results.append([buffer.copy() for buffer in state])
+        for name, quads, floats in zip("pgmv", *results):
+            np.testing.assert_array_equal(quads, floats, err_msg=name)
+        np.testing.assert_allclose(results[0][0], reference.params, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(results[0][2], reference.m, rtol=1e-6, atol=1e-12)
+        np.testing.assert_allclose(results[0][3], reference.v, rtol=1e-6, atol=1e-12)
+        # the counted kernel: step t from the device counter t - 2 and t_offset 1, on too few threads for a quad each
+        state = [x.copy() for x in (p, g, m, v)]
+        host_kernels("optim", "adam_step_counted")((2,), (256,), (*state, np.int64(n), np.float64(lr), np.float64(beta1),
+                                                                   np.float64(beta2), np.float64(eps),
+                                                                   np.array([t - 2], np.int64), np.int32(1)))
+        for name, counted, direct in zip("pgmv", state, results[0]):
+            np.testing.assert_array_equal(counted, direct, err_msg=name)
