@@ -1,5 +1,5 @@
-"""What a kernel boundary costs in the fused step's CUDA graph, and what programmatic dependent launch saves
-(needs CuPy and an NVIDIA GPU).
+"""What a kernel boundary costs in the fused step's CUDA graph, and what programmatic dependent launch and the
+streams' priorities save (needs CuPy and an NVIDIA GPU).
 
     python examples/bench_launch.py [--launches 32] [--replays 200] [--rounds 5] [--batch 128]
 
@@ -8,8 +8,11 @@
    and with minigan.cupy_backend.DependentLaunch, on 1 block and on 1024 blocks of 64 threads (the grid of
    the step's largest GEMMs). The counter must have counted every launch. The fused step's critical path is
    32 launches at K = 1, so 32 times this is time no kernel of the step can take back.
-2. The fused step's graph (K = 1) built both ways, the second with the first's GEMM tiles, replayed
-   in alternating rounds in one process: milliseconds per step of each, the median over --rounds.
+2. The fused step's graph (K = 1) built three ways, all with the first's GEMM tiles, replayed in alternating
+   rounds in one process: milliseconds per step of each, the median over --rounds. "dependent" is the step as
+   it runs; "cupy" launches its kernels through CuPy instead; "one_priority" is captured by CuPy
+   (minigan.cupy_step.cupy_capture), so that every kernel runs at one priority, where the step's own graph
+   (minigan.cupy_backend.PriorityGraph) runs the side stream's kernels below the critical path's.
 Prints one JSON line per figure.
 """
 
@@ -65,6 +68,7 @@ def main(argv=None):
         p.error("--launches, --replays and --rounds must be at least 1, --batch at least 2")
     from minigan import cupy_backend
     from minigan.backend import BackendError, get_backend
+    from minigan.cupy_step import cupy_capture
     from minigan.gan import GAN
 
     try:
@@ -85,9 +89,11 @@ def main(argv=None):
             print(json.dumps({"chain": name, "blocks": blocks, "launches": args.launches,
                               "us_per_launch": round(us, 3)}))
     real = cupy.asarray(np.random.default_rng(0).random((args.batch, 784), dtype=np.float32))
-    gans = {"dependent": GAN(backend, seed=0), "cupy": GAN(backend, seed=0)}
+    gans = {name: GAN(backend, seed=0) for name in ("dependent", "cupy", "one_priority")}
     gans["cupy"].fused.kernel = cupy_backend.kernel
-    gans["cupy"].fused.tiles = gans["dependent"].fused.tiles  # filled by the first's first step, then shared
+    gans["one_priority"].fused.capture = cupy_capture
+    for name in ("cupy", "one_priority"):
+        gans[name].fused.tiles = gans["dependent"].fused.tiles  # filled by the first's first step, then shared
     times = {name: [] for name in gans}
     for name, gan in gans.items():
         for _ in range(3):  # tiles timed (the first), kernels loaded, graph captured
@@ -98,8 +104,9 @@ def main(argv=None):
     for name, ts in times.items():
         print(json.dumps({"step": name, "batch": args.batch, "k": 1, "ms_per_step": round(statistics.median(ts), 4),
                           "rounds": [round(t, 4) for t in ts]}))
-    print(json.dumps({"step_ratio_dependent_vs_cupy": round(statistics.median(times["dependent"])
-                                                            / statistics.median(times["cupy"]), 3)}))
+    step = {name: statistics.median(ts) for name, ts in times.items()}
+    print(json.dumps({"step_ratio_dependent_vs_cupy": round(step["dependent"] / step["cupy"], 3),
+                      "step_ratio_priorities_vs_one": round(step["dependent"] / step["one_priority"], 3)}))
     return 0
 
 

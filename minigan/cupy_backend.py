@@ -96,8 +96,11 @@ def kernel(family, name):
 
 
 # cuda.h's CUlaunchAttribute (an id, then a 64-byte union at offset 8) and CUlaunchConfig, for
-# cuLaunchKernelEx, which CuPy does not wrap; tests/test_kernels.py holds them to cuda.h's layout.
+# cuLaunchKernelEx, which CuPy does not wrap, and the flags of the graph calls below; tests/test_kernels.py
+# holds them to cuda.h.
 CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6
+CU_STREAM_CAPTURE_MODE_RELAXED = 2
+CUDA_GRAPH_INSTANTIATE_FLAG_USE_NODE_PRIORITY = 8
 
 
 class LaunchAttribute(ctypes.Structure):
@@ -130,17 +133,32 @@ _driver = []
 
 
 def launch_ex_driver():
-    """The CUDA driver library (ctypes) if it has cuLaunchKernelEx (CUDA 12.0 on), else None."""
+    """The CUDA driver library (ctypes) if it has cuLaunchKernelEx (CUDA 12.0 on), else None; with it, the
+    graph calls PriorityGraph makes (CUDA 11.7 on)."""
     if not _driver:
+        handle, pointer = ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)
         try:
             driver = ctypes.CDLL("libcuda.so.1")
-            driver.cuLaunchKernelEx.argtypes = [ctypes.POINTER(LaunchConfig), ctypes.c_void_p,
-                                                ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p]
+            driver.cuLaunchKernelEx.argtypes = [ctypes.POINTER(LaunchConfig), handle, pointer, handle]
             driver.cuGetErrorName.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)]
+            driver.cuStreamBeginCapture_v2.argtypes = [handle, ctypes.c_int]
+            driver.cuStreamEndCapture.argtypes = [handle, pointer]
+            driver.cuGraphInstantiateWithFlags.argtypes = [pointer, handle, ctypes.c_ulonglong]
+            driver.cuGraphLaunch.argtypes = [handle, handle]
+            driver.cuGraphDestroy.argtypes = driver.cuGraphExecDestroy.argtypes = [handle]
         except (OSError, AttributeError):  # no driver library, or one older than the call
             driver = None
         _driver.append(driver)
     return _driver[0]
+
+
+def driver_call(driver, name, *args):
+    """driver.<name>(*args), raising RuntimeError with CUDA's name for the error where it fails."""
+    result = getattr(driver, name)(*args)
+    if result != 0:
+        error = ctypes.c_char_p()
+        driver.cuGetErrorName(result, ctypes.byref(error))
+        raise RuntimeError(f"{name}: {(error.value or b'error %d' % result).decode()}")
 
 
 class DependentLaunch:
@@ -162,17 +180,53 @@ class DependentLaunch:
         values, params = kernel_params(args)  # params points into values, alive until the call returns
         config = LaunchConfig(*grid, *block, 0, self.cupy.cuda.get_current_stream().ptr,
                               ctypes.pointer(self.attribute), 1)
-        result = self._driver.cuLaunchKernelEx(ctypes.byref(config), self.cu_function, params, None)
-        if result != 0:
-            name = ctypes.c_char_p()
-            self._driver.cuGetErrorName(result, ctypes.byref(name))
-            raise RuntimeError(f"cuLaunchKernelEx: {(name.value or b'error %d' % result).decode()}")
+        driver_call(self._driver, "cuLaunchKernelEx", ctypes.byref(config), self.cu_function, params, None)
 
 
 def dependent_launch_available(cupy):
     """Whether this GPU and driver can launch through DependentLaunch: compute capability 9.0 (griddepcontrol)
     and a driver with cuLaunchKernelEx."""
     return int(cupy.cuda.Device().compute_capability[:-1]) >= 9 and launch_ex_driver() is not None
+
+
+class PriorityGraph:
+    """The launches of ``work()`` on ``stream``, and on the streams it forks from it, captured as one CUDA
+    graph in which every kernel keeps the priority of the stream it was launched on: the graph is instantiated
+    with CUDA_GRAPH_INSTANTIATE_FLAG_USE_NODE_PRIORITY, through the driver (ctypes). CuPy's capture
+    instantiates without it, and then every kernel of the graph runs at the priority of the stream the graph
+    is launched into. ``launch(stream)``, as CuPy's graphs.
+
+    A stream's priority only orders the scheduling of blocks: where blocks of two kernels wait for room on the
+    SMs, the higher priority's go first; no block is stopped for them.
+    """
+
+    def __init__(self, stream, work):
+        self._driver, self._exec = launch_ex_driver(), ctypes.c_void_p()
+        graph = ctypes.c_void_p()
+        # relaxed, as CuPy captures: CuPy's memory pool may still call cudaMalloc
+        driver_call(self._driver, "cuStreamBeginCapture_v2", stream.ptr, CU_STREAM_CAPTURE_MODE_RELAXED)
+        try:
+            with stream:
+                work()
+        finally:  # a capture left open would break every later launch on the stream
+            driver_call(self._driver, "cuStreamEndCapture", stream.ptr, ctypes.byref(graph))
+        try:
+            driver_call(self._driver, "cuGraphInstantiateWithFlags", ctypes.byref(self._exec), graph,
+                        CUDA_GRAPH_INSTANTIATE_FLAG_USE_NODE_PRIORITY)
+        finally:
+            self._driver.cuGraphDestroy(graph)  # the executable graph holds what it needs
+
+    def launch(self, stream):
+        driver_call(self._driver, "cuGraphLaunch", self._exec, stream.ptr)
+
+    def __del__(self):
+        if self._exec:
+            self._driver.cuGraphExecDestroy(self._exec)
+
+
+def priority_graphs_available():
+    """Whether the driver can capture a PriorityGraph (every driver with cuLaunchKernelEx can)."""
+    return launch_ex_driver() is not None
 
 
 @functools.cache
@@ -273,8 +327,9 @@ class CupyBackend:
 
         if gan.dtype != np.float32:
             return None
-        # where the GPU or the driver cannot launch dependent kernels, CuPy's own launch
-        return FusedStep(gan, self.xp, dependent_kernel if dependent_launch_available(self.xp) else kernel)
+        # where the GPU or the driver cannot launch dependent kernels, CuPy's own launch (and capture)
+        return FusedStep(gan, self.xp, dependent_kernel if dependent_launch_available(self.xp) else kernel,
+                         capture=PriorityGraph if priority_graphs_available() else None)
 
     def upload_images(self, images):
         return self.xp.asarray(images)

@@ -41,6 +41,10 @@ DEFAULT_TILE = "32x32_4x4"  # where nothing is timed: the kernels compiled for t
 MAX_SPLITS, MIN_SPLIT_INNER = 16, 48
 H100_SMS = 132  # H100 and H200 SXM: the SM count the splits are planned for where there is no GPU to ask
 SPLIT_BLOCKS_PER_SM = 8  # split products keep at most this many 32 x 32 tiles' splits per SM
+# The critical path's stream runs at a higher priority than the side stream (lower numbers are higher; CUDA
+# clamps them to the device's range), so that where blocks of both wait for room on the SMs, the critical
+# path's go first.
+MAIN_PRIORITY, SIDE_PRIORITY = -1, 0
 HOLD_CYCLES = 2_000_000  # about 1 ms of kernels/step.cu::hold
 TUNING_ROUNDS = 2  # each tile shape is timed this often, in interleaved rounds, and its best time kept
 
@@ -113,6 +117,18 @@ def flat_range(model, layer):
     return start, end
 
 
+def cupy_capture(stream, work):
+    """The launches of ``work()`` on ``stream`` (and on the streams it forks from it) as a CUDA graph, by CuPy's
+    capture: every kernel then runs at the priority of the stream the graph is launched into."""
+    with stream:
+        stream.begin_capture()
+        try:
+            work()
+        finally:
+            graph = stream.end_capture()
+    return graph
+
+
 def draw_ids(k):
     """(noise draws, D-step dropout draws per D iteration, G-step dropout draws) of a step with k D-steps."""
     noise = [NOISE + i for i in range(k)]
@@ -128,11 +144,14 @@ class FusedStep:
     The first step of each batch size runs launch by launch and times every GEMM tile shape on each of its
     products (``timer(launch)`` -> seconds per launch; on a GPU, CUDA events); from the second on the
     step is one CUDA graph with the fastest tiles. Where ``timer`` is None (the CPU) every product uses
-    DEFAULT_TILE. ``sms`` (the GPU's SM count, H100_SMS without one) sets the split-K rule.
+    DEFAULT_TILE. ``sms`` (the GPU's SM count, H100_SMS without one) sets the split-K rule. ``capture(stream,
+    work)`` captures the graph (minigan.cupy_backend.PriorityGraph: each kernel at its stream's priority);
+    None: cupy_capture.
     """
 
-    def __init__(self, gan, xp, kernel, timer=None, sms=None):
+    def __init__(self, gan, xp, kernel, timer=None, sms=None, capture=None):
         self.gan, self.xp, self.kernel = gan, xp, kernel
+        self.capture = capture or cupy_capture
         self.seed = np.uint64(gan.rng.seed)
         G, D = gan.G, gan.D
         self.g_linear = [l for l in G.layers if isinstance(l, Linear)]
@@ -160,12 +179,12 @@ class FusedStep:
         # On a GPU each batch size's step is captured once as a CUDA graph (on a stream of its own, which
         # synchronises with the default stream) and replayed: one launch per step instead of 44 (K = 1).
         on_gpu = hasattr(xp, "cuda")
-        self.stream = xp.cuda.Stream(non_blocking=False) if on_gpu else None
+        self.stream = xp.cuda.Stream(non_blocking=False, priority=MAIN_PRIORITY) if on_gpu else None
         self.use_graph = on_gpu
         # The weight gradients run on a second stream, beside the chain of input gradients that is the step's
         # critical path (nothing reads them before Adam, which waits for them), and so does D on the real rows,
         # beside G's forward pass (the head waits for it): branches of the graph.
-        self.side = xp.cuda.Stream(non_blocking=False) if on_gpu else None
+        self.side = xp.cuda.Stream(non_blocking=False, priority=SIDE_PRIORITY) if on_gpu else None
         self.forked, self.joined = ((xp.cuda.Event(disable_timing=True), xp.cuda.Event(disable_timing=True))
                                     if on_gpu else (None, None))
         self.on_side = False  # while launches go to the side stream (inside branch())
@@ -405,13 +424,7 @@ class FusedStep:
         loaded and every tile chosen, since neither may happen during a capture)."""
         graph = self._graphs.get(n)
         if graph is None:
-            with self.stream:
-                self.stream.begin_capture()
-                try:
-                    self.run(n)
-                finally:
-                    graph = self.stream.end_capture()
-            self._graphs[n] = graph
+            graph = self._graphs[n] = self.capture(self.stream, lambda: self.run(n))
         return graph
 
     def train_step(self, real):

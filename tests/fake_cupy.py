@@ -128,11 +128,12 @@ class FakeCuda:
     def Device(self, device=None):
         return types.SimpleNamespace(id=0, attributes={"MultiProcessorCount": 132}, synchronize=self.synchronize)
 
-    def Stream(self, non_blocking=False):
+    def Stream(self, non_blocking=False, priority=0):
         cuda = self
 
         class Stream:
             def __init__(self):
+                self.priority = priority  # (launches run in the order given here, whatever their priority)
                 self.launches, self.waited, self.outer = 0, {}, []
                 self.blocking, self.knows = not non_blocking, {}  # knows: its vector clock
                 cuda.streams.append(self)
@@ -228,6 +229,8 @@ def install(host_kernels, setattr_=setattr, modules=None):
     # an H100's launch path, taken as an H100 would take it; the order of launches is what counts here
     setattr_(cupy_backend, "dependent_launch_available", lambda cupy: True)
     setattr_(cupy_backend, "dependent_kernel", cuda.kernel)
+    # and CuPy's capture, which the stand-in records, not the driver's (PriorityGraph)
+    setattr_(cupy_backend, "priority_graphs_available", lambda: False)
     # emulated time means nothing: the stand-in timer, not CUDA events behind a spinning kernel
     setattr_(FusedStep, "_gpu_time", lambda self, launch: cuda.timer(launch))
     return cuda

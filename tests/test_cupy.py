@@ -231,11 +231,12 @@ def test_profile_step_times_every_launch_of_a_step():
 
 def test_bench_launch_counts_every_launch_both_ways(capsys):
     """examples/bench_launch.py: the chains of launches, CuPy's and the dependent ones, each counted every launch
-    (the order held), and the fused step's graph ran both ways."""
+    (the order held), and the fused step's graph ran all three ways."""
     from bench_launch import main
 
     assert main(["--launches", "4", "--replays", "3", "--rounds", "1", "--batch", "16"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     chains = {(line["chain"], line["blocks"]) for line in lines if "chain" in line}
     assert chains == {(path, blocks) for path in ("cupy", "dependent") for blocks in (1, 1024)}
-    assert {line["step"] for line in lines if "step" in line} == {"cupy", "dependent"}
+    assert {line["step"] for line in lines if "step" in line} == {"cupy", "dependent", "one_priority"}
+    assert {"step_ratio_dependent_vs_cupy", "step_ratio_priorities_vs_one"} <= lines[-1].keys()

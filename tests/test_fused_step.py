@@ -87,6 +87,7 @@ def test_fused_steps_match_the_numpy_layers(host_kernels, k, mode):
     if mode == "graph":
         assert len(fused._graphs) == 1 and cuda.graph_launches == steps - 1
         assert set(fused.tiles.values()) == {favourite}
+        assert fused.side.priority > fused.stream.priority  # lower is higher: the critical path's blocks first
     assert abs(float(noises[0].mean())) < 0.2 and 0.8 < float(noises[0].std()) < 1.2
     print(f"\nfused step ({mode}) vs NumPy layers, k={k}, {steps} steps: max |stats diff| {worst['stats']:.1e}, "
           f"max |grad diff| / max |grad| {worst['grads']:.1e}, max |param diff| {worst['params']:.1e} "

@@ -166,23 +166,25 @@ def test_launch_structs_match_cuda_h(tmp_path):
     """cuLaunchKernelEx's arguments as minigan.cupy_backend lays them out in ctypes, against cuda.h's own."""
     import ctypes
 
-    from minigan.cupy_backend import (CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION, LaunchAttribute,
-                                      LaunchConfig)
+    from minigan.cupy_backend import (CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION, CU_STREAM_CAPTURE_MODE_RELAXED,
+                                      CUDA_GRAPH_INSTANTIATE_FLAG_USE_NODE_PRIORITY, LaunchAttribute, LaunchConfig)
 
     probe = tmp_path / "layout.c"
     probe.write_text("#include <cuda.h>\n#include <stddef.h>\n#include <stdio.h>\nint main(void) {\n"
-                     '  printf("%zu %zu %zu %zu %zu %zu %zu %d\\n", sizeof(CUlaunchAttribute),\n'
+                     '  printf("%zu %zu %zu %zu %zu %zu %zu %d %d %d\\n", sizeof(CUlaunchAttribute),\n'
                      "         offsetof(CUlaunchAttribute, value),\n"
                      "         offsetof(CUlaunchAttributeValue, programmaticStreamSerializationAllowed),\n"
                      "         sizeof(CUlaunchConfig), offsetof(CUlaunchConfig, hStream),\n"
                      "         offsetof(CUlaunchConfig, attrs), offsetof(CUlaunchConfig, numAttrs),\n"
-                     "         (int)CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION);\n}\n")
+                     "         (int)CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,\n"
+                     "         (int)CU_STREAM_CAPTURE_MODE_RELAXED, (int)CUDA_GRAPH_INSTANTIATE_FLAG_USE_NODE_PRIORITY);\n}\n")
     subprocess.run(["gcc", f"-I{CUDA_H.parent}", "-o", str(tmp_path / "layout"), str(probe)], check=True)
     c = [int(w) for w in subprocess.run([str(tmp_path / "layout")], capture_output=True, text=True,
                                         check=True).stdout.split()]
     ours = [ctypes.sizeof(LaunchAttribute), LaunchAttribute.value.offset, 0, ctypes.sizeof(LaunchConfig),
             LaunchConfig.hStream.offset, LaunchConfig.attrs.offset, LaunchConfig.numAttrs.offset,
-            CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION]
+            CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION, CU_STREAM_CAPTURE_MODE_RELAXED,
+            CUDA_GRAPH_INSTANTIATE_FLAG_USE_NODE_PRIORITY]
     assert c == ours
 
 
@@ -226,6 +228,71 @@ def test_a_driver_without_cuLaunchKernelEx_means_cupys_own_launch(monkeypatch):
         hopper = types.SimpleNamespace(cuda=types.SimpleNamespace(
             Device=lambda: types.SimpleNamespace(compute_capability="90")))
         assert not cupy_backend.dependent_launch_available(hopper)
+
+
+class RecordingDriver:
+    """The driver calls PriorityGraph makes, recorded; each returns ``results.get(name, 0)`` and the capture hands
+    back graph 0x51, the instantiation executable graph 0x52."""
+
+    def __init__(self, **results):
+        self.calls, self.results = [], results
+
+    def __getattr__(self, name):
+        def call(*args):
+            def value(arg):
+                arg = getattr(arg, "_obj", arg)  # ctypes.byref(x) -> x
+                return arg.value if hasattr(arg, "value") else arg
+
+            if name == "cuStreamEndCapture":
+                args[1]._obj.value = 0x51
+            if name == "cuGraphInstantiateWithFlags" and not self.results.get(name):
+                args[0]._obj.value = 0x52
+            self.calls.append((name, *map(value, args)))  # (outputs as the call left them)
+            return self.results.get(name, 0)
+
+        return call
+
+
+class RecordingStream:
+    def __init__(self, ptr, calls):
+        self.ptr, self.calls = ptr, calls
+
+    def __enter__(self):
+        self.calls.append(("current", self.ptr))
+
+    def __exit__(self, *exc):
+        self.calls.append(("current", None))
+
+
+def test_priority_graph_keeps_each_kernels_priority(monkeypatch):
+    """PriorityGraph: a relaxed capture on the stream around the work (with the stream current), ended even where
+    the work fails; the graph instantiated with USE_NODE_PRIORITY and then freed, also where that fails (one
+    line naming CUDA's error); launched on the stream given; the executable graph freed with the object."""
+    from minigan import cupy_backend
+
+    driver = RecordingDriver()
+    monkeypatch.setattr(cupy_backend, "_driver", [driver])
+    stream = RecordingStream(0x77, driver.calls)
+    graph = cupy_backend.PriorityGraph(stream, lambda: driver.calls.append(("work",)))
+    graph.launch(stream=RecordingStream(0x99, driver.calls))
+    del graph
+    assert driver.calls == [("cuStreamBeginCapture_v2", 0x77, 2), ("current", 0x77), ("work",), ("current", None),
+                            ("cuStreamEndCapture", 0x77, 0x51), ("cuGraphInstantiateWithFlags", 0x52, 0x51, 8),
+                            ("cuGraphDestroy", 0x51), ("cuGraphLaunch", 0x52, 0x99), ("cuGraphExecDestroy", 0x52)]
+
+    def failing_work():
+        raise ValueError("a launch failed")
+
+    driver.calls.clear()
+    with pytest.raises(ValueError, match="a launch failed"):
+        cupy_backend.PriorityGraph(stream, failing_work)
+    assert [call[0] for call in driver.calls] == ["cuStreamBeginCapture_v2", "current", "current", "cuStreamEndCapture"]
+
+    driver = RecordingDriver(cuGraphInstantiateWithFlags=1)
+    monkeypatch.setattr(cupy_backend, "_driver", [driver])
+    with pytest.raises(RuntimeError, match="^cuGraphInstantiateWithFlags: error 1$"):
+        cupy_backend.PriorityGraph(stream, lambda: None)
+    assert [call[0] for call in driver.calls][-2:] == ["cuGetErrorName", "cuGraphDestroy"]
 
 
 def test_philox_reference_matches_known_answers():
