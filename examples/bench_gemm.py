@@ -5,7 +5,8 @@
 
 For each product it first checks every tile shape of ours against cuBLAS (max relative error), then times
 them and cuBLAS with CUDA events, launches queued behind kernels/step.cu::hold so that the host's launch
-rate is hidden, as inside the captured step. It prints one JSON line per product: microseconds per call of
+rate is hidden, as inside the captured step, with the epilogue the step gives the product (its activation
+and dropout; the check against cuBLAS runs without). It prints one JSON line per product: microseconds per call of
 each tile shape that can run the split-K the step uses (minigan.cupy_step.split_k), the best time at each
 split count (to check that rule), cuBLAS's, and the ratio of our best at the rule's split count (else at
 any measured) to cuBLAS. --only, --tile and --splits narrow it to one product, tile shape or split count:
@@ -20,14 +21,24 @@ import numpy as np
 
 
 def products(n=128):
-    """(kind, rows, cols, inner) of every GEMM in a step with batch n (K = 1), as minigan.cupy_step runs them."""
+    """(kind, rows, cols, inner, activation) of every GEMM in a step with batch n (K = 1), as
+    minigan.cupy_step runs them: the activation of a forward product's epilogue, or the derivative an input
+    gradient's applies (of the layer before's; a weight gradient has none)."""
+    from minigan.cupy_step import ACT_LEAKY, ACT_LEAKY_DROPOUT, ACT_NONE, ACT_SIGMOID
+
     g = [(100, 256), (256, 512), (512, 1024), (1024, 784)]  # (in, out) of G's Linear layers
     d = [(784, 1024), (1024, 512), (512, 256)]  # and of D's (its last, one output, is the fused head's)
-    out = [("forward", n, n_out, n_in) for n_in, n_out in g + d]  # D over the real and the fake rows apart
-    out += [("weight", n_out, n_in, n) for n_in, n_out in g]  # G step
-    out += [("weight", n_out, n_in, 2 * n) for n_in, n_out in d]  # D step, over real and fake rows
-    out += [("input", 2 * n, n_in, n_out) for n_in, n_out in d[1:]]  # D step: no input gradient of D's first
-    out += [("input", n, n_in, n_out) for n_in, n_out in d + g[1:]]  # G step: through D, then G but its first
+    g_act = [ACT_LEAKY] * 3 + [ACT_SIGMOID]  # (BatchNorm follows G's LeakyReLU in a kernel of its own)
+    out = [("forward", n, n_out, n_in, act) for (n_in, n_out), act in zip(g, g_act)]
+    out += [("forward", n, n_out, n_in, ACT_LEAKY_DROPOUT) for n_in, n_out in d]  # real and fake rows apart
+    out += [("weight", n_out, n_in, n, ACT_NONE) for n_in, n_out in g]  # G step
+    out += [("weight", n_out, n_in, 2 * n, ACT_NONE) for n_in, n_out in d]  # D step, over real and fake rows
+    # D step: no input gradient of D's first layer; G step: through D into G's output (sigmoid), then G but
+    # its first layer, each into a BatchNorm's output (its backward, LeakyReLU's included, a kernel of its own)
+    out += [("input", 2 * n, n_in, n_out, ACT_LEAKY_DROPOUT) for n_in, n_out in d[1:]]
+    out += [("input", n, n_in, n_out, ACT_LEAKY_DROPOUT) for n_in, n_out in d[1:]]
+    out += [("input", n, d[0][0], d[0][1], ACT_SIGMOID)]
+    out += [("input", n, n_in, n_out, ACT_NONE) for n_in, n_out in g[1:]]
     return sorted(set(out))
 
 
@@ -58,7 +69,7 @@ def main(argv=None):
     except BackendError as e:
         sys.exit(f"bench_gemm.py: error: {e}")
     from minigan.cupy_backend import kernel
-    from minigan.cupy_step import (GEMM_TILES, MAX_SPLITS, gpu_seconds_per_launch, launch_gemm, split_k,
+    from minigan.cupy_step import (ACT_NONE, GEMM_TILES, MAX_SPLITS, gpu_seconds_per_launch, launch_gemm, split_k,
                                    split_scratch, tile_fits)
 
     rng = np.random.default_rng(0)
@@ -67,8 +78,8 @@ def main(argv=None):
     sms = cupy.cuda.Device().attributes["MultiProcessorCount"]
     split_counts = [args.splits] if args.splits else [s for s in (1, 2, 4, 8, 16) if s <= MAX_SPLITS]
     tiles = [args.tile] if args.tile else GEMM_TILES
-    chosen = [args.only] if args.only else products()
-    scratch = [split_scratch(rows, cols, splits, tile) for _, rows, cols, _ in chosen for splits in split_counts
+    chosen = [(*args.only, ACT_NONE)] if args.only else products()
+    scratch = [split_scratch(rows, cols, splits, tile) for _, rows, cols, *_ in chosen for splits in split_counts
                for tile in tiles if tile_fits(tile, splits)]
     if not scratch:
         sys.exit(f"bench_gemm.py: error: tile {args.tile} cannot run {args.splits} splits")
@@ -79,9 +90,10 @@ def main(argv=None):
         return gpu_seconds_per_launch(cupy, kernel, launch, reps=50) * 1e6
 
     print(json.dumps({"device": cupy.cuda.runtime.getDeviceProperties(0)["name"].decode(), "sms": sms}))
-    for kind, rows, cols, inner in chosen:
-        # C (rows, cols) = A (rows, inner) B (inner, cols), with the operands laid out as the layers have them
-        act = (i32(0), f32(0.2), f32(0.3), f32(1 / 0.7), np.uint64(0), step, np.uint32(0))
+    for kind, rows, cols, inner, activation in chosen:
+        # C (rows, cols) = A (rows, inner) B (inner, cols), with the operands laid out as the layers have them;
+        # act: the epilogue's activation (none while checked against cuBLAS) and dropout's parameters
+        act = (i32(ACT_NONE), f32(0.2), f32(0.3), f32(1 / 0.7), np.uint64(0), step, np.uint32(0))
         if kind == "forward":  # Y = X W^T: X (rows, inner), W (cols, inner)
             X = cupy.asarray(rng.standard_normal((rows, inner), dtype=f32))
             W = cupy.asarray(rng.standard_normal((cols, inner), dtype=f32))
@@ -101,12 +113,17 @@ def main(argv=None):
             W = cupy.asarray(rng.standard_normal((inner, cols), dtype=f32))
             C, R = cupy.empty((rows, cols), f32), cupy.empty((rows, cols), f32)
             reference = lambda: cupy.matmul(dY, W, out=R)  # noqa: E731
-            name, args = "linear_backward_input", (C, dY, W, C, i32(rows), i32(inner), i32(cols)) + act
+            Y_prev = cupy.asarray(rng.standard_normal((rows, cols), dtype=f32))  # its signs pick LeakyReLU's slope
+            name, args = "linear_backward_input", (C, dY, W, Y_prev, i32(rows), i32(inner), i32(cols)) + act
         args += (partials, counters)
+        # the launch timed: as the step runs it, with its activation in the epilogue
+        at = 7  # the activation's place among a forward or input gradient's arguments
+        timed_args = args if kind == "weight" else args[:at] + (i32(activation),) + args[at + 1:]
         rule = split_k(rows, cols, inner, sms)
         expected = reference().copy()
         scale = float(cupy.abs(expected).max())
-        result = {"product": kind, "rows": rows, "cols": cols, "inner": inner, "splits": rule, "us": {}}
+        result = {"product": kind, "rows": rows, "cols": cols, "inner": inner, "activation": activation,
+                  "splits": rule, "us": {}}
         best_at_splits = {}
         for splits in split_counts:
             for tile in (tile for tile in tiles if tile_fits(tile, splits)):
@@ -121,7 +138,7 @@ def main(argv=None):
                 if not error <= 1e-4:
                     sys.exit(f"bench_gemm.py: error: {name} {tile} splits {splits} at {rows}x{cols}x{inner} is "
                              f"wrong (max relative error {error:.1e})")
-                us = round(timed(launch), 2)
+                us = round(timed(lambda: launch_gemm(kernel, name, tile, rows, cols, splits, timed_args)), 2)
                 best_at_splits[splits] = min(best_at_splits.get(splits, us), us)
                 if splits == rule:
                     result["us"][tile] = us

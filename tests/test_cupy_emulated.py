@@ -73,15 +73,16 @@ def test_epochs_on_the_emulated_gpu_track_the_numpy_backend(emulated_gpu, tmp_pa
         assert apart < 0.1 * travelled
 
 
-def test_gpu_benchmark_and_profile_on_the_emulated_gpu(emulated_gpu, capsys):
+def test_gpu_benchmark_and_profile_on_the_emulated_gpu(emulated_gpu, monkeypatch, capsys):
     """The GPU-only parts of examples/benchmark.py and examples/profile_step.py run (their figures mean
-    nothing here), and examples/bench_gemm.py's products are the step's."""
+    nothing here), and examples/bench_gemm.py's products are the step's, with the step's activations."""
     import json
 
     import bench_gemm
     import benchmark
     from profile_step import profile, replay_ms
 
+    from minigan import cupy_step
     from minigan.gan import GAN
 
     assert benchmark.main(["--backend", "cupy", "--steps", "1", "--warmup", "1", "--repeats", "1", "--batch", "16"]) == 0
@@ -89,11 +90,21 @@ def test_gpu_benchmark_and_profile_on_the_emulated_gpu(emulated_gpu, capsys):
     assert [line["impl"] for line in lines] == ["minigan-cupy", "minigan-cupy-layers"]
     assert sum(lines[0]["gemm_tiles"].values()) == 22  # the step's 22 GEMM shapes (K = 1; D's forward passes
     # over the real and the fake rows are the G step's shapes)
+    kinds = {"linear_forward": "forward", "linear_backward_weight": "weight", "linear_backward_input": "input"}
+    launched, launch_gemm = set(), cupy_step.launch_gemm
+
+    def recorded(kernel, name, tile, rows, cols, splits, args):  # (kind, rows, cols, inner, activation)
+        kind = kinds[name]
+        inner = {"forward": args[6], "input": args[5], "weight": args[4]}[kind]
+        launched.add((kind, rows, cols, int(inner), 0 if kind == "weight" else int(args[7])))
+        launch_gemm(kernel, name, tile, rows, cols, splits, args)
+
+    monkeypatch.setattr(cupy_step, "launch_gemm", recorded)
     gan = GAN(get_backend("cupy"), seed=1)
     real = np.random.default_rng(0).random((16, 784), dtype=np.float32)
     assert replay_ms(gan, real, replays=1) > 0 and emulated_gpu.graph_launches >= 1
-    kinds = {"linear_forward": "forward", "linear_backward_weight": "weight", "linear_backward_input": "input"}
-    assert {(kinds[name], *sizes) for name, *sizes in gan.fused.tiles} == set(bench_gemm.products(16))
+    assert launched == set(bench_gemm.products(16))
+    monkeypatch.setattr(cupy_step, "launch_gemm", launch_gemm)
     launches = profile(gan, real)
     assert len(launches) == 44 and gan.fused.side is not None and gan.fused.use_graph
     assert [stream for *_, stream, _ in launches].count("main") == 32  # the side stream's 12 off the critical path
@@ -122,7 +133,8 @@ def test_bench_gemm_checks_and_times_every_tile_on_the_emulated_gpu(emulated_gpu
     monkeypatch.setattr(cupy_step, "gpu_seconds_per_launch", one_microsecond)
     bench_gemm.main([])
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert lines[0]["sms"] == 132 and [(r["product"], r["rows"], r["cols"], r["inner"]) for r in lines[1:]] == chosen
+    assert lines[0]["sms"] == 132
+    assert [(r["product"], r["rows"], r["cols"], r["inner"], r["activation"]) for r in lines[1:]] == chosen
     for result in lines[1:]:
         fitting = {tile for tile in cupy_step.GEMM_TILES if cupy_step.tile_fits(tile, result["splits"])}
         assert set(result["us"]) == fitting and result["cublas_us"] == 1.0
