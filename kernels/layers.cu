@@ -13,6 +13,9 @@
 #define BN_LANES 32
 // A thread keeps its first BN_CACHED rows in registers from one pass over the batch to the next (all of them
 // up to BN_LANES * BN_CACHED = 128 rows), so each input is read from memory once, not two or three times.
+// Everything else a thread reads (gamma, beta, the running statistics, the cached rows of every input) it loads
+// at the start, with the first rows: the loads then wait on one round trip to memory, not one more after each
+// reduction (a compiler does not move a load across a barrier).
 #define BN_CACHED 4
 
 // The sum over the block's 8 lanes of v, for this thread's column; every thread gets it.
@@ -35,6 +38,9 @@ extern "C" __global__ void batchnorm_forward(float* Y, float* X_hat, float* inv_
     __shared__ float partial[BN_LANES][BN_COLUMNS];
     int c = blockIdx.x * BN_COLUMNS + threadIdx.x % BN_COLUMNS, lane = threadIdx.x / BN_COLUMNS;
     bool inside = c < C;  // threads past the last column still take part in the barriers
+    float g = inside ? gamma[c] : 0.0f, b = inside ? beta[c] : 0.0f;
+    float mean_before = inside && lane == 0 ? running_mean[c] : 0.0f;
+    float var_before = inside && lane == 0 ? running_var[c] : 0.0f;
     float x[BN_CACHED], sum = 0.0f;  // rows lane, lane + BN_LANES, ... in order, the cached ones first
 #pragma unroll
     for (int u = 0; u < BN_CACHED; ++u) {
@@ -54,7 +60,7 @@ extern "C" __global__ void batchnorm_forward(float* Y, float* X_hat, float* inv_
     }
     float var = sum_over_lanes(squares, partial) / M;
     if (!inside) return;
-    float r = 1.0f / sqrtf(var + eps), g = gamma[c], b = beta[c];
+    float r = 1.0f / sqrtf(var + eps);
     for (int m = lane, u = 0; m < M; m += BN_LANES, ++u) {
         long long at = (long long)m * C + c;
         float x_hat = ((u < BN_CACHED ? x[u] : X[at]) - mu) * r;
@@ -63,8 +69,8 @@ extern "C" __global__ void batchnorm_forward(float* Y, float* X_hat, float* inv_
     }
     if (lane == 0) {
         inv_std[c] = r;
-        running_mean[c] = running_mean[c] * (1.0f - momentum) + momentum * mu;
-        running_var[c] = running_var[c] * (1.0f - momentum) + (momentum * M / (M - 1)) * var;
+        running_mean[c] = mean_before * (1.0f - momentum) + momentum * mu;
+        running_var[c] = var_before * (1.0f - momentum) + (momentum * M / (M - 1)) * var;
     }
 }
 
@@ -78,13 +84,15 @@ extern "C" __global__ void batchnorm_leaky_backward(float* dpre, float* dgamma, 
     __shared__ float partial[BN_LANES][BN_COLUMNS];
     int c = blockIdx.x * BN_COLUMNS + threadIdx.x % BN_COLUMNS, lane = threadIdx.x / BN_COLUMNS;
     bool inside = c < C;
-    float dy[BN_CACHED], x_hat[BN_CACHED], sum_dy = 0.0f, sum_dy_x_hat = 0.0f;
+    float g = inside ? gamma[c] : 0.0f, r = inside ? inv_std[c] : 0.0f;
+    float dy[BN_CACHED], x_hat[BN_CACHED], a[BN_CACHED], sum_dy = 0.0f, sum_dy_x_hat = 0.0f;
 #pragma unroll
     for (int u = 0; u < BN_CACHED; ++u) {
         int m = lane + u * BN_LANES;
         bool row = inside && m < M;
         dy[u] = row ? dY[(long long)m * C + c] : 0.0f;
         x_hat[u] = row ? X_hat[(long long)m * C + c] : 0.0f;
+        a[u] = row ? A[(long long)m * C + c] : 0.0f;
         if (m < M) {
             sum_dy += dy[u];
             sum_dy_x_hat += dy[u] * x_hat[u];
@@ -102,12 +110,12 @@ extern "C" __global__ void batchnorm_leaky_backward(float* dpre, float* dgamma, 
         dgamma[c] = sum_dy_x_hat;
         dbeta[c] = sum_dy;
     }
-    float scale = gamma[c] * inv_std[c];
+    float scale = g * r;
     for (int m = lane, u = 0; m < M; m += BN_LANES, ++u) {
         long long at = (long long)m * C + c;
         bool cached = u < BN_CACHED;
         float dx = (((cached ? x_hat[u] : X_hat[at]) * sum_dy_x_hat + sum_dy) * (-1.0f / M) + (cached ? dy[u] : dY[at]))
                    * scale;
-        dpre[at] = dx * (A[at] > 0.0f ? 1.0f : slope);
+        dpre[at] = dx * ((cached ? a[u] : A[at]) > 0.0f ? 1.0f : slope);
     }
 }

@@ -441,6 +441,7 @@ extern "C" __global__ void __launch_bounds__(HEAD_THREADS) head_forward_backward
     __shared__ float lane_sums[HEAD_ROWS][32];
     __shared__ float dz_of[HEAD_ROWS];
     int t = threadIdx.x, row0 = blockIdx.x * HEAD_ROWS;
+    float bias = b[0];  // loaded beside H, not after the sums (no load moves across a barrier)
     {  // row row0 + t / 32: its 32 threads take every 32nd product (coalesced), then the row's thread adds them
         int r = row0 + t / 32;
         float sum = 0.0f;
@@ -454,7 +455,7 @@ extern "C" __global__ void __launch_bounds__(HEAD_THREADS) head_forward_backward
         if (r < rows) {
             float sum = 0.0f;
             for (int lane = 0; lane < 32; ++lane) sum += lane_sums[t][lane];
-            float z = sum + b[0], p, log_term;
+            float z = sum + bias, p, log_term;
             bce_row(z, g_step || r < n, 1.0f / n, p, log_term, dz);
             Z[r] = z;
         }
