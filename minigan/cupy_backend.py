@@ -129,24 +129,31 @@ def kernel_params(args):
     return values, (ctypes.c_void_p * max(1, len(values)))(*[v.ctypes.data for v in values])
 
 
+# The driver calls made through ctypes (CuPy wraps none of them) by the names the library exports, which
+# tests/test_kernels.py holds to those cuda.h gives the calls, with their argument types (handles as void*).
+_HANDLE, _OUT = ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)
+DRIVER_CALLS = {
+    "cuGetErrorName": [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)],
+    "cuLaunchKernelEx": [ctypes.POINTER(LaunchConfig), _HANDLE, _OUT, _HANDLE],  # DependentLaunch
+    "cuStreamBeginCapture_v2": [_HANDLE, ctypes.c_int],  # PriorityGraph
+    "cuStreamEndCapture": [_HANDLE, _OUT],
+    "cuGraphInstantiateWithFlags": [_OUT, _HANDLE, ctypes.c_ulonglong],
+    "cuGraphLaunch": [_HANDLE, _HANDLE],
+    "cuGraphDestroy": [_HANDLE],
+    "cuGraphExecDestroy": [_HANDLE],
+}
 _driver = []
 
 
 def launch_ex_driver():
-    """The CUDA driver library (ctypes) if it has cuLaunchKernelEx (CUDA 12.0 on), else None; with it, the
-    graph calls PriorityGraph makes (CUDA 11.7 on)."""
+    """The CUDA driver library (ctypes) if it has every call of DRIVER_CALLS (cuLaunchKernelEx, from CUDA 12.0,
+    is the last of them to come), else None."""
     if not _driver:
-        handle, pointer = ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)
         try:
             driver = ctypes.CDLL("libcuda.so.1")
-            driver.cuLaunchKernelEx.argtypes = [ctypes.POINTER(LaunchConfig), handle, pointer, handle]
-            driver.cuGetErrorName.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)]
-            driver.cuStreamBeginCapture_v2.argtypes = [handle, ctypes.c_int]
-            driver.cuStreamEndCapture.argtypes = [handle, pointer]
-            driver.cuGraphInstantiateWithFlags.argtypes = [pointer, handle, ctypes.c_ulonglong]
-            driver.cuGraphLaunch.argtypes = [handle, handle]
-            driver.cuGraphDestroy.argtypes = driver.cuGraphExecDestroy.argtypes = [handle]
-        except (OSError, AttributeError):  # no driver library, or one older than the call
+            for name, argtypes in DRIVER_CALLS.items():
+                getattr(driver, name).argtypes = argtypes
+        except (OSError, AttributeError):  # no driver library, or one older than a call
             driver = None
         _driver.append(driver)
     return _driver[0]

@@ -188,6 +188,22 @@ def test_launch_structs_match_cuda_h(tmp_path):
     assert c == ours
 
 
+@pytest.mark.skipif(CUDA_H is None or shutil.which("gcc") is None or shutil.which("nm") is None,
+                    reason="no cuda.h, C compiler or nm")
+def test_driver_calls_are_the_symbols_cuda_h_names(tmp_path):
+    """minigan.cupy_backend.DRIVER_CALLS binds the symbols a C program calling the same functions through
+    cuda.h links against (its macros pick the versions: cuStreamBeginCapture is cuStreamBeginCapture_v2)."""
+    from minigan.cupy_backend import DRIVER_CALLS
+
+    calls = ["cuGetErrorName", "cuLaunchKernelEx", "cuStreamBeginCapture", "cuStreamEndCapture", "cuGraphInstantiate",
+             "cuGraphLaunch", "cuGraphDestroy", "cuGraphExecDestroy"]
+    probe = tmp_path / "calls.c"
+    probe.write_text("#include <cuda.h>\nvoid *used[] = {" + ", ".join(f"(void *){c}" for c in calls) + "};\n")
+    subprocess.run(["gcc", f"-I{CUDA_H.parent}", "-c", "-o", str(tmp_path / "calls.o"), str(probe)], check=True)
+    nm = subprocess.run(["nm", "-u", str(tmp_path / "calls.o")], capture_output=True, text=True, check=True)
+    assert {line.split()[-1] for line in nm.stdout.splitlines()} == set(DRIVER_CALLS)
+
+
 def test_kernel_params_point_at_what_cupy_passes():
     """Each void* of cuLaunchKernelEx's argument array points at what CuPy's own launch would pass: an array's
     device address, a NumPy scalar's bytes in its dtype; anything else is refused."""
@@ -208,9 +224,10 @@ def test_kernel_params_point_at_what_cupy_passes():
         kernel_params((DeviceArray(), 3))
 
 
-def test_a_driver_without_cuLaunchKernelEx_means_cupys_own_launch(monkeypatch):
-    """Hopper with a CUDA 11 driver, or no driver library: launch_ex_driver is None, so dependent launch is not
-    available, and the fused step then launches through CuPy (CupyBackend.fused_step) rather than failing."""
+def test_a_driver_without_cuLaunchKernelEx_means_cupys_own_launch_and_capture(monkeypatch):
+    """Hopper with a CUDA 11 driver, or no driver library: launch_ex_driver is None, so neither dependent launch
+    nor PriorityGraph is available, and the fused step then launches and captures through CuPy
+    (CupyBackend.fused_step) rather than failing. A driver with every call gets each one's argument types."""
     import types
 
     from minigan import cupy_backend
@@ -228,6 +245,14 @@ def test_a_driver_without_cuLaunchKernelEx_means_cupys_own_launch(monkeypatch):
         hopper = types.SimpleNamespace(cuda=types.SimpleNamespace(
             Device=lambda: types.SimpleNamespace(compute_capability="90")))
         assert not cupy_backend.dependent_launch_available(hopper)
+        assert not cupy_backend.priority_graphs_available()
+
+    # a driver with every call: each gets its argument types
+    current = types.SimpleNamespace(**{name: types.SimpleNamespace(argtypes=None) for name in cupy_backend.DRIVER_CALLS})
+    monkeypatch.setattr(cupy_backend, "_driver", [])
+    monkeypatch.setattr(cupy_backend.ctypes, "CDLL", lambda name: current)
+    assert cupy_backend.launch_ex_driver() is current and cupy_backend.priority_graphs_available()
+    assert all(getattr(current, name).argtypes == argtypes for name, argtypes in cupy_backend.DRIVER_CALLS.items())
 
 
 class RecordingDriver:
