@@ -21,6 +21,7 @@ Random draws: the noise of D-iteration i is draw ``NOISE + i``; the dropout mask
 """
 
 import contextlib
+import warnings
 
 import numpy as np
 
@@ -424,7 +425,16 @@ class FusedStep:
         loaded and every tile chosen, since neither may happen during a capture)."""
         graph = self._graphs.get(n)
         if graph is None:
-            graph = self._graphs[n] = self.capture(self.stream, lambda: self.run(n))
+            try:
+                graph = self.capture(self.stream, lambda: self.run(n))
+            except RuntimeError as e:  # a driver call of PriorityGraph refused (a launch error recurs below)
+                if self.capture is cupy_capture:
+                    raise
+                warnings.warn(f"minigan: {e}: the step's graph is captured by CuPy instead, every kernel at one "
+                              "priority", RuntimeWarning, stacklevel=2)
+                self.capture = cupy_capture
+                graph = self.capture(self.stream, lambda: self.run(n))
+            self._graphs[n] = graph
         return graph
 
     def train_step(self, real):

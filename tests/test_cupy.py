@@ -22,6 +22,7 @@ except Exception:  # no CuPy, no driver or no device
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not HAVE_GPU, reason="needs CuPy and an NVIDIA GPU")]
 
+from minigan import cupy_backend  # noqa: E402
 from minigan.backend import get_backend  # noqa: E402
 from minigan.gan import GAN  # noqa: E402
 
@@ -203,6 +204,8 @@ def test_captured_graph_replays_equal_eager_steps_and_draw_fresh_numbers():
         graphed.train_step(batch)
         noises.append(cupy.asnumpy(graphed.fused.buffers(128)["z"][0]))
     assert len(graphed.fused._graphs) == 1  # a first eager step (tiles timed), then captured once, replayed
+    if cupy_backend.priority_graphs_available():  # kept each kernel's priority: the driver took the graph
+        assert isinstance(graphed.fused._graphs[128], cupy_backend.PriorityGraph)
     np.testing.assert_array_equal(cupy.asnumpy(graphed.G.params), cupy.asnumpy(eager.G.params))
     np.testing.assert_array_equal(cupy.asnumpy(graphed.D.params), cupy.asnumpy(eager.D.params))
     assert not np.array_equal(noises[0], noises[1]) and not np.array_equal(noises[1], noises[2])

@@ -94,6 +94,35 @@ def test_fused_steps_match_the_numpy_layers(host_kernels, k, mode):
           f"(atol {STEP_ATOL})")
 
 
+def test_a_graph_the_driver_refuses_is_captured_by_cupy(host_kernels):
+    """Where PriorityGraph's driver calls fail (a driver that cannot keep node priorities), the step warns once
+    and captures its graph the way CuPy does: it still trains, as a graph. An error of the step's own launches
+    is still raised."""
+    from minigan.cupy_step import cupy_capture
+
+    def refused(stream, work):
+        raise RuntimeError("cuGraphInstantiateWithFlags: CUDA_ERROR_INVALID_VALUE")
+
+    cuda = FakeCuda(host_kernels, timings={})
+    fused = FusedStep(fused_gan(1, seed=5), fake_cupy(cuda), cuda.kernel, timer=cuda.timer, capture=refused)
+    data = np.random.default_rng(11).random((3, 8, 784), dtype=np.float32)
+    fused.train_step(data[0])  # eager: nothing captured yet
+    with pytest.warns(RuntimeWarning, match="CUDA_ERROR_INVALID_VALUE: the step's graph is captured by CuPy"):
+        fused.train_step(data[1])
+    fused.train_step(data[2])
+    assert fused.capture is cupy_capture and len(fused._graphs) == 1 and cuda.graph_launches == 2
+
+    def launch_fails(n):
+        raise RuntimeError("cuLaunchKernelEx: CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES")
+
+    fused = FusedStep(fused_gan(1, seed=5), fake_cupy(cuda), cuda.kernel, timer=cuda.timer,
+                      capture=lambda stream, work: work())
+    fused.train_step(data[0])
+    fused.run = launch_fails
+    with pytest.warns(RuntimeWarning), pytest.raises(RuntimeError, match="LAUNCH_OUT_OF_RESOURCES"):
+        fused.train_step(data[1])
+
+
 def gemm_products(kernel, xp, tile, splits, x, W, b, dy):
     """Y = x W^T + b, dX = dy W, dW = dy^T x and db through kernels/linear.cu with one tile shape, on
     ``xp`` arrays (NumPy with the host-compiled kernels, or CuPy with cupy_backend.kernel)."""
