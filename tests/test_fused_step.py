@@ -478,7 +478,7 @@ def test_adam_kernels_update_four_at_a_time_as_one_at_a_time(host_kernels):
             for buffer, value in zip(state, (p, g, m, v)):
                 buffer[...] = value
             assert all(buffer.ctypes.data % 16 == 4 * shift for buffer in state)
-            host_kernels("optim", "adam_step")((-(-n // 4 // 256) or 1,), (256,), (*state, np.int64(n), *constants))
+            host_kernels("optim", "adam_step")((-(-n // 4 // 256),), (256,), (*state, np.int64(n), *constants))
             assert all((block[:shift] == 7.0).all() and (block[shift + n:] == 7.0).all() for block in memory)
             results.append([buffer.copy() for buffer in state])
         for name, quads, floats in zip("pgmv", *results):
