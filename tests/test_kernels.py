@@ -41,12 +41,16 @@ def test_kernel_compiles(source, tmp_path):
     for name in names:
         assert f".entry {name}(" in ptx, f"{name} missing from the PTX"
     assert ptx.count("griddepcontrol.wait;") >= len(names)  # kernels/dependent_launch.cuh, for Hopper
-    # and to machine code: no kernel spills registers to local memory
+    # and to machine code: no kernel spills registers to local memory, or keeps an array there (a stack frame:
+    # an array indexed by a value the compiler cannot resolve, as kernels/philox.cuh::word_of once made of a
+    # reference to either of two Philox blocks, in ten GEMM kernels' dropout epilogues)
     proc = subprocess.run([NVCC, "-cubin", "-arch=sm_90", "--std=c++17", "-Xptxas", "-v", "-o", str(tmp_path / "out.cubin"),
                            str(source)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    spills = [line for line in proc.stderr.splitlines() if "spill" in line and " 0 bytes spill stores, 0 bytes spill loads" not in line]
-    assert not spills, spills
+    frames = [line.strip() for line in proc.stderr.splitlines() if "bytes stack frame" in line]
+    assert len(frames) >= len(names)
+    local = [line for line in frames if line != "0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads"]
+    assert not local, local
 
 
 
