@@ -499,8 +499,11 @@ extern "C" __global__ void __launch_bounds__(HEAD_THREADS) head_forward_backward
         float run[4];
 #pragma unroll
         for (int q = 0; q < 4; ++q) run[q] = q < count ? dz_of[r] * w[k + q] : 0.0f;
-        InputGradEpilogue::Operands operands;
-        if (row0 + r < rows) epilogue.load(row0 + r, k, count, operands), epilogue(row0 + r, k, run, count, operands);
+        if (row0 + r < rows) {
+            InputGradEpilogue::Operands operands;
+            epilogue.load(row0 + r, k, count, operands);
+            epilogue(row0 + r, k, run, count, operands);
+        }
     }
     if (g_step) return;  // the G step does not train D
     for (int k = t; k <= K; k += HEAD_THREADS) {  // k == K: the bias's sum, dz times 1
