@@ -373,9 +373,9 @@ struct StoreEpilogue {
 //                                  Output (M, K).
 //   linear_backward_weight_<TILE>: dW (N, K) = dY (M, N)^T X (M, K) and db (N,) = sum over the M rows of dY.
 //                                  Output (N, K).
-#define LINEAR_KERNELS(TILE, BM, BN, TM, TN, SLICES, THREADS)                                                     \
-    extern "C" __global__ void __launch_bounds__(THREADS) linear_forward_##TILE(                                 \
-        float* Y, const float* X, const float* W, const float* b, int M, int N, int K, int activation, float slope,  \
+#define LINEAR_KERNELS(TILE, BM, BN, TM, TN, SLICES, THREADS, MIN_BLOCKS)                                           \
+    extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) linear_forward_##TILE(                        \
+        float* Y, const float* X, const float* W, const float* b, int M, int N, int K, int activation, float slope, \
         float drop_p, float drop_scale, unsigned long long seed, const unsigned long long* step, unsigned int draw, \
         int first_row, float* partials, unsigned int* tile_counters) {                                             \
         after_previous_kernels();                                                                                  \
@@ -383,7 +383,7 @@ struct StoreEpilogue {
         ForwardEpilogue epilogue = {Y, b, N, activation, slope, drop_p, drop_scale, seed, *step, draw, first_row}; \
         gemm<BM, BN, TM, TN, SLICES>(X, K, 1, W, 1, K, M, N, K, nullptr, partials, tile_counters, epilogue);        \
     }                                                                                                              \
-    extern "C" __global__ void __launch_bounds__(THREADS) linear_backward_input_##TILE(                          \
+    extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) linear_backward_input_##TILE(                 \
         float* dX, const float* dY, const float* W, const float* Y_prev, int M, int N, int K, int activation,      \
         float slope, float drop_p, float drop_scale, unsigned long long seed, const unsigned long long* step,      \
         unsigned int draw, float* partials, unsigned int* tile_counters) {                                         \
@@ -391,7 +391,7 @@ struct StoreEpilogue {
         InputGradEpilogue epilogue = {dX, Y_prev, K, activation, slope, drop_p, drop_scale, seed, *step, draw};    \
         gemm<BM, BN, TM, TN, SLICES>(dY, N, 1, W, K, 1, M, K, N, nullptr, partials, tile_counters, epilogue);       \
     }                                                                                                              \
-    extern "C" __global__ void __launch_bounds__(THREADS) linear_backward_weight_##TILE(                         \
+    extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) linear_backward_weight_##TILE(                \
         float* dW, float* db, const float* dY, const float* X, int M, int N, int K, float* partials,               \
         unsigned int* tile_counters) {                                                                             \
         after_previous_kernels();                                                                                  \
@@ -402,15 +402,21 @@ struct StoreEpilogue {
 // Tile shapes: from many small blocks for the products with few rows to wide register blocking for the
 // large ones, and groups that share a tile's splits (more warps on a small output, no round trip through
 // global memory). minigan.cupy_step.GEMM_TILES lists the same.
-LINEAR_KERNELS(32x32_4x4, 32, 32, 4, 4, 1, 64)
-LINEAR_KERNELS(64x64_4x4, 64, 64, 4, 4, 1, 256)
-LINEAR_KERNELS(64x64_8x8, 64, 64, 8, 8, 1, 64)
-LINEAR_KERNELS(128x64_8x4, 128, 64, 8, 4, 1, 256)
-LINEAR_KERNELS(128x128_8x8, 128, 128, 8, 8, 1, 256)
-LINEAR_KERNELS(32x32_4x4_s2, 32, 32, 4, 4, 2, 128)
-LINEAR_KERNELS(32x32_4x4_s4, 32, 32, 4, 4, 4, 256)
-LINEAR_KERNELS(32x64_4x8_s2, 32, 64, 4, 8, 2, 128)
-LINEAR_KERNELS(64x64_8x8_s2, 64, 64, 8, 8, 2, 128)
+//
+// MIN_BLOCKS (__launch_bounds__'s blocks per SM; 0: the compiler's choice) keeps the 32 x 32 tiles at 80
+// registers a thread, 768 threads per SM: left to itself the compiler gives their forward kernels 163 (the
+// epilogue's sixteen Philox draws in flight), so only 3 blocks of 128 threads fit where split_k plans 8
+// tiles' splits (4 blocks) per SM, and a 512-block product ran in two waves. 128x64_8x4 gets 128, two
+// blocks per SM, room beside the other stream's kernels. None of them spills (tests/test_kernels.py).
+LINEAR_KERNELS(32x32_4x4, 32, 32, 4, 4, 1, 64, 12)
+LINEAR_KERNELS(64x64_4x4, 64, 64, 4, 4, 1, 256, 0)
+LINEAR_KERNELS(64x64_8x8, 64, 64, 8, 8, 1, 64, 0)
+LINEAR_KERNELS(128x64_8x4, 128, 64, 8, 4, 1, 256, 2)
+LINEAR_KERNELS(128x128_8x8, 128, 128, 8, 8, 1, 256, 0)
+LINEAR_KERNELS(32x32_4x4_s2, 32, 32, 4, 4, 2, 128, 6)
+LINEAR_KERNELS(32x32_4x4_s4, 32, 32, 4, 4, 4, 256, 0)
+LINEAR_KERNELS(32x64_4x8_s2, 32, 64, 4, 8, 2, 128, 0)
+LINEAR_KERNELS(64x64_8x8_s2, 64, 64, 8, 8, 2, 128, 0)
 
 // D's last Linear layer (one output) fused with the sigmoid + BCE head after it, PyTorch's semantics
 // (minigan/losses.py): p = sigmoid(z), the loss's logs clamped at -100, its gradient
