@@ -404,9 +404,9 @@ struct StoreEpilogue {
 // global memory). minigan.cupy_step.GEMM_TILES lists the same.
 //
 // MIN_BLOCKS (__launch_bounds__'s blocks per SM; 0: the compiler's choice) keeps the 32 x 32 tiles at 80
-// registers a thread, 768 threads per SM: left to itself the compiler gives their forward kernels 163 (the
-// epilogue's sixteen Philox draws in flight), so only 3 blocks of 128 threads fit where split_k plans 8
-// tiles' splits (4 blocks) per SM, and a 512-block product ran in two waves. 128x64_8x4 gets 128, two
+// registers a thread, 768 threads per SM: left to itself the compiler gives their forward kernels 163, so
+// only 3 blocks of 128 threads fit where split_k plans 8 tiles' splits (4 blocks) per SM, and a 512-block
+// product ran in two waves. 128x64_8x4 gets 128, two
 // blocks per SM, room beside the other stream's kernels. None of them spills (tests/test_kernels.py).
 LINEAR_KERNELS(32x32_4x4, 32, 32, 4, 4, 1, 64, 12)
 LINEAR_KERNELS(64x64_4x4, 64, 64, 4, 4, 1, 256, 0)
@@ -414,7 +414,7 @@ LINEAR_KERNELS(64x64_8x8, 64, 64, 8, 8, 1, 64, 0)
 LINEAR_KERNELS(128x64_8x4, 128, 64, 8, 4, 1, 256, 2)
 LINEAR_KERNELS(128x128_8x8, 128, 128, 8, 8, 1, 256, 0)
 LINEAR_KERNELS(32x32_4x4_s2, 32, 32, 4, 4, 2, 128, 6)
-LINEAR_KERNELS(32x32_4x4_s4, 32, 32, 4, 4, 4, 256, 0)
+LINEAR_KERNELS(32x32_4x4_s4, 32, 32, 4, 4, 4, 256, 3)
 LINEAR_KERNELS(32x64_4x8_s2, 32, 64, 4, 8, 2, 128, 0)
 LINEAR_KERNELS(64x64_8x8_s2, 64, 64, 8, 8, 2, 128, 0)
 
