@@ -2,8 +2,12 @@
 compiles it on the GPU), and the device helpers that can run on the host (Philox) match their published
 known answers and the NumPy reference."""
 
+import functools
+import math
+import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -42,11 +46,39 @@ def test_kernel_compiles(source, tmp_path):
         assert f".entry {name}(" in ptx, f"{name} missing from the PTX"
     assert ptx.count("griddepcontrol.wait;") >= len(names)  # kernels/dependent_launch.cuh, for Hopper
     # and to machine code: no kernel spills registers to local memory
-    proc = subprocess.run([NVCC, "-cubin", "-arch=sm_90", "--std=c++17", "-Xptxas", "-v", "-o", str(tmp_path / "out.cubin"),
-                           str(source)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    spills = [line for line in proc.stderr.splitlines() if "spill" in line and " 0 bytes spill stores, 0 bytes spill loads" not in line]
+    spills = [line for line in ptxas_report(source).splitlines()
+              if "spill" in line and " 0 bytes spill stores, 0 bytes spill loads" not in line]
     assert not spills, spills
+
+
+@functools.cache
+def ptxas_report(source):
+    """What ptxas says (-v) of each kernel of ``source`` compiled to machine code for Hopper."""
+    with tempfile.TemporaryDirectory() as folder:
+        proc = subprocess.run([NVCC, "-cubin", "-arch=sm_90", "--std=c++17", "-Xptxas", "-v",
+                               "-o", str(Path(folder) / "out.cubin"), str(source)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stderr
+
+
+@pytest.mark.skipif(NVCC is None, reason="no CUDA compiler (nvcc) on this machine")
+def test_the_32x32_tiles_fit_the_splits_split_k_plans_per_sm():
+    """split_k plans SPLIT_BLOCKS_PER_SM splits of 32 x 32 tiles per SM: every kernel of those tiles must fit
+    that many at once in an SM's 65,536 registers (a warp's are allocated 256 at a time). Left to itself
+    ptxas gave the forward kernels 163 registers, 3 blocks of the _s2 tile where the rule plans 4."""
+    from minigan.cupy_step import GEMM_TILES, SPLIT_BLOCKS_PER_SM, tile_shape
+
+    registers = dict(re.findall(r"Function properties for (\w+)\n.*?Used (\d+) registers",
+                                ptxas_report(ROOT / "kernels" / "linear.cu"), re.S))
+    tiles = [tile for tile in GEMM_TILES if tile_shape(tile)[:2] == (32, 32)]
+    assert len(tiles) >= 3
+    for tile in tiles:
+        bm, bn, tm, tn, slices = tile_shape(tile)
+        warps, blocks = bm // tm * bn // tn * slices // 32, SPLIT_BLOCKS_PER_SM // slices
+        for kind in ("linear_forward", "linear_backward_input", "linear_backward_weight"):
+            per_warp = math.ceil(int(registers[f"{kind}_{tile}"]) * 32 / 256) * 256
+            assert per_warp * warps * blocks <= 65536, (f"{kind}_{tile}: {registers[f'{kind}_{tile}']} registers a "
+                                                        f"thread, room for fewer than {blocks} blocks per SM")
 
 
 
