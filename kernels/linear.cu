@@ -205,8 +205,8 @@ __device__ __forceinline__ void gemm(const float* A, long long a_i, long long a_
     // The output row (column) of acc[r][c] within the tile
     auto tile_row = [&](int r) { return (r / 4) * TY * 4 + ty * 4 + r % 4; };
     auto tile_col = [&](int c) { return (c / 4) * TX * 4 + tx * 4 + c % 4; };
-    // One split's sums of the tile, a BM x BN buffer (in shared or global memory): acc into it, or added to
-    // acc from it, read with `load`
+    // One split's sums of the tile, a row-major BM x BN buffer (in shared or global memory): acc into it, or
+    // added to acc from it (shared memory)
     auto store_sums = [&](float* sums) {
 #pragma unroll
         for (int r = 0; r < TM; ++r)
@@ -215,12 +215,12 @@ __device__ __forceinline__ void gemm(const float* A, long long a_i, long long a_
                 *reinterpret_cast<float4*>(&sums[tile_row(r) * BN + tile_col(c)]) =
                     make_float4(acc[r][c], acc[r][c + 1], acc[r][c + 2], acc[r][c + 3]);
     };
-    auto add_sums = [&](const float* sums, auto load) {
+    auto add_sums = [&](const float* sums) {
 #pragma unroll
         for (int r = 0; r < TM; ++r)
 #pragma unroll
             for (int c = 0; c < TN; c += 4) {
-                float4 v = load(reinterpret_cast<const float4*>(&sums[tile_row(r) * BN + tile_col(c)]));
+                float4 v = *reinterpret_cast<const float4*>(&sums[tile_row(r) * BN + tile_col(c)]);
                 acc[r][c] += v.x, acc[r][c + 1] += v.y, acc[r][c + 2] += v.z, acc[r][c + 3] += v.w;
             }
     };
@@ -236,7 +236,7 @@ __device__ __forceinline__ void gemm(const float* A, long long a_i, long long a_
         __syncthreads();
         if (group > 0) return;
         for (int g = 1; g < SLICES; ++g) {
-            add_sums(parked + (g - 1) * BM * BN, [](const float4* sum) { return *sum; });
+            add_sums(parked + (g - 1) * BM * BN);
             if (sums_rows) row_sum += parked_rows[(g - 1) * BM + tid];
         }
         if (sums_rows && row0 + tid < rows) a_row_sums[row0 + tid] = row_sum;
@@ -255,20 +255,39 @@ __device__ __forceinline__ void gemm(const float* A, long long a_i, long long a_
             fence_acq_rel_gpu();  // the sums of the blocks counted before are read after it
         }
         __syncthreads();
-        if (arrived != gridDim.z - 1 || group > 0) return;
-        if (tid == 0) tile_counters[tile] = 0;  // ready for the next launch (and graph replay)
-#pragma unroll
-        for (int r = 0; r < TM; ++r)
-#pragma unroll
-            for (int c = 0; c < TN; ++c) acc[r][c] = 0.0f;
-#pragma unroll 4
-        for (int s = 0; s < splits; ++s)  // in split order, whoever is last; the loads of 4 splits in flight
-            add_sums(part(s), [](const float4* sum) { return __ldcg(sum); });
-        if (sums_rows && row0 + tid < rows) {
+        if (arrived != gridDim.z - 1) return;
+        if (threadIdx.x == 0) tile_counters[tile] = 0;  // ready for the next launch (and graph replay)
+        if (sums_rows && group == 0 && row0 + tid < rows) {
             row_sum = 0.0f;
             for (int s = 0; s < splits; ++s) row_sum += __ldcg(&row_part(s)[row0 + tid]);
             a_row_sums[row0 + tid] = row_sum;
         }
+        // Every thread of the last block, whatever its group, adds up RUNS_PER_THREAD runs of four neighbours
+        // of the tile (in the order of the sums' layout, row-major), each over the splits in split order, with
+        // the loads of 16 runs' worth in flight: a block of 128 threads reads 8 splits of a 32 x 32 tile in one
+        // round trip. Then it applies the epilogue to them.
+        constexpr int BLOCK = THREADS * SLICES, RUNS_PER_THREAD = BM * BN / 4 / BLOCK;
+        constexpr int SPLITS_IN_FLIGHT = RUNS_PER_THREAD >= 16 ? 1 : 16 / RUNS_PER_THREAD;
+        static_assert(RUNS_PER_THREAD * BLOCK * 4 == BM * BN, "whole runs per thread");
+        float4 sums[RUNS_PER_THREAD];
+#pragma unroll
+        for (int u = 0; u < RUNS_PER_THREAD; ++u) sums[u] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        for (int first = 0; first < splits; first += SPLITS_IN_FLIGHT)
+#pragma unroll
+            for (int s = first; s < first + SPLITS_IN_FLIGHT; ++s)
+#pragma unroll
+                for (int u = 0; u < RUNS_PER_THREAD; ++u)
+                    if (s < splits) {
+                        float4 v = __ldcg(reinterpret_cast<const float4*>(part(s)) + threadIdx.x + u * BLOCK);
+                        sums[u].x += v.x, sums[u].y += v.y, sums[u].z += v.z, sums[u].w += v.w;
+                    }
+#pragma unroll
+        for (int u = 0; u < RUNS_PER_THREAD; ++u) {
+            int run = threadIdx.x + u * BLOCK, i = row0 + run / (BN / 4), j = col0 + 4 * (run % (BN / 4));
+            float values[4] = {sums[u].x, sums[u].y, sums[u].z, sums[u].w};
+            if (i < rows && j < cols) epilogue(i, j, values, min(4, cols - j));
+        }
+        return;
     }
 #pragma unroll
     for (int r = 0; r < TM; ++r)
