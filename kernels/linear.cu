@@ -114,8 +114,9 @@ __device__ __forceinline__ void fence_acq_rel_gpu() {
 
 // C (rows, cols) = A (rows, inner) B (inner, cols) with A(i, k) = A[i * a_i + k * a_k] and
 // B(k, j) = B[k * b_k + j * b_j]: the strides express every transpose the layers need.
-// Calls epilogue(i, j, v, count) for each run v of four neighbours (i, j .. j + 3) of the block's tile, j a
-// multiple of 4, count (1 .. 4) of them inside the matrix.
+// Calls epilogue(i, j, v, count, operands) for each run v of four neighbours (i, j .. j + 3) of the block's
+// tile, j a multiple of 4, count (1 .. 4) of them inside the matrix, after epilogue.load(i, j, count, operands)
+// has read what the run needs from memory (once per column where Epilogue::per_column).
 //
 // Split-K: the inner dimension is cut into splits = gridDim.z * SLICES ranges of whole TILE_K slices; split s
 // is taken by thread group s % SLICES (each of (BM/TM)(BN/TN) threads) of block z = s / SLICES. Within a
@@ -269,6 +270,11 @@ __device__ __forceinline__ void gemm(const float* A, long long a_i, long long a_
         constexpr int BLOCK = THREADS * SLICES, RUNS_PER_THREAD = BM * BN / 4 / BLOCK;
         constexpr int SPLITS_IN_FLIGHT = RUNS_PER_THREAD >= 16 ? 1 : 16 / RUNS_PER_THREAD;
         static_assert(RUNS_PER_THREAD * BLOCK * 4 == BM * BN, "whole runs per thread");
+        auto run_at = [&](int u, int& i, int& j) {
+            int run = threadIdx.x + u * BLOCK;
+            i = row0 + run / (BN / 4), j = col0 + 4 * (run % (BN / 4));
+            return i < rows && j < cols;
+        };
         float4 sums[RUNS_PER_THREAD];
 #pragma unroll
         for (int u = 0; u < RUNS_PER_THREAD; ++u) sums[u] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
@@ -281,21 +287,46 @@ __device__ __forceinline__ void gemm(const float* A, long long a_i, long long a_
                         float4 v = __ldcg(reinterpret_cast<const float4*>(part(s)) + threadIdx.x + u * BLOCK);
                         sums[u].x += v.x, sums[u].y += v.y, sums[u].z += v.z, sums[u].w += v.w;
                     }
+        // Every run's operands are loaded before any run is stored (as below); a thread's runs are whole rows of
+        // runs apart, so they share their column and its operands where Epilogue::per_column.
+        static_assert(BLOCK % (BN / 4) == 0, "a thread's runs share a column");
+        constexpr int OPERAND_RUNS = Epilogue::per_column ? 1 : RUNS_PER_THREAD;
+        typename Epilogue::Operands operands[OPERAND_RUNS];
+#pragma unroll
+        for (int u = 0; u < OPERAND_RUNS; ++u) {
+            int i, j;
+            if (run_at(u, i, j) || (Epilogue::per_column && j < cols))
+                epilogue.load(i, j, min(4, cols - j), operands[u]);
+        }
 #pragma unroll
         for (int u = 0; u < RUNS_PER_THREAD; ++u) {
-            int run = threadIdx.x + u * BLOCK, i = row0 + run / (BN / 4), j = col0 + 4 * (run % (BN / 4));
+            int i, j;
             float values[4] = {sums[u].x, sums[u].y, sums[u].z, sums[u].w};
-            if (i < rows && j < cols) epilogue(i, j, values, min(4, cols - j));
+            if (run_at(u, i, j)) epilogue(i, j, values, min(4, cols - j), operands[Epilogue::per_column ? 0 : u]);
         }
         return;
     }
+    // Every run's operands are loaded before any run is stored: the compiler moves no guarded load above a
+    // store, so a load between two runs' stores would cost a round trip to memory of its own. Operands that
+    // depend on the column only (Epilogue::per_column) are loaded once for all of the thread's rows.
+    constexpr int OPERAND_ROWS = Epilogue::per_column ? 1 : TM;
+    typename Epilogue::Operands operands[OPERAND_ROWS][TN / 4];
+#pragma unroll
+    for (int r = 0; r < OPERAND_ROWS; ++r)
+#pragma unroll
+        for (int c = 0; c < TN; c += 4) {
+            int i = row0 + tile_row(r), j = col0 + tile_col(c);
+            if ((Epilogue::per_column || i < rows) && j < cols)
+                epilogue.load(i, j, min(4, cols - j), operands[r][c / 4]);
+        }
 #pragma unroll
     for (int r = 0; r < TM; ++r)
 #pragma unroll
         for (int c = 0; c < TN; c += 4) {
             int i = row0 + tile_row(r), j = col0 + tile_col(c);
             float run[4] = {acc[r][c], acc[r][c + 1], acc[r][c + 2], acc[r][c + 3]};
-            if (i < rows && j < cols) epilogue(i, j, run, min(4, cols - j));
+            if (i < rows && j < cols)
+                epilogue(i, j, run, min(4, cols - j), operands[Epilogue::per_column ? 0 : r][c / 4]);
         }
 }
 
@@ -333,9 +364,12 @@ struct ForwardEpilogue {
     unsigned long long seed, step;
     unsigned int draw;
     int first_row;  // the batch's row that Y's row 0 is: the dropout counters count the whole batch's elements
-    __device__ __forceinline__ void operator()(int i, int j, float (&v)[4], int count) const {
-        float bias[4], u[4];
-        load_run(bias, b, j, count);
+    static constexpr bool per_column = true;
+    struct Operands { float bias[4]; };
+    __device__ __forceinline__ void load(int, int j, int count, Operands& o) const { load_run(o.bias, b, j, count); }
+    __device__ __forceinline__ void operator()(int i, int j, float (&v)[4], int count, const Operands& o) const {
+        const float(&bias)[4] = o.bias;
+        float u[4];
         if (activation == ACT_LEAKY_DROPOUT)
             step_uniforms4(seed, step, draw, (unsigned int)((first_row + i) * N + j), u);
 #pragma unroll
@@ -356,10 +390,15 @@ struct InputGradEpilogue {
     float slope, drop_p, drop_scale;
     unsigned long long seed, step;
     unsigned int draw;
-    __device__ __forceinline__ void operator()(int i, int j, float (&v)[4], int count) const {
+    static constexpr bool per_column = false;
+    struct Operands { float y[4]; };
+    __device__ __forceinline__ void load(int i, int j, int count, Operands& o) const {
+        if (activation != ACT_NONE) load_run(o.y, Y_prev, (long long)i * K + j, count);
+    }
+    __device__ __forceinline__ void operator()(int i, int j, float (&v)[4], int count, const Operands& o) const {
         long long at = (long long)i * K + j;
-        float y[4], u[4];
-        if (activation != ACT_NONE) load_run(y, Y_prev, at, count);
+        const float(&y)[4] = o.y;
+        float u[4];
         if (activation == ACT_LEAKY_DROPOUT) step_uniforms4(seed, step, draw, (unsigned int)at, u);
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
@@ -377,7 +416,10 @@ struct InputGradEpilogue {
 struct StoreEpilogue {
     float* C;
     int cols;
-    __device__ __forceinline__ void operator()(int i, int j, float (&v)[4], int count) const {
+    static constexpr bool per_column = true;
+    struct Operands {};
+    __device__ __forceinline__ void load(int, int, int, Operands&) const {}
+    __device__ __forceinline__ void operator()(int i, int j, float (&v)[4], int count, const Operands&) const {
         store_run(C, (long long)i * cols + j, v, count);
     }
 };
@@ -426,9 +468,10 @@ struct StoreEpilogue {
 // registers a thread, 768 threads per SM: left to itself the compiler gives their forward kernels 163, so
 // only 3 blocks of 128 threads fit where split_k plans 8 tiles' splits (4 blocks) per SM, and a 512-block
 // product ran in two waves. 128x64_8x4 gets 128, two
-// blocks per SM, room beside the other stream's kernels. None of them spills (tests/test_kernels.py).
+// blocks per SM, room beside the other stream's kernels; 64x64_4x4 gets 64, four blocks per SM, as it had
+// before the epilogues loaded every run's operands at once. None of them spills (tests/test_kernels.py).
 LINEAR_KERNELS(32x32_4x4, 32, 32, 4, 4, 1, 64, 12)
-LINEAR_KERNELS(64x64_4x4, 64, 64, 4, 4, 1, 256, 0)
+LINEAR_KERNELS(64x64_4x4, 64, 64, 4, 4, 1, 256, 4)
 LINEAR_KERNELS(64x64_8x8, 64, 64, 8, 8, 1, 64, 0)
 LINEAR_KERNELS(128x64_8x4, 128, 64, 8, 4, 1, 256, 2)
 LINEAR_KERNELS(128x128_8x8, 128, 128, 8, 8, 1, 256, 0)
@@ -494,7 +537,8 @@ extern "C" __global__ void __launch_bounds__(HEAD_THREADS) head_forward_backward
         float run[4];
 #pragma unroll
         for (int q = 0; q < 4; ++q) run[q] = q < count ? dz_of[r] * w[k + q] : 0.0f;
-        if (row0 + r < rows) epilogue(row0 + r, k, run, count);
+        InputGradEpilogue::Operands operands;
+        if (row0 + r < rows) epilogue.load(row0 + r, k, count, operands), epilogue(row0 + r, k, run, count, operands);
     }
     if (g_step) return;  // the G step does not train D
     for (int k = t; k <= K; k += HEAD_THREADS) {  // k == K: the bias's sum, dz times 1
