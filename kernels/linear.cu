@@ -310,14 +310,14 @@ __device__ __forceinline__ void gemm(const float* A, long long a_i, long long a_
     // store, so a load between two runs' stores would cost a round trip to memory of its own. Operands that
     // depend on the column only (Epilogue::per_column) are loaded once for all of the thread's rows.
     constexpr int OPERAND_ROWS = Epilogue::per_column ? 1 : TM;
-    typename Epilogue::Operands operands[OPERAND_ROWS][TN / 4];
+    typename Epilogue::Operands run_operands[OPERAND_ROWS][TN / 4];
 #pragma unroll
     for (int r = 0; r < OPERAND_ROWS; ++r)
 #pragma unroll
         for (int c = 0; c < TN; c += 4) {
             int i = row0 + tile_row(r), j = col0 + tile_col(c);
             if ((Epilogue::per_column || i < rows) && j < cols)
-                epilogue.load(i, j, min(4, cols - j), operands[r][c / 4]);
+                epilogue.load(i, j, min(4, cols - j), run_operands[r][c / 4]);
         }
 #pragma unroll
     for (int r = 0; r < TM; ++r)
@@ -326,7 +326,7 @@ __device__ __forceinline__ void gemm(const float* A, long long a_i, long long a_
             int i = row0 + tile_row(r), j = col0 + tile_col(c);
             float run[4] = {acc[r][c], acc[r][c + 1], acc[r][c + 2], acc[r][c + 3]};
             if (i < rows && j < cols)
-                epilogue(i, j, run, min(4, cols - j), operands[Epilogue::per_column ? 0 : r][c / 4]);
+                epilogue(i, j, run, min(4, cols - j), run_operands[Epilogue::per_column ? 0 : r][c / 4]);
         }
 }
 
