@@ -291,18 +291,18 @@ __device__ __forceinline__ void gemm(const float* A, long long a_i, long long a_
         // runs apart, so they share their column and its operands where Epilogue::per_column.
         static_assert(BLOCK % (BN / 4) == 0, "a thread's runs share a column");
         constexpr int OPERAND_RUNS = Epilogue::per_column ? 1 : RUNS_PER_THREAD;
-        typename Epilogue::Operands operands[OPERAND_RUNS];
+        typename Epilogue::Operands run_operands[OPERAND_RUNS];
 #pragma unroll
         for (int u = 0; u < OPERAND_RUNS; ++u) {
             int i, j;
             if (run_at(u, i, j) || (Epilogue::per_column && j < cols))
-                epilogue.load(i, j, min(4, cols - j), operands[u]);
+                epilogue.load(i, j, min(4, cols - j), run_operands[u]);
         }
 #pragma unroll
         for (int u = 0; u < RUNS_PER_THREAD; ++u) {
             int i, j;
             float values[4] = {sums[u].x, sums[u].y, sums[u].z, sums[u].w};
-            if (run_at(u, i, j)) epilogue(i, j, values, min(4, cols - j), operands[Epilogue::per_column ? 0 : u]);
+            if (run_at(u, i, j)) epilogue(i, j, values, min(4, cols - j), run_operands[Epilogue::per_column ? 0 : u]);
         }
         return;
     }
