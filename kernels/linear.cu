@@ -114,8 +114,9 @@ __device__ __forceinline__ void fence_acq_rel_gpu() {
 
 // C (rows, cols) = A (rows, inner) B (inner, cols) with A(i, k) = A[i * a_i + k * a_k] and
 // B(k, j) = B[k * b_k + j * b_j]: the strides express every transpose the layers need.
-// Calls epilogue(i, j, v, count) for each run v of four neighbours (i, j .. j + 3) of the block's tile, j a
-// multiple of 4, count (1 .. 4) of them inside the matrix.
+// Calls epilogue(i, j, v, count, operands) for each run v of four neighbours (i, j .. j + 3) of the block's
+// tile, j a multiple of 4, count (1 .. 4) of them inside the matrix, after epilogue.load(i, j, count, operands)
+// has read what the run needs from memory (once per column where Epilogue::per_column).
 //
 // Split-K: the inner dimension is cut into splits = gridDim.z * SLICES ranges of whole TILE_K slices; split s
 // is taken by thread group s % SLICES (each of (BM/TM)(BN/TN) threads) of block z = s / SLICES. Within a
@@ -270,13 +271,27 @@ __device__ __forceinline__ void gemm(const float* A, long long a_i, long long a_
             a_row_sums[row0 + tid] = row_sum;
         }
     }
+    // Every run's operands are loaded before any run is stored: the compiler moves no guarded load above a
+    // store, so a load between two runs' stores would cost a round trip to memory of its own. Operands that
+    // depend on the column only (Epilogue::per_column) are loaded once for all of the thread's rows.
+    constexpr int OPERAND_ROWS = Epilogue::per_column ? 1 : TM;
+    typename Epilogue::Operands run_operands[OPERAND_ROWS][TN / 4];
+#pragma unroll
+    for (int r = 0; r < OPERAND_ROWS; ++r)
+#pragma unroll
+        for (int c = 0; c < TN; c += 4) {
+            int i = row0 + tile_row(r), j = col0 + tile_col(c);
+            if ((Epilogue::per_column || i < rows) && j < cols)
+                epilogue.load(i, j, min(4, cols - j), run_operands[r][c / 4]);
+        }
 #pragma unroll
     for (int r = 0; r < TM; ++r)
 #pragma unroll
         for (int c = 0; c < TN; c += 4) {
             int i = row0 + tile_row(r), j = col0 + tile_col(c);
             float run[4] = {acc[r][c], acc[r][c + 1], acc[r][c + 2], acc[r][c + 3]};
-            if (i < rows && j < cols) epilogue(i, j, run, min(4, cols - j));
+            if (i < rows && j < cols)
+                epilogue(i, j, run, min(4, cols - j), run_operands[Epilogue::per_column ? 0 : r][c / 4]);
         }
 }
 
@@ -314,9 +329,12 @@ struct ForwardEpilogue {
     unsigned long long seed, step;
     unsigned int draw;
     int first_row;  // the batch's row that Y's row 0 is: the dropout counters count the whole batch's elements
-    __device__ __forceinline__ void operator()(int i, int j, float (&v)[4], int count) const {
-        float bias[4], u[4];
-        load_run(bias, b, j, count);
+    static constexpr bool per_column = true;
+    struct Operands { float bias[4]; };
+    __device__ __forceinline__ void load(int, int j, int count, Operands& o) const { load_run(o.bias, b, j, count); }
+    __device__ __forceinline__ void operator()(int i, int j, float (&v)[4], int count, const Operands& o) const {
+        const float(&bias)[4] = o.bias;
+        float u[4];
         if (activation == ACT_LEAKY_DROPOUT)
             step_uniforms4(seed, step, draw, (unsigned int)((first_row + i) * N + j), u);
 #pragma unroll
@@ -337,10 +355,15 @@ struct InputGradEpilogue {
     float slope, drop_p, drop_scale;
     unsigned long long seed, step;
     unsigned int draw;
-    __device__ __forceinline__ void operator()(int i, int j, float (&v)[4], int count) const {
+    static constexpr bool per_column = false;
+    struct Operands { float y[4]; };
+    __device__ __forceinline__ void load(int i, int j, int count, Operands& o) const {
+        if (activation != ACT_NONE) load_run(o.y, Y_prev, (long long)i * K + j, count);
+    }
+    __device__ __forceinline__ void operator()(int i, int j, float (&v)[4], int count, const Operands& o) const {
         long long at = (long long)i * K + j;
-        float y[4], u[4];
-        if (activation != ACT_NONE) load_run(y, Y_prev, at, count);
+        const float(&y)[4] = o.y;
+        float u[4];
         if (activation == ACT_LEAKY_DROPOUT) step_uniforms4(seed, step, draw, (unsigned int)at, u);
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
@@ -358,7 +381,10 @@ struct InputGradEpilogue {
 struct StoreEpilogue {
     float* C;
     int cols;
-    __device__ __forceinline__ void operator()(int i, int j, float (&v)[4], int count) const {
+    static constexpr bool per_column = true;
+    struct Operands {};
+    __device__ __forceinline__ void load(int, int, int, Operands&) const {}
+    __device__ __forceinline__ void operator()(int i, int j, float (&v)[4], int count, const Operands&) const {
         store_run(C, (long long)i * cols + j, v, count);
     }
 };
@@ -475,7 +501,8 @@ extern "C" __global__ void __launch_bounds__(HEAD_THREADS) head_forward_backward
         float run[4];
 #pragma unroll
         for (int q = 0; q < 4; ++q) run[q] = q < count ? dz_of[r] * w[k + q] : 0.0f;
-        if (row0 + r < rows) epilogue(row0 + r, k, run, count);
+        InputGradEpilogue::Operands operands;
+        if (row0 + r < rows) epilogue.load(row0 + r, k, count, operands), epilogue(row0 + r, k, run, count, operands);
     }
     if (g_step) return;  // the G step does not train D
     for (int k = t; k <= K; k += HEAD_THREADS) {  // k == K: the bias's sum, dz times 1
