@@ -53,9 +53,10 @@ __host__ __device__ __forceinline__ uint4x32 step_block(unsigned long long seed,
 // Word w (0 .. 7) of two consecutive blocks, by selects rather than an indexed array (which would live in
 // local memory)
 __host__ __device__ __forceinline__ unsigned int word_of(const uint4x32& first, const uint4x32& second, int w) {
-    const uint4x32& r = w < 4 ? first : second;
-    int v = w & 3;
-    return v == 0 ? r.v[0] : v == 1 ? r.v[1] : v == 2 ? r.v[2] : r.v[3];
+    int v = w & 3;  // (selecting words, not a reference to either block, which may also put both in local memory)
+    unsigned int a = v == 0 ? first.v[0] : v == 1 ? first.v[1] : v == 2 ? first.v[2] : first.v[3];
+    unsigned int b = v == 0 ? second.v[0] : v == 1 ? second.v[1] : v == 2 ? second.v[2] : second.v[3];
+    return w < 4 ? a : b;
 }
 
 // u[q] = the uniform of element index + q, q = 0 .. 3: one Philox block where index is a multiple of 4 (a

@@ -45,10 +45,13 @@ def test_kernel_compiles(source, tmp_path):
     for name in names:
         assert f".entry {name}(" in ptx, f"{name} missing from the PTX"
     assert ptx.count("griddepcontrol.wait;") >= len(names)  # kernels/dependent_launch.cuh, for Hopper
-    # and to machine code: no kernel spills registers to local memory
-    spills = [line for line in ptxas_report(source).splitlines()
-              if "spill" in line and " 0 bytes spill stores, 0 bytes spill loads" not in line]
-    assert not spills, spills
+    # and to machine code: no kernel spills registers to local memory, or keeps an array there (a stack frame:
+    # an array indexed by a value the compiler cannot resolve, as kernels/philox.cuh::word_of once made of a
+    # reference to either of two Philox blocks, in ten GEMM kernels' dropout epilogues)
+    frames = [line.strip() for line in ptxas_report(source).splitlines() if "bytes stack frame" in line]
+    assert len(frames) >= len(names)
+    local = [line for line in frames if line != "0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads"]
+    assert not local, local
 
 
 @functools.cache
