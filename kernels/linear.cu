@@ -206,8 +206,8 @@ __device__ __forceinline__ void gemm(const float* A, long long a_i, long long a_
     // The output row (column) of acc[r][c] within the tile
     auto tile_row = [&](int r) { return (r / 4) * TY * 4 + ty * 4 + r % 4; };
     auto tile_col = [&](int c) { return (c / 4) * TX * 4 + tx * 4 + c % 4; };
-    // One split's sums of the tile, a BM x BN buffer (in shared or global memory): acc into it, or added to
-    // acc from it, read with `load`
+    // One split's sums of the tile, a row-major BM x BN buffer (in shared or global memory): acc into it, or
+    // added to acc from it (shared memory)
     auto store_sums = [&](float* sums) {
 #pragma unroll
         for (int r = 0; r < TM; ++r)
@@ -216,12 +216,12 @@ __device__ __forceinline__ void gemm(const float* A, long long a_i, long long a_
                 *reinterpret_cast<float4*>(&sums[tile_row(r) * BN + tile_col(c)]) =
                     make_float4(acc[r][c], acc[r][c + 1], acc[r][c + 2], acc[r][c + 3]);
     };
-    auto add_sums = [&](const float* sums, auto load) {
+    auto add_sums = [&](const float* sums) {
 #pragma unroll
         for (int r = 0; r < TM; ++r)
 #pragma unroll
             for (int c = 0; c < TN; c += 4) {
-                float4 v = load(reinterpret_cast<const float4*>(&sums[tile_row(r) * BN + tile_col(c)]));
+                float4 v = *reinterpret_cast<const float4*>(&sums[tile_row(r) * BN + tile_col(c)]);
                 acc[r][c] += v.x, acc[r][c + 1] += v.y, acc[r][c + 2] += v.z, acc[r][c + 3] += v.w;
             }
     };
@@ -237,7 +237,7 @@ __device__ __forceinline__ void gemm(const float* A, long long a_i, long long a_
         __syncthreads();
         if (group > 0) return;
         for (int g = 1; g < SLICES; ++g) {
-            add_sums(parked + (g - 1) * BM * BN, [](const float4* sum) { return *sum; });
+            add_sums(parked + (g - 1) * BM * BN);
             if (sums_rows) row_sum += parked_rows[(g - 1) * BM + tid];
         }
         if (sums_rows && row0 + tid < rows) a_row_sums[row0 + tid] = row_sum;
@@ -256,20 +256,55 @@ __device__ __forceinline__ void gemm(const float* A, long long a_i, long long a_
             fence_acq_rel_gpu();  // the sums of the blocks counted before are read after it
         }
         __syncthreads();
-        if (arrived != gridDim.z - 1 || group > 0) return;
-        if (tid == 0) tile_counters[tile] = 0;  // ready for the next launch (and graph replay)
-#pragma unroll
-        for (int r = 0; r < TM; ++r)
-#pragma unroll
-            for (int c = 0; c < TN; ++c) acc[r][c] = 0.0f;
-#pragma unroll 4
-        for (int s = 0; s < splits; ++s)  // in split order, whoever is last; the loads of 4 splits in flight
-            add_sums(part(s), [](const float4* sum) { return __ldcg(sum); });
-        if (sums_rows && row0 + tid < rows) {
+        if (arrived != gridDim.z - 1) return;
+        if (threadIdx.x == 0) tile_counters[tile] = 0;  // ready for the next launch (and graph replay)
+        if (sums_rows && group == 0 && row0 + tid < rows) {
             row_sum = 0.0f;
             for (int s = 0; s < splits; ++s) row_sum += __ldcg(&row_part(s)[row0 + tid]);
             a_row_sums[row0 + tid] = row_sum;
         }
+        // Every thread of the last block, whatever its group, adds up RUNS_PER_THREAD runs of four neighbours
+        // of the tile (in the order of the sums' layout, row-major), each over the splits in split order, with
+        // the loads of 16 runs' worth in flight: a block of 128 threads reads 8 splits of a 32 x 32 tile in one
+        // round trip. Then it applies the epilogue to them.
+        constexpr int BLOCK = THREADS * SLICES, RUNS_PER_THREAD = BM * BN / 4 / BLOCK;
+        constexpr int SPLITS_IN_FLIGHT = RUNS_PER_THREAD >= 16 ? 1 : 16 / RUNS_PER_THREAD;
+        static_assert(RUNS_PER_THREAD * BLOCK * 4 == BM * BN, "whole runs per thread");
+        auto run_at = [&](int u, int& i, int& j) {
+            int run = threadIdx.x + u * BLOCK;
+            i = row0 + run / (BN / 4), j = col0 + 4 * (run % (BN / 4));
+            return i < rows && j < cols;
+        };
+        float4 sums[RUNS_PER_THREAD];
+#pragma unroll
+        for (int u = 0; u < RUNS_PER_THREAD; ++u) sums[u] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        for (int first = 0; first < splits; first += SPLITS_IN_FLIGHT)
+#pragma unroll
+            for (int s = first; s < first + SPLITS_IN_FLIGHT; ++s)
+#pragma unroll
+                for (int u = 0; u < RUNS_PER_THREAD; ++u)
+                    if (s < splits) {
+                        float4 v = __ldcg(reinterpret_cast<const float4*>(part(s)) + threadIdx.x + u * BLOCK);
+                        sums[u].x += v.x, sums[u].y += v.y, sums[u].z += v.z, sums[u].w += v.w;
+                    }
+        // Every run's operands are loaded before any run is stored (as below); a thread's runs are whole rows of
+        // runs apart, so they share their column and its operands where Epilogue::per_column.
+        static_assert(BLOCK % (BN / 4) == 0, "a thread's runs share a column");
+        constexpr int OPERAND_RUNS = Epilogue::per_column ? 1 : RUNS_PER_THREAD;
+        typename Epilogue::Operands run_operands[OPERAND_RUNS];
+#pragma unroll
+        for (int u = 0; u < OPERAND_RUNS; ++u) {
+            int i, j;
+            if (run_at(u, i, j) || (Epilogue::per_column && j < cols))
+                epilogue.load(i, j, min(4, cols - j), run_operands[u]);
+        }
+#pragma unroll
+        for (int u = 0; u < RUNS_PER_THREAD; ++u) {
+            int i, j;
+            float values[4] = {sums[u].x, sums[u].y, sums[u].z, sums[u].w};
+            if (run_at(u, i, j)) epilogue(i, j, values, min(4, cols - j), run_operands[Epilogue::per_column ? 0 : u]);
+        }
+        return;
     }
     // Every run's operands are loaded before any run is stored: the compiler moves no guarded load above a
     // store, so a load between two runs' stores would cost a round trip to memory of its own. Operands that
@@ -401,7 +436,7 @@ struct StoreEpilogue {
 //                                  Output (N, K).
 #define LINEAR_KERNELS(TILE, BM, BN, TM, TN, SLICES, THREADS, MIN_BLOCKS)                                           \
     extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) linear_forward_##TILE(                        \
-        float* Y, const float* X, const float* W, const float* b, int M, int N, int K, int activation, float slope,  \
+        float* Y, const float* X, const float* W, const float* b, int M, int N, int K, int activation, float slope, \
         float drop_p, float drop_scale, unsigned long long seed, const unsigned long long* step, unsigned int draw, \
         int first_row, float* partials, unsigned int* tile_counters) {                                             \
         after_previous_kernels();                                                                                  \
@@ -429,16 +464,19 @@ struct StoreEpilogue {
 // large ones, and groups that share a tile's splits (more warps on a small output, no round trip through
 // global memory). minigan.cupy_step.GEMM_TILES lists the same.
 //
-// MIN_BLOCKS (__launch_bounds__'s blocks per SM; 0: the compiler's choice) keeps 128x64_8x4 at 128 registers
-// a thread, two blocks of 256 threads per SM, as it had before the epilogues loaded all their operands first:
-// left to itself the compiler gives its forward kernel 132. None spills (tests/test_kernels.py).
-LINEAR_KERNELS(32x32_4x4, 32, 32, 4, 4, 1, 64, 0)
-LINEAR_KERNELS(64x64_4x4, 64, 64, 4, 4, 1, 256, 0)
+// MIN_BLOCKS (__launch_bounds__'s blocks per SM; 0: the compiler's choice) keeps the 32 x 32 tiles at 80
+// registers a thread, 768 threads per SM: left to itself the compiler gives their forward kernels 163, so
+// only 3 blocks of 128 threads fit where split_k plans 8 tiles' splits (4 blocks) per SM, and a 512-block
+// product ran in two waves. 128x64_8x4 gets 128, two
+// blocks per SM, room beside the other stream's kernels; 64x64_4x4 gets 64, four blocks per SM, as it had
+// before the epilogues loaded every run's operands at once. None of them spills (tests/test_kernels.py).
+LINEAR_KERNELS(32x32_4x4, 32, 32, 4, 4, 1, 64, 12)
+LINEAR_KERNELS(64x64_4x4, 64, 64, 4, 4, 1, 256, 4)
 LINEAR_KERNELS(64x64_8x8, 64, 64, 8, 8, 1, 64, 0)
 LINEAR_KERNELS(128x64_8x4, 128, 64, 8, 4, 1, 256, 2)
 LINEAR_KERNELS(128x128_8x8, 128, 128, 8, 8, 1, 256, 0)
-LINEAR_KERNELS(32x32_4x4_s2, 32, 32, 4, 4, 2, 128, 0)
-LINEAR_KERNELS(32x32_4x4_s4, 32, 32, 4, 4, 4, 256, 0)
+LINEAR_KERNELS(32x32_4x4_s2, 32, 32, 4, 4, 2, 128, 6)
+LINEAR_KERNELS(32x32_4x4_s4, 32, 32, 4, 4, 4, 256, 3)
 LINEAR_KERNELS(32x64_4x8_s2, 32, 64, 4, 8, 2, 128, 0)
 LINEAR_KERNELS(64x64_8x8_s2, 64, 64, 8, 8, 2, 128, 0)
 

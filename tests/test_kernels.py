@@ -2,8 +2,12 @@
 compiles it on the GPU), and the device helpers that can run on the host (Philox) match their published
 known answers and the NumPy reference."""
 
+import functools
+import math
+import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -44,13 +48,40 @@ def test_kernel_compiles(source, tmp_path):
     # and to machine code: no kernel spills registers to local memory, or keeps an array there (a stack frame:
     # an array indexed by a value the compiler cannot resolve, as kernels/philox.cuh::word_of once made of a
     # reference to either of two Philox blocks, in ten GEMM kernels' dropout epilogues)
-    proc = subprocess.run([NVCC, "-cubin", "-arch=sm_90", "--std=c++17", "-Xptxas", "-v", "-o", str(tmp_path / "out.cubin"),
-                           str(source)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    frames = [line.strip() for line in proc.stderr.splitlines() if "bytes stack frame" in line]
+    frames = [line.strip() for line in ptxas_report(source).splitlines() if "bytes stack frame" in line]
     assert len(frames) >= len(names)
     local = [line for line in frames if line != "0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads"]
     assert not local, local
+
+
+@functools.cache
+def ptxas_report(source):
+    """What ptxas says (-v) of each kernel of ``source`` compiled to machine code for Hopper."""
+    with tempfile.TemporaryDirectory() as folder:
+        proc = subprocess.run([NVCC, "-cubin", "-arch=sm_90", "--std=c++17", "-Xptxas", "-v",
+                               "-o", str(Path(folder) / "out.cubin"), str(source)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stderr
+
+
+@pytest.mark.skipif(NVCC is None, reason="no CUDA compiler (nvcc) on this machine")
+def test_the_32x32_tiles_fit_the_splits_split_k_plans_per_sm():
+    """split_k plans SPLIT_BLOCKS_PER_SM splits of 32 x 32 tiles per SM: every kernel of those tiles must fit
+    that many at once in an SM's 65,536 registers (a warp's are allocated 256 at a time). Left to itself
+    ptxas gave the forward kernels 163 registers, 3 blocks of the _s2 tile where the rule plans 4."""
+    from minigan.cupy_step import GEMM_TILES, SPLIT_BLOCKS_PER_SM, tile_shape
+
+    registers = dict(re.findall(r"Function properties for (\w+)\n.*?Used (\d+) registers",
+                                ptxas_report(ROOT / "kernels" / "linear.cu"), re.S))
+    tiles = [tile for tile in GEMM_TILES if tile_shape(tile)[:2] == (32, 32)]
+    assert len(tiles) >= 3
+    for tile in tiles:
+        bm, bn, tm, tn, slices = tile_shape(tile)
+        warps, blocks = bm // tm * bn // tn * slices // 32, SPLIT_BLOCKS_PER_SM // slices
+        for kind in ("linear_forward", "linear_backward_input", "linear_backward_weight"):
+            per_warp = math.ceil(int(registers[f"{kind}_{tile}"]) * 32 / 256) * 256
+            assert per_warp * warps * blocks <= 65536, (f"{kind}_{tile}: {registers[f'{kind}_{tile}']} registers a "
+                                                        f"thread, room for fewer than {blocks} blocks per SM")
 
 
 
