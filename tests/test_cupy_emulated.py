@@ -88,6 +88,7 @@ def test_gpu_benchmark_and_profile_on_the_emulated_gpu(emulated_gpu, monkeypatch
     assert benchmark.main(["--backend", "cupy", "--steps", "1", "--warmup", "1", "--repeats", "1", "--batch", "16"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["impl"] for line in lines] == ["minigan-cupy", "minigan-cupy-layers"]
+    assert all(line["first_step_s"] > 0 and line["second_step_s"] > 0 for line in lines)  # (the graph's capture)
     assert sum(lines[0]["gemm_tiles"].values()) == 22  # the step's 22 GEMM shapes (K = 1; D's forward passes
     # over the real and the fake rows are the G step's shapes)
     kinds = {"linear_forward": "forward", "linear_backward_weight": "weight", "linear_backward_input": "input"}
