@@ -467,9 +467,9 @@ struct StoreEpilogue {
 // MIN_BLOCKS (__launch_bounds__'s blocks per SM; 0: the compiler's choice) keeps the 32 x 32 tiles at 80
 // registers a thread, 768 threads per SM: left to itself the compiler gives their forward kernels 163, so
 // only 3 blocks of 128 threads fit where split_k plans 8 tiles' splits (4 blocks) per SM, and a 512-block
-// product ran in two waves. 128x64_8x4 gets 128, two
-// blocks per SM, room beside the other stream's kernels; 64x64_4x4 gets 64, four blocks per SM, as it had
-// before the epilogues loaded every run's operands at once. None of them spills (tests/test_kernels.py).
+// product ran in two waves. 128x64_8x4 gets 128, two blocks per SM, room beside the other stream's kernels;
+// 64x64_4x4 gets 64, four blocks per SM, as it had before the epilogues loaded every run's operands at once.
+// None of them spills (tests/test_kernels.py).
 LINEAR_KERNELS(32x32_4x4, 32, 32, 4, 4, 1, 64, 12)
 LINEAR_KERNELS(64x64_4x4, 64, 64, 4, 4, 1, 256, 4)
 LINEAR_KERNELS(64x64_8x8, 64, 64, 8, 8, 1, 64, 0)
