@@ -9,8 +9,9 @@ torch-cuda-graph, the whole step captured in one CUDA graph) and two lines of ra
 torch-eager's, and minigan's over the fastest PyTorch variant's.
 Each implementation first runs its warm-up steps (and must produce finite losses), then is timed
 over --steps steps; the figure is the median of --repeats such timings, taken in turns. minigan's line also
-gives its first step's time (on the GPU: compiling the kernels, timing the GEMM tiles) and, on CuPy, how many
-of the step's products chose each GEMM tile shape. On CuPy it also times minigan-cupy-layers, the same GAN
+gives its first step's time (on the GPU: compiling the kernels, timing the GEMM tiles), its second's (the
+graph's capture and tuning) and, on CuPy, how many of the step's products chose each GEMM tile shape and what
+the graph's tuning tried and kept. On CuPy it also times minigan-cupy-layers, the same GAN
 through the layers on CuPy arrays (cuBLAS products, CuPy's array operations, no graph): the design the
 fused step replaces.
 """
@@ -63,6 +64,9 @@ def setup_minigan(args, real, fused=True):
         raise SystemExit("benchmark.py: error: minigan produced non-finite losses")
     if gan.fused is not None:  # how many of the step's products chose each tile shape
         meta["gemm_tiles"] = dict(collections.Counter(gan.fused.tiles.values()))
+        kept = [t["ratio"] for t in gan.fused.trials if t["kept"]]  # the graph's tuning, at the second step
+        meta["step_tuning"] = {"trials": len(gan.fused.trials), "kept": len(kept),
+                               "graph_ratio": round(float(np.prod(kept)), 4)}  # tuned graph / untuned, as timed
     return meta, lambda: gan.train_step(real), backend.synchronize
 
 

@@ -48,6 +48,9 @@ SPLIT_BLOCKS_PER_SM = 8  # split products keep at most this many 32 x 32 tiles' 
 MAIN_PRIORITY, SIDE_PRIORITY = -1, 0
 HOLD_CYCLES = 2_000_000  # about 1 ms of kernels/step.cu::hold
 TUNING_ROUNDS = 2  # each tile shape is timed this often, in interleaved rounds, and its best time kept
+# The first graph captured is tuned in the graph itself: each product's next STEP_TUNING_CANDIDATES tile shapes
+# within STEP_TUNING_SPREAD of its fastest alone are tried, each graph timed over STEP_TUNING_REPLAYS replays.
+STEP_TUNING_SPREAD, STEP_TUNING_CANDIDATES, STEP_TUNING_REPLAYS = 1.15, 2, 5
 
 
 def tile_shape(tile):
@@ -143,11 +146,12 @@ class FusedStep:
     random counters are (element, draw, rng.step). ``kernel(family, name)`` returns a launchable kernel.
 
     The first step of each batch size runs launch by launch and times every GEMM tile shape on each of its
-    products (``timer(launch)`` -> seconds per launch; on a GPU, CUDA events); from the second on the
-    step is one CUDA graph with the fastest tiles. Where ``timer`` is None (the CPU) every product uses
-    DEFAULT_TILE. ``sms`` (the GPU's SM count, H100_SMS without one) sets the split-K rule. ``capture(stream,
-    work)`` captures the graph (minigan.cupy_backend.PriorityGraph: each kernel at its stream's priority);
-    None: cupy_capture.
+    products (``timer(launch, reps=20)`` -> seconds per launch; on a GPU, CUDA events); from the second on
+    the step is one CUDA graph with the fastest tiles. The first graph captured is then tuned as a whole
+    (``_tune``): a tile that came close alone replaces the fastest where the graph runs faster with it. Where
+    ``timer`` is None (the CPU) every product uses DEFAULT_TILE. ``sms`` (the GPU's SM count, H100_SMS without
+    one) sets the split-K rule. ``capture(stream, work)`` captures the graph (minigan.cupy_backend.PriorityGraph:
+    each kernel at its stream's priority); None: cupy_capture.
     """
 
     def __init__(self, gan, xp, kernel, timer=None, sms=None, capture=None):
@@ -193,6 +197,10 @@ class FusedStep:
         self.timer = self._gpu_time if on_gpu and timer is None else timer
         self.sms = sms or (xp.cuda.Device().attributes["MultiProcessorCount"] if on_gpu else H100_SMS)
         self.tiles = {}  # (kernel, rows, cols, inner) -> the fastest tile shape
+        self.tile_times = {}  # (kernel, rows, cols, inner) -> {tile shape: seconds per launch alone}
+        # the graph tuner's trials: {"product", "tile", "ratio": the graph's time with the tile / without, "kept"}
+        self.trials = []
+        self._products = None  # during a capture: the products launched, in order
         # Split-K scratch: one for the products on each stream, which run one at a time. The split rule
         # keeps the 32 x 32 tiles times the splits within SPLIT_BLOCKS_PER_SM per SM; larger tiles pad the
         # output, so room for twice that, and the tuner passes over a tile shape that would need more.
@@ -237,6 +245,8 @@ class FusedStep:
         to: split-K by rule, the tile by timing."""
         splits, args = split_k(rows, cols, inner, self.sms), args + self.scratch[self.on_side]
         key = (name, rows, cols, inner)
+        if self._products is not None:
+            self._products.append(key)
         tile = self.tiles.get(key)
         if tile is None:
             tile = self.tiles[key] = self._fastest_tile(key, splits, args) if self.timer else DEFAULT_TILE
@@ -260,10 +270,11 @@ class FusedStep:
             for tile in candidates:
                 seconds = self.timer(lambda tile=tile: launch_gemm(self.kernel, name, tile, rows, cols, splits, args))
                 times[tile] = min(times.get(tile, seconds), seconds)
+        self.tile_times[key] = times
         return min(times, key=times.get)
 
-    def _gpu_time(self, launch):
-        return gpu_seconds_per_launch(self.xp, self.kernel, launch)
+    def _gpu_time(self, launch, reps=20):
+        return gpu_seconds_per_launch(self.xp, self.kernel, launch, reps)
 
     def linear_forward(self, y, x, layer, rows, activation, draw=0, first_row=0):
         """y = act(x W^T + b) for ``rows`` rows, the batch's rows from ``first_row`` on (dropout's counters)."""
@@ -422,20 +433,82 @@ class FusedStep:
 
     def graph(self, n):
         """The step for n rows, captured as a CUDA graph on first use (after one eager step: every kernel is
-        loaded and every tile chosen, since neither may happen during a capture)."""
+        loaded and every tile chosen, since neither may happen during a capture). The first graph captured is
+        tuned (``_tune``)."""
         graph = self._graphs.get(n)
         if graph is None:
-            try:
-                graph = self.capture(self.stream, lambda: self.run(n))
-            except RuntimeError as e:  # a driver call of PriorityGraph refused (a launch error recurs below)
-                if self.capture is cupy_capture:
-                    raise
-                warnings.warn(f"minigan: {e}: the step's graph is captured by CuPy instead, every kernel at one "
-                              "priority", RuntimeWarning, stacklevel=2)
-                self.capture = cupy_capture
-                graph = self.capture(self.stream, lambda: self.run(n))
+            graph, products = self._capture(n)
+            if not self._graphs and self.timer is not None:
+                graph = self._tune(n, graph, products)
             self._graphs[n] = graph
         return graph
+
+    def _capture(self, n):
+        """(the step for n rows as a graph, the GEMM products it launches in order)"""
+        self._products = products = []
+        try:
+            return self.capture(self.stream, lambda: self.run(n)), products
+        except RuntimeError as e:  # a driver call of PriorityGraph refused (a launch error recurs below)
+            if self.capture is cupy_capture:
+                raise
+            warnings.warn(f"minigan: {e}: the step's graph is captured by CuPy instead, every kernel at one "
+                          "priority", RuntimeWarning, stacklevel=3)
+            self.capture = cupy_capture
+            return self._capture(n)
+        finally:
+            self._products = None
+
+    def _tune(self, n, graph, products):
+        """``graph`` (the step for n rows, which launches ``products``) with each product's tile shape chosen
+        in the graph itself.
+
+        A tile's time alone, back to back, is not its time in the graph, beside the side stream's kernels, and
+        several tiles of a product come within a few percent of each other alone. So, longest product first,
+        each product's next STEP_TUNING_CANDIDATES tiles within STEP_TUNING_SPREAD of its fastest are tried: the
+        step captured with the trial tile, timed against the graph it would replace in interleaved rounds, and
+        kept where it runs faster. Every tile gives the same bits, but the timing replays are training steps on
+        the batch at hand, so the state a step changes is copied first and put back after each trial.
+        """
+        saved = self._state()
+        products = [key for key in dict.fromkeys(products) if key in self.tile_times]
+        for key in sorted(products, key=lambda key: -min(self.tile_times[key].values())):
+            times, tile = self.tile_times[key], self.tiles[key]
+            close = [t for t in sorted(times, key=times.get)
+                     if t != tile and times[t] <= STEP_TUNING_SPREAD * min(times.values())]
+            for trial_tile in close[:STEP_TUNING_CANDIDATES]:
+                self.tiles[key] = trial_tile
+                trial, _ = self._capture(n)
+                ratio = self._time_ratio(trial, graph)
+                self._restore(saved)
+                self.trials.append({"product": key, "tile": trial_tile, "ratio": ratio, "kept": ratio < 1})
+                if ratio < 1:
+                    graph, tile = trial, trial_tile
+                self.tiles[key] = tile
+        return graph
+
+    def _time_ratio(self, trial, graph):
+        """The seconds per replay of graph ``trial`` over those of ``graph``: each timed TUNING_ROUNDS times, in
+        interleaved rounds, and its best time kept."""
+        best = {}
+        for _ in range(TUNING_ROUNDS):
+            for g in (graph, trial):
+                seconds = self.timer(lambda g=g: g.launch(stream=self.stream), STEP_TUNING_REPLAYS)
+                best[id(g)] = min(best.get(id(g), seconds), seconds)
+        return best[id(trial)] / best[id(graph)]
+
+    def _state(self):
+        """(array, copy) of every array a step changes that a later step reads: the parameters, gradients,
+        Adam's moments, BatchNorm's running statistics, the device counters and the losses."""
+        gan = self.gan
+        arrays = [gan.G.params, gan.G.grads, gan.D.params, gan.D.grads, gan.opt_G.m, gan.opt_G.v, gan.opt_D.m,
+                  gan.opt_D.v, *(v for model in (gan.G, gan.D) for _, v in model.named_buffers()),
+                  self.step, self.t_G, self.t_D, self.stats]
+        return [(array, array.copy()) for array in arrays]
+
+    @staticmethod
+    def _restore(state):
+        for array, copy in state:
+            array[...] = copy
 
     def train_step(self, real):
         """GAN.train_step's contract: a batch in, [loss_D, loss_G, D(x), D(G(z))] out (as float64).

@@ -31,9 +31,13 @@ import numpy as np
 
 
 class FakeCuda:
-    def __init__(self, host_kernels, timings=None):
+    def __init__(self, host_kernels, timings=None, graph_timings=None, timed_replays=0):
         self.host_kernels = host_kernels
         self.timings = timings  # timer(): {tile shape: seconds per call} (others 1.0); None: no timer
+        # timer() of a graph: the sum over its GEMMs of graph_timings (else timings) of their tile shapes. The
+        # first timed_replays graph timings replay the graph, as the GPU's timer does (on the CPU a training
+        # step takes seconds); the others only read it.
+        self.graph_timings, self.timed_replays = graph_timings or {}, timed_replays
         self.probe = None  # while the timer asks which kernel a launch runs: the names launched (not run)
         self.current = None  # the stream launches go to; None: the (legacy) default stream
         self.captured, self.origin, self.graph_launches, self.streams = None, None, 0, []
@@ -59,7 +63,7 @@ class FakeCuda:
                 if stream is not self.origin:
                     assert stream.waited.get(id(self.origin)) == self.origin.launches, \
                         f"{name} on a second stream without a fork from the capturing one"
-                self.captured.append((run, grid, block, args, accesses))
+                self.captured.append((name, run, grid, block, args, accesses))
             else:
                 run(grid, block, args)
             self.order(stream or self.null, name, accesses)
@@ -96,15 +100,20 @@ class FakeCuda:
         for clock in [knows] if knows is not None else [s.knows for s in self.streams]:
             merge(self.host_knows, clock)
 
-    def timer(self, launch):
-        """A stand-in for FusedStep's GEMM timer: ``timings`` of the tile shape the launch runs."""
-        assert self.captured is None, "a GEMM was timed during a capture"
+    def timer(self, launch, reps=None):
+        """A stand-in for FusedStep's timer: ``timings`` of the tile shape a GEMM launch runs; for a graph's
+        replay, the sum over its GEMMs of their tiles' ``graph_timings`` (a tile may run faster or slower in the
+        graph than alone)."""
+        assert self.captured is None, "a launch was timed during a capture"
         self.probe = []
         try:
             launch()
         finally:
-            (name,), self.probe = self.probe, None
-        return self.timings.get(tile_of(name), 1.0)
+            (launched,), self.probe = self.probe, None
+        if isinstance(launched, str):
+            return self.timings.get(tile_of(launched), 1.0)
+        tiles = [tile_of(name) for name in launched if TILE.search(name)]
+        return sum(self.graph_timings.get(tile, self.timings.get(tile, 1.0)) for tile in tiles)
 
     def Event(self, **options):
         cuda = self
@@ -175,16 +184,24 @@ class FakeCuda:
     def replay(self, launches, stream=None):
         """A graph launch: its launches in their recorded order (their races were checked at the capture), as
         one launch on ``stream`` that touches what they do."""
+        if self.probe is not None:  # timed: the names launched
+            self.probe.append([name for name, *_ in launches])
+            if self.timed_replays <= 0:
+                return
+            self.timed_replays -= 1
         self.graph_launches += 1
-        for run, grid, block, args, _ in launches:
+        for _, run, grid, block, args, _ in launches:
             run(grid, block, args)
         self.order(stream or self.current or self.null, "a replayed graph", [a for *_, accesses in launches
                                                                             for a in accesses])
 
 
+TILE = re.compile(r"_(\d+x\d+_\d+x\d+(?:_s\d+)?)$")
+
+
 def tile_of(kernel_name):
     """The tile shape of a kernels/linear.cu GEMM kernel's name: linear_forward_32x32_4x4_s2 -> 32x32_4x4_s2."""
-    return re.search(r"_(\d+x\d+_\d+x\d+(?:_s\d+)?)$", kernel_name)[1]
+    return TILE.search(kernel_name)[1]
 
 
 def merge(clock, other):
@@ -232,5 +249,5 @@ def install(host_kernels, setattr_=setattr, modules=None):
     # and CuPy's capture, which the stand-in records, not the driver's (PriorityGraph)
     setattr_(cupy_backend, "priority_graphs_available", lambda: False)
     # emulated time means nothing: the stand-in timer, not CUDA events behind a spinning kernel
-    setattr_(FusedStep, "_gpu_time", lambda self, launch: cuda.timer(launch))
+    setattr_(FusedStep, "_gpu_time", lambda self, launch, reps=20: cuda.timer(launch, reps))
     return cuda

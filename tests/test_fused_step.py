@@ -347,6 +347,50 @@ def test_tiles_chosen_by_timing_give_the_same_step(host_kernels):
         np.testing.assert_array_equal(a.grads, b.grads)
 
 
+@pytest.mark.parametrize("in_graph", [0.9, 1.1])
+def test_the_graph_tuner_keeps_a_tile_only_where_the_graph_runs_faster(host_kernels, in_graph):
+    """Every tile shape ties alone here, so each product gets its first tile shape, and the next two are tried
+    in the graph. Where the runner-up runs faster in the graph than alone (the stand-in timer: 0.9 against
+    1.0), the tuner keeps it on exactly the products it can run; where slower (1.1), on none. A trial's timing
+    replays train on the batch at hand, yet the tuned step gives the untimed step's bits: the state is put
+    back. A second batch size's graph is not tuned."""
+    n, runner_up = 16, GEMM_TILES[1]
+    cuda = FakeCuda(host_kernels, timings={}, graph_timings={runner_up: in_graph}, timed_replays=int(in_graph < 1))
+    gan, untimed_gan = fused_gan(1, seed=5), fused_gan(1, seed=5)
+    tuned = FusedStep(gan, fake_cupy(cuda), cuda.kernel, timer=cuda.timer)
+    data = np.random.default_rng(4).random((2, n, 784), dtype=np.float32)
+    tuned.train_step(data[0])  # eager: the tiles timed alone
+    if in_graph < 1:  # the graph captured, tuned (the first timing replays it: a training step), then run
+        untimed = FusedStep(untimed_gan, np, host_kernels)
+        for batch in data:
+            untimed.train_step(batch)
+        np.testing.assert_array_equal(tuned.train_step(data[1]), untimed.stats)
+        assert cuda.timed_replays == 0 and cuda.graph_launches == 2
+    else:
+        tuned.graph(n)
+    can_run = {key for key, times in tuned.tile_times.items() if runner_up in times}
+    assert can_run and all(len(times) > 2 for times in tuned.tile_times.values())
+    assert len(tuned.trials) == 2 * len(tuned.tile_times)  # the next two tiles of every product
+    assert {key for key, tile in tuned.tiles.items() if tile != GEMM_TILES[0]} == (can_run if in_graph < 1 else set())
+    assert all(trial["kept"] == (trial["ratio"] < 1) for trial in tuned.trials)
+    if in_graph < 1:
+        for ours, theirs in ((gan.G, untimed_gan.G), (gan.D, untimed_gan.D)):
+            np.testing.assert_array_equal(ours.params, theirs.params)
+            np.testing.assert_array_equal(ours.grads, theirs.grads)
+            for (name, a), (_, b) in zip(ours.named_buffers(), theirs.named_buffers()):
+                np.testing.assert_array_equal(a, b, err_msg=name)
+        for opt, untimed_opt in ((gan.opt_G, untimed_gan.opt_G), (gan.opt_D, untimed_gan.opt_D)):
+            np.testing.assert_array_equal(opt.m, untimed_opt.m)
+            np.testing.assert_array_equal(opt.v, untimed_opt.v)
+        assert int(tuned.step[0]) == 2 and int(tuned.t_D[0]) == 2 and int(tuned.t_G[0]) == 2
+    else:  # a smaller batch's graph keeps the tiles fastest alone
+        products, trials = set(tuned.tiles), len(tuned.trials)
+        tuned.train_step(data[0, : n // 2])
+        tuned.graph(n // 2)
+        assert len(tuned._graphs) == 2 and len(tuned.trials) == trials and set(tuned.tiles) > products
+        assert set(tuned.tiles.values()) == {GEMM_TILES[0]}
+
+
 def test_step_noise_matches_its_reference_and_the_replay_sequence(host_kernels):
     from philox_reference import StepReplay, step_normals
 
