@@ -222,7 +222,7 @@ class Run:
         xp = self.backend.xp
         if not (bool(xp.isfinite(self.gan.G.params).all()) and bool(xp.isfinite(self.gan.D.params).all())):
             raise TrainingError(f"non-finite parameters at epoch {self.epoch + 1}; not saved; last good "
-                                f"checkpoint: {ckpt.describe(self.run_dir / 'checkpoint.npz')}")
+                                f"checkpoint: {self.last_checkpoint()}")
         arrays = self.checkpoint_arrays()
         self.wait_for_checkpoint()
         path = self.run_dir / "checkpoint.npz"
@@ -251,6 +251,11 @@ class Run:
             error, self._write_error = self._write_error, None
             raise error
 
+    def last_checkpoint(self):
+        """The checkpoint on disk, described for a message, once a background write of it has finished."""
+        self._join_writer()
+        return ckpt.describe(self.run_dir / "checkpoint.npz")
+
     def check_finite(self, step_stats, upto):
         """Raise TrainingError naming the first step (of steps [0, upto)) whose losses are not finite."""
         stats = self.backend.to_numpy(step_stats[:upto])
@@ -259,8 +264,7 @@ class Run:
             s = int(bad[0])
             raise TrainingError(
                 f"non-finite loss at epoch {self.epoch + 1} step {s + 1} (Loss_D={stats[s, 0]}, "
-                f"Loss_G={stats[s, 1]}); stopped; last good checkpoint: "
-                f"{ckpt.describe(self.run_dir / 'checkpoint.npz')}")
+                f"Loss_G={stats[s, 1]}); stopped; last good checkpoint: {self.last_checkpoint()}")
 
     def train(self, stop=None, progress_stream=None):
         """Train up to config["epochs"]; check ``stop`` (a StopFlag) after every step."""

@@ -146,7 +146,13 @@ def test_nan_stops_with_the_epoch_and_step_and_keeps_the_last_checkpoint(data_di
             stats[1] = np.nan
         return stats
 
+    def slow_save(path, arrays):  # epoch 1's checkpoint still being written in the background when NaN comes
+        time.sleep(1)
+        save_npz(path, arrays)
+
+    save_npz = ckpt.save_npz
     monkeypatch.setattr(run.gan, "train_step", step_going_bad)
+    monkeypatch.setattr(ckpt, "save_npz", slow_save)
     with pytest.raises(train.TrainingError, match=r"non-finite loss at epoch 2 step 2 .*epoch 1\)"):
         run.train()
     assert int(final_arrays(tmp_path / "r")["epoch"]) == 1
