@@ -1,18 +1,22 @@
 // Runs CUDA kernels on the CPU, for tests on machines without a GPU (tests/kernel_host.py builds it).
-// One std::thread per CUDA thread of a block; blocks run one after another, in a scrambled order;
-// __syncthreads is a std::barrier over the block's threads; __shared__ is function-static storage, safe
-// because one block runs at a time.
+// One fiber (a ucontext with a stack of its own) per CUDA thread of a block, all on the calling thread; blocks
+// run one after another, in a scrambled order. The threads of a block run in turn (in an order scrambled anew
+// at every barrier), each until it reaches __syncthreads or its end, and none passes a __syncthreads before all
+// have reached it: a barrier. __shared__
+// is function-static storage, safe because one block runs at a time. (With one OS thread per CUDA thread, as
+// before, most of the tests' time went to waking 64-256 threads on 2 cores at every barrier.)
 // Only what minigan's kernels use is here: they avoid warp-synchronous code (no shuffles, no implicit warp
 // sync), so this schedule is one of the many a GPU may choose, and a kernel that is correct under every
 // schedule is correct under this one. Speed means nothing here.
 #pragma once
+#include <ucontext.h>
+
 #include <algorithm>
 #include <atomic>
-#include <barrier>
 #include <chrono>
 #include <cmath>
-#include <mutex>
-#include <thread>
+#include <cstdio>
+#include <cstdlib>
 #include <vector>
 
 struct dim3 {
@@ -23,9 +27,8 @@ struct uint3_ {
     unsigned int x, y, z;
 };
 
-inline thread_local uint3_ threadIdx, blockIdx;
+inline uint3_ threadIdx, blockIdx;  // the running fiber's: set before it resumes
 inline dim3 blockDim, gridDim;
-inline std::barrier<>* block_barrier = nullptr;
 
 #define __global__
 #define __device__
@@ -48,15 +51,33 @@ inline T __ldcg(const T* p) {
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 inline long long clock64() { return std::chrono::steady_clock::now().time_since_epoch().count(); }
 
-inline void __syncthreads() { block_barrier->arrive_and_wait(); }
+namespace cuda_host {
+struct Fiber {
+    ucontext_t context;
+    bool done;
+};
+inline ucontext_t scheduler;  // the block's: where a fiber goes at a barrier and at its end
+inline Fiber* running = nullptr;
+inline void (*body_of_block)(void*) = nullptr;
+inline void* body_argument = nullptr;
+
+inline void fiber_main() {
+    body_of_block(body_argument);
+    running->done = true;  // (uc_link: back to the scheduler)
+}
+template <class Body>
+void call(void* body) {
+    (*static_cast<Body*>(body))();
+}
+}  // namespace cuda_host
+
+inline void __syncthreads() { swapcontext(&cuda_host::running->context, &cuda_host::scheduler); }
 inline void sincospif(float x, float* s, float* c) {
     *s = (float)std::sin(M_PI * (double)x);
     *c = (float)std::cos(M_PI * (double)x);
 }
 template <class T>
-inline T atomicAdd(T* address, T value) {
-    static std::mutex mutex;
-    std::lock_guard<std::mutex> lock(mutex);
+inline T atomicAdd(T* address, T value) {  // one fiber runs at a time
     T old = *address;
     *address = old + value;
     return old;
@@ -64,24 +85,45 @@ inline T atomicAdd(T* address, T value) {
 
 template <class Body>
 void launch(dim3 grid, dim3 block, Body body) {
+    using namespace cuda_host;
+    constexpr size_t STACK = 1 << 16;  // bytes a fiber: the kernels keep a few KB of arrays
     blockDim = block;
     gridDim = grid;
     unsigned int threads = block.x * block.y * block.z, blocks = grid.x * grid.y * grid.z;
-    std::barrier<> barrier(threads);
-    block_barrier = &barrier;
-    std::vector<std::thread> pool;
-    for (unsigned int t = 0; t < threads; ++t) {
-        pool.emplace_back([&, t] {
-            threadIdx = {t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
-            for (unsigned int i = 0; i < blocks; ++i) {
-                // blocks in a scrambled order (a GPU promises none): a split-K tile's last block to arrive
-                // is then any of its splits, not always the last (a permutation: 1000003 is prime)
-                unsigned int b = (unsigned int)(((unsigned long long)i * 1000003ull) % blocks);
-                blockIdx = {b % grid.x, (b / grid.x) % grid.y, b / (grid.x * grid.y)};
-                body();
-                barrier.arrive_and_wait();  // the whole block is done before the next reuses __shared__
+    std::vector<Fiber> fibers(threads);
+    std::vector<char> stacks((size_t)threads * STACK);
+    body_of_block = call<Body>;
+    body_argument = &body;
+    for (unsigned int i = 0; i < blocks; ++i) {
+        // blocks in a scrambled order (a GPU promises none): a split-K tile's last block to arrive
+        // is then any of its splits, not always the last (a permutation: 1000003 is prime)
+        unsigned int b = (unsigned int)(((unsigned long long)i * 1000003ull) % blocks);
+        blockIdx = {b % grid.x, (b / grid.x) % grid.y, b / (grid.x * grid.y)};
+        for (unsigned int t = 0; t < threads; ++t) {
+            Fiber& fiber = fibers[t];
+            fiber.done = false;
+            getcontext(&fiber.context);
+            fiber.context.uc_stack.ss_sp = &stacks[(size_t)t * STACK];
+            fiber.context.uc_stack.ss_size = STACK;
+            fiber.context.uc_link = &scheduler;
+            makecontext(&fiber.context, fiber_main, 0);
+        }
+        // a round: each thread to its next barrier, in an order that changes from round to round and block
+        // to block (a permutation: 1031 is a prime above the most threads a block has)
+        for (unsigned int round = 0, finished = 0; finished < threads; ++round) {
+            finished = 0;
+            for (unsigned int k = 0; k < threads; ++k) {
+                unsigned int t = (unsigned int)(((unsigned long long)k * 1031u + round * 7u + i) % threads);
+                running = &fibers[t];
+                threadIdx = {t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
+                swapcontext(&scheduler, &running->context);
+                finished += running->done;
             }
-        });
+            if (finished != 0 && finished != threads) {  // on a GPU: undefined (here it would never end)
+                std::fprintf(stderr, "cuda_host.h: %u of %u threads of a block ended while the others wait at "
+                             "__syncthreads\n", finished, threads);
+                std::abort();
+            }
+        }
     }
-    for (auto& thread : pool) thread.join();
 }
