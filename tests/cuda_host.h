@@ -9,6 +9,7 @@
 // sync), so this schedule is one of the many a GPU may choose, and a kernel that is correct under every
 // schedule is correct under this one. Speed means nothing here.
 #pragma once
+#include <sys/mman.h>
 #include <ucontext.h>
 
 #include <algorithm>
@@ -83,15 +84,46 @@ inline T atomicAdd(T* address, T value) {  // one fiber runs at a time
     return old;
 }
 
+namespace cuda_host {
+// The fibers' stacks: STACK bytes each, below an inaccessible page, so that a kernel that overflows its stack
+// stops with a segmentation fault instead of writing over another fiber's. Kept from launch to launch.
+constexpr size_t STACK = 1 << 16, GUARD = 1 << 12;
+constexpr char UNTOUCHED = (char)0xa5;  // what a stack holds where no fiber has written yet
+inline std::vector<char*> stacks;
+inline char* fiber_stack_if_any(unsigned int t) { return t < stacks.size() ? stacks[t] : nullptr; }
+inline char* fiber_stack(unsigned int t) {
+    while (stacks.size() <= t) {
+        void* area = mmap(nullptr, GUARD + STACK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (area == MAP_FAILED || mprotect(area, GUARD, PROT_NONE) != 0) {
+            std::perror("cuda_host.h: a fiber's stack");
+            std::abort();
+        }
+        stacks.push_back(static_cast<char*>(area) + GUARD);
+        std::fill_n(stacks.back(), STACK, UNTOUCHED);
+    }
+    return stacks[t];
+}
+}  // namespace cuda_host
+
+// The most bytes of stack any fiber has used so far (for the tests: the room left below STACK).
+extern "C" unsigned long cuda_host_deepest_stack() {
+    unsigned long deepest = 0;
+    for (unsigned int t = 0;; ++t) {
+        char* stack = cuda_host::fiber_stack_if_any(t);
+        if (stack == nullptr) return deepest;
+        unsigned long untouched = std::find_if(stack, stack + cuda_host::STACK, [](char c) {
+            return c != cuda_host::UNTOUCHED; }) - stack;
+        deepest = std::max(deepest, (unsigned long)(cuda_host::STACK - untouched));
+    }
+}
+
 template <class Body>
 void launch(dim3 grid, dim3 block, Body body) {
     using namespace cuda_host;
-    constexpr size_t STACK = 1 << 16;  // bytes a fiber: the kernels keep a few KB of arrays
     blockDim = block;
     gridDim = grid;
     unsigned int threads = block.x * block.y * block.z, blocks = grid.x * grid.y * grid.z;
     std::vector<Fiber> fibers(threads);
-    std::vector<char> stacks((size_t)threads * STACK);
     body_of_block = call<Body>;
     body_argument = &body;
     for (unsigned int i = 0; i < blocks; ++i) {
@@ -103,7 +135,7 @@ void launch(dim3 grid, dim3 block, Body body) {
             Fiber& fiber = fibers[t];
             fiber.done = false;
             getcontext(&fiber.context);
-            fiber.context.uc_stack.ss_sp = &stacks[(size_t)t * STACK];
+            fiber.context.uc_stack.ss_sp = fiber_stack(t);
             fiber.context.uc_stack.ss_size = STACK;
             fiber.context.uc_link = &scheduler;
             makecontext(&fiber.context, fiber_main, 0);

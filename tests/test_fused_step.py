@@ -2,6 +2,7 @@
 kernels are compiled for the host by tests/kernel_host.py, so every launch, shape and epilogue is checked
 here; tests/test_cupy.py repeats the step checks on a real GPU."""
 
+import ctypes
 import types
 
 import numpy as np
@@ -198,6 +199,18 @@ def test_host_launch_refuses_what_a_gpu_would_misread(host_kernels):
 
 
 GEMM_SHAPES = [(1, 1, 1), (37, 70, 129), (64, 64, 16), (130, 1, 65), (36, 68, 132)]  # the last: float4 loads
+
+
+def test_the_emulated_threads_keep_room_on_their_stacks(host_kernels):
+    """Each emulated CUDA thread is a fiber with a stack of its own (tests/cuda_host.h), an inaccessible page
+    below it: after every tile shape of every GEMM kernel, split and not, the deepest of them has used less
+    than a quarter of its 64 KB."""
+    check_gemm_tiles(host_kernels, np, 37, 70, 129, 4)
+    check_gemm_tiles(host_kernels, np, 36, 68, 132, 1)
+    deepest = host_kernels.library.cuda_host_deepest_stack
+    deepest.restype = ctypes.c_ulong
+    print(f"\ndeepest fiber stack: {deepest()} bytes")
+    assert 0 < deepest() < (1 << 16) // 4
 
 
 def test_the_stand_in_for_cuda_refuses_a_race_between_streams(host_kernels):
