@@ -193,8 +193,9 @@ def test_gemm_tiles_on_the_gpu(rows, cols, inner, splits):
 
 def test_captured_graph_replays_equal_eager_steps_and_draw_fresh_numbers():
     """The same steps run eagerly and as replays of one captured CUDA graph give bit-identical parameters
-    (each chose its GEMM tiles by its own timings: any choice gives the same bits); each replay reads the
-    step counter from device memory, so it draws new noise and masks."""
+    (each chose its GEMM tiles by its own timings, the graph's in the graph too: any choice gives the same
+    bits, and the graph's tuning puts back the state its trials trained); each replay reads the step counter
+    from device memory, so it draws new noise and masks."""
     data = cupy.asarray(np.random.default_rng(6).random((3, 128, 784), dtype=np.float32))
     eager, graphed = GAN(get_backend("cupy"), seed=8), GAN(get_backend("cupy"), seed=8)
     eager.fused.use_graph, graphed.fused.use_graph = False, True
@@ -204,6 +205,10 @@ def test_captured_graph_replays_equal_eager_steps_and_draw_fresh_numbers():
         graphed.train_step(batch)
         noises.append(cupy.asnumpy(graphed.fused.buffers(128)["z"][0]))
     assert len(graphed.fused._graphs) == 1  # a first eager step (tiles timed), then captured once, replayed
+    # and tuned: the trials' replays trained on the second batch, and the state was put back (the bits below)
+    kept = [trial for trial in graphed.fused.trials if trial["kept"]]
+    print(f"\ngraph tuning: {len(graphed.fused.trials)} trials, {len(kept)} kept, ratios "
+          f"{sorted(round(trial['ratio'], 3) for trial in graphed.fused.trials)}")
     if cupy_backend.priority_graphs_available():  # kept each kernel's priority: the driver took the graph
         assert isinstance(graphed.fused._graphs[128], cupy_backend.PriorityGraph)
     np.testing.assert_array_equal(cupy.asnumpy(graphed.G.params), cupy.asnumpy(eager.G.params))
