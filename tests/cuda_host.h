@@ -1,10 +1,10 @@
 // Runs CUDA kernels on the CPU, for tests on machines without a GPU (tests/kernel_host.py builds it).
 // One fiber (a ucontext with a stack of its own) per CUDA thread of a block, all on the calling thread; blocks
 // run one after another, in a scrambled order. The threads of a block run in turn (in an order scrambled anew
-// at every barrier), each until it reaches __syncthreads or its end, and none passes a __syncthreads before all
-// have reached it: a barrier. __shared__
-// is function-static storage, safe because one block runs at a time. (With one OS thread per CUDA thread, as
-// before, most of the tests' time went to waking 64-256 threads on 2 cores at every barrier.)
+// at every barrier), each until it reaches __syncthreads or its end, and none passes a __syncthreads before
+// all have reached it. __shared__ is function-static storage, safe because one block runs at a time. (With an
+// OS thread per CUDA thread, until 2026-11-28, most of the tests' time went to waking 64-256 threads on 2
+// cores at every barrier.)
 // Only what minigan's kernels use is here: they avoid warp-synchronous code (no shuffles, no implicit warp
 // sync), so this schedule is one of the many a GPU may choose, and a kernel that is correct under every
 // schedule is correct under this one. Speed means nothing here.
