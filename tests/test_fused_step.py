@@ -46,12 +46,12 @@ def fused_gan(k, seed):
     return gan
 
 
-@pytest.mark.parametrize("k, mode", [(1, "graph"), (2, "eager")])
+@pytest.mark.parametrize("k, mode", [(1, "graph"), (2, "graph"), (2, "eager")])
 def test_fused_steps_match_the_numpy_layers(host_kernels, k, mode):
     """Three fused steps against the NumPy layers fed the same noise and masks, each from the same state
     (conftest.align_state). In "graph" mode the step takes its GPU path with a stand-in for CUDA (FakeCuda):
-    the first step runs launch by launch (GEMM tiles timed), the second is captured and replayed, the third
-    replays the same graph."""
+    the first step runs launch by launch (GEMM tiles timed), the second is captured (and tuned) and replayed,
+    the third replays the same graph; at K = 2 the graph holds both D iterations."""
     n, steps = 16, 3
     gan, reference = fused_gan(k, seed=77), GAN(get_backend("numpy"), k=k, seed=9)
     if mode == "graph":
