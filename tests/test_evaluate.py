@@ -84,6 +84,10 @@ def test_classifier_and_metrics_on_real_mnist(classifier_cache, shared_mnist_mod
     # real training images score like real data; noise and a single repeated digit do not
     real = ev.evaluate_images(to_unit_interval(train[0][-3000:]), shared_mnist_module, log=lambda s: None)
     assert real["n_generated"] == 3000 and real["n_real"] == 10000
+    # the classifier named by its weights: the cached one is the one trained, another one is another
+    assert real["classifier_sha256"] == ev.classifier_id(model) == ev.classifier_id(again)
+    other = ev.make_classifier(np.random.default_rng(1))
+    assert len(real["classifier_sha256"]) == 16 and ev.classifier_id(other) != real["classifier_sha256"]
     assert real["fid_mnist"] < 5 * max(real["fid_mnist_floor"], 1e-3) + 1
     assert real["class_kl_from_uniform"] < 0.01 and real["precision"] > 0.6 and real["recall"] > 0.6
     noise = ev.evaluate_images(np.random.default_rng(0).random((3000, 784), dtype=np.float32),
