@@ -146,7 +146,7 @@ class FusedStep:
     random counters are (element, draw, rng.step). ``kernel(family, name)`` returns a launchable kernel.
 
     The first step of each batch size runs launch by launch and times every GEMM tile shape on each of its
-    products (``timer(launch, reps=20)`` -> seconds per launch; on a GPU, CUDA events); from the second on
+    products (``timer(launch, reps)`` -> seconds per launch over reps; on a GPU, CUDA events); from the second on
     the step is one CUDA graph with the fastest tiles. The first graph captured is then tuned as a whole
     (``_tune``): a tile that came close alone replaces the fastest where the graph runs faster with it. Where
     ``timer`` is None (the CPU) every product uses DEFAULT_TILE. ``sms`` (the GPU's SM count, H100_SMS without
@@ -260,18 +260,25 @@ class FusedStep:
 
     def _fastest_tile(self, key, splits, args):
         """Time every tile shape that can run this product (all give the same bits, so the launches do no
-        harm) and keep the fastest. Interleaved rounds, each tile's best time: the first step runs as the
-        GPU's clocks rise, so a single pass would favour whichever tile came last."""
+        harm) and keep the fastest."""
         name, rows, cols, _ = key
         candidates = [tile for tile in GEMM_TILES
                       if tile_fits(tile, splits) and self._scratch_fits(rows, cols, splits, tile)]
+        times = self.tile_times[key] = self._best_times(
+            {tile: lambda tile=tile: launch_gemm(self.kernel, name, tile, rows, cols, splits, args)
+             for tile in candidates})
+        return min(times, key=times.get)
+
+    def _best_times(self, launches, reps=20):
+        """{key: seconds per launch of launches[key]()} over ``reps`` launches, each timed TUNING_ROUNDS times in
+        interleaved rounds and its best time kept: the first steps run as the GPU's clocks rise, so a single
+        pass would favour whichever came last."""
         times = {}
         for _ in range(TUNING_ROUNDS):
-            for tile in candidates:
-                seconds = self.timer(lambda tile=tile: launch_gemm(self.kernel, name, tile, rows, cols, splits, args))
-                times[tile] = min(times.get(tile, seconds), seconds)
-        self.tile_times[key] = times
-        return min(times, key=times.get)
+            for key, launch in launches.items():
+                seconds = self.timer(launch, reps)
+                times[key] = min(times.get(key, seconds), seconds)
+        return times
 
     def _gpu_time(self, launch, reps=20):
         return gpu_seconds_per_launch(self.xp, self.kernel, launch, reps)
@@ -487,14 +494,10 @@ class FusedStep:
         return graph
 
     def _time_ratio(self, trial, graph):
-        """The seconds per replay of graph ``trial`` over those of ``graph``: each timed TUNING_ROUNDS times, in
-        interleaved rounds, and its best time kept."""
-        best = {}
-        for _ in range(TUNING_ROUNDS):
-            for g in (graph, trial):
-                seconds = self.timer(lambda g=g: g.launch(stream=self.stream), STEP_TUNING_REPLAYS)
-                best[id(g)] = min(best.get(id(g), seconds), seconds)
-        return best[id(trial)] / best[id(graph)]
+        """The seconds per replay of graph ``trial`` over those of ``graph`` (_best_times of each)."""
+        times = self._best_times({"graph": lambda: graph.launch(stream=self.stream),
+                                  "trial": lambda: trial.launch(stream=self.stream)}, STEP_TUNING_REPLAYS)
+        return times["trial"] / times["graph"]
 
     def _state(self):
         """(array, copy) of every array a step changes that a later step reads: the parameters, gradients,

@@ -337,7 +337,7 @@ def test_tiles_chosen_by_timing_give_the_same_step(host_kernels):
         launched.append(name)
         return host_kernels(family, name)
 
-    def timer(launch):  # runs the launch, as the GPU timer does, and prefers one tile shape
+    def timer(launch, reps):  # runs the launch, as the GPU timer does, and prefers one tile shape
         launch()
         timed_tiles.append(tile_of(launched[-1]))
         return 0.5 if timed_tiles[-1] == favourite else 1.0

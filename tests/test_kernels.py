@@ -84,8 +84,6 @@ def test_the_32x32_tiles_fit_the_splits_split_k_plans_per_sm():
                                                         f"thread, room for fewer than {blocks} blocks per SM")
 
 
-
-
 def _nvrtc():
     """libnvrtc from the nvidia-cuda-nvrtc wheel (the test extra), a CUDA toolkit, or the library path."""
     import ctypes
