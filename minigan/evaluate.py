@@ -175,10 +175,10 @@ def class_histogram(logits):
 
 
 def classifier_id(model):
-    """The first 16 hex digits of the SHA-256 of the classifier's weights. The classifier is seeded, but its
-    float32 training rounds as the machine's BLAS does, so two machines may train two classifiers (test
-    accuracy 0.9848 and 0.9843 in this project's runs): metrics compare only under the same one."""
-    return hashlib.sha256(np.ascontiguousarray(model.params, dtype=np.float32).tobytes()).hexdigest()[:16]
+    """The classifier's fingerprint: its recipe's and its weights'. The classifier is seeded, but its float32
+    training rounds as the machine's BLAS does, so two machines may train two classifiers (test accuracy
+    0.9848 and 0.9843 in this project's runs): metrics compare only under the same one."""
+    return _fingerprint(model.params)
 
 
 def evaluate_images(images, data_dir=None, log=print, k=3):
