@@ -43,12 +43,13 @@ def products(n=128):
 
 
 def parse_args(argv):
-    from minigan.cupy_step import GEMM_TILES, MAX_SPLITS
+    from minigan.cupy_step import CLUSTER_TILES, GEMM_TILES, MAX_SPLITS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs=4, metavar=("KIND", "ROWS", "COLS", "INNER"),
                         help="one product: forward, weight or input, and its output's rows and cols, inner size")
-    parser.add_argument("--tile", choices=GEMM_TILES, help="one tile shape")
+    parser.add_argument("--tile", choices=GEMM_TILES + CLUSTER_TILES,
+                        help="one tile shape (+cluster: its blocks as clusters; Hopper and later)")
     parser.add_argument("--splits", type=int, choices=[s for s in (1, 2, 4, 8, 16) if s <= MAX_SPLITS],
                         help="one split count")
     args = parser.parse_args(argv)
@@ -68,16 +69,22 @@ def main(argv=None):
         cupy = get_backend("cupy").xp
     except BackendError as e:
         sys.exit(f"bench_gemm.py: error: {e}")
-    from minigan.cupy_backend import kernel
-    from minigan.cupy_step import (ACT_NONE, GEMM_TILES, MAX_SPLITS, gpu_seconds_per_launch, launch_gemm, split_k,
-                                   split_scratch, tile_fits)
+    from minigan.cupy_backend import dependent_kernel, dependent_launch_available, kernel
+    from minigan.cupy_step import (ACT_NONE, CLUSTER_TILES, GEMM_TILES, MAX_SPLITS, gpu_seconds_per_launch, launch_gemm,
+                                   split_k, split_scratch, tile_fits)
 
     rng = np.random.default_rng(0)
     step = cupy.zeros(1, np.uint64)
     f32, i32 = np.float32, np.int32
     sms = cupy.cuda.Device().attributes["MultiProcessorCount"]
     split_counts = [args.splits] if args.splits else [s for s in (1, 2, 4, 8, 16) if s <= MAX_SPLITS]
-    tiles = [args.tile] if args.tile else GEMM_TILES
+    # as the step launches them: through cuLaunchKernelEx where the GPU can launch dependent kernels and
+    # clusters, with the cluster tiles among the shapes timed
+    clusters = dependent_launch_available(cupy)
+    launcher = dependent_kernel if clusters else kernel
+    tiles = [args.tile] if args.tile else GEMM_TILES + (CLUSTER_TILES if clusters else ())
+    if not clusters and any(tile.endswith("+cluster") for tile in tiles):
+        sys.exit(f"bench_gemm.py: error: {args.tile} needs clusters, which this GPU or driver cannot launch")
     chosen = [(*args.only, ACT_NONE)] if args.only else products()
     scratch = [split_scratch(rows, cols, splits, tile) for _, rows, cols, *_ in chosen for splits in split_counts
                for tile in tiles if tile_fits(tile, splits)]
@@ -127,7 +134,7 @@ def main(argv=None):
         best_at_splits = {}
         for splits in split_counts:
             for tile in (tile for tile in tiles if tile_fits(tile, splits)):
-                launch = lambda: launch_gemm(kernel, name, tile, rows, cols, splits, args)  # noqa: E731
+                launch = lambda: launch_gemm(launcher, name, tile, rows, cols, splits, args)  # noqa: E731
                 C.fill(np.nan)
                 if kind == "weight":
                     db.fill(np.nan)
@@ -138,7 +145,7 @@ def main(argv=None):
                 if not error <= 1e-4:
                     sys.exit(f"bench_gemm.py: error: {name} {tile} splits {splits} at {rows}x{cols}x{inner} is "
                              f"wrong (max relative error {error:.1e})")
-                us = round(timed(lambda: launch_gemm(kernel, name, tile, rows, cols, splits, timed_args)), 2)
+                us = round(timed(lambda: launch_gemm(launcher, name, tile, rows, cols, splits, timed_args)), 2)
                 best_at_splits[splits] = min(best_at_splits.get(splits, us), us)
                 if splits == rule:
                     result["us"][tile] = us

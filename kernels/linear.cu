@@ -112,6 +112,48 @@ __device__ __forceinline__ void fence_acq_rel_gpu() {
 #endif
 }
 
+// Thread block clusters (Hopper): the blocks of one cluster run at once, on one GPC, and each may read the
+// others' shared memory. minigan/cupy_step.py launches a split product's blocks along z as one cluster where a
+// "+cluster" tile shape was timed faster; launched otherwise, a kernel is its own cluster of one. The CPU build
+// (tests/cuda_host.h) provides the same three calls.
+#ifdef __CUDA_ARCH__
+__device__ __forceinline__ unsigned int cluster_blocks() {
+#if __CUDA_ARCH__ >= 900
+    unsigned int blocks;
+    asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(blocks));
+    return blocks;
+#else
+    return 1;
+#endif
+}
+
+// Every thread of the cluster's blocks arrives before any goes on; shared memory written before it is seen by
+// the peers' reads after it (release, acquire).
+__device__ __forceinline__ void cluster_sync() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+#endif
+}
+
+// The address of *p (this block's shared memory) in the shared memory of the cluster's block `rank`.
+__device__ __forceinline__ const float* cluster_peer(const float* p, unsigned int rank) {
+#if __CUDA_ARCH__ >= 900
+    unsigned long long peer;
+    asm volatile("mapa.u64 %0, %1, %2;" : "=l"(peer) : "l"(p), "r"(rank));
+    return reinterpret_cast<const float*>(peer);
+#else
+    return p;
+#endif
+}
+#endif
+
+// Whether a tile's groups' sums and row sums fit over its stages (gemm), where its blocks hand over in a cluster:
+// every tile shape but 128x64_8x4 and 128x128_8x8 (minigan.cupy_step.cluster_parks says the same).
+__host__ __device__ constexpr bool cluster_parks(int bm, int bn, int slices) {
+    return slices * bm * (bn + 1) <= slices * 2 * TILE_K * (bm + bn + 8);
+}
+#define SPLITS_IN_FLIGHT_CLUSTER 1  // the splits' loads of a run in flight at once, in the cluster's hand-over
+
 // C (rows, cols) = A (rows, inner) B (inner, cols) with A(i, k) = A[i * a_i + k * a_k] and
 // B(k, j) = B[k * b_k + j * b_j]: the strides express every transpose the layers need.
 // Calls epilogue(i, j, v, count, operands) for each run v of four neighbours (i, j .. j + 3) of the block's
@@ -123,8 +165,10 @@ __device__ __forceinline__ void fence_acq_rel_gpu() {
 // split the products are added in k order; the splits' sums are then added in split order, through shared
 // memory where one block holds them all (gridDim.z == 1), else by the last of the tile's blocks to finish,
 // from `partials` (splits x tiles x BM x BN floats, then splits x rows for the row sums below; `tile_counters`,
-// one zero per tile, is left zero again). The bits therefore depend on the number of splits only, not on the
-// tile shape or on how the splits are shared between blocks and groups.
+// one zero per tile, is left zero again), or, where the tile's blocks were launched as one cluster, by all of
+// them, each a share of the tile, from the sums every block parked in its shared memory. The bits therefore
+// depend on the number of splits only, not on the tile shape or on how the splits are shared between blocks
+// and groups.
 // If a_row_sums is not null, the blocks of the first column of tiles also write the row sums of A (sum over
 // k of A(i, k)) from the slices they load anyway: the bias gradient, for free. They are split like the
 // products, each split's sum in k order, and added in split order the same way.
@@ -140,9 +184,12 @@ __device__ __forceinline__ void gemm(const float* A, long long a_i, long long a_
     static_assert((SLICES - 1) * BM * (BN + 1) <= SLICES * 2 * TILE_K * (BM + 4), "groups' sums fit where A was");
     // Two stages per group: the next slice of A and B is fetched from global memory into registers while
     // this one is multiplied, then stored into the other stage. +4 columns of padding keep float4 reads
-    // aligned and spread the column-wise stores over the banks.
-    __shared__ __align__(16) float As[SLICES][2][TILE_K][BM + 4];  // As[group][stage][k][i]
-    __shared__ __align__(16) float Bs[SLICES][2][TILE_K][BN + 4];  // Bs[group][stage][k][j]
+    // aligned and spread the column-wise stores over the banks. A's stages, then B's, in one array: where the
+    // tile's blocks are a cluster, every group's sums are parked over both.
+    constexpr int A_STAGES = SLICES * 2 * TILE_K * (BM + 4), STAGES = A_STAGES + SLICES * 2 * TILE_K * (BN + 4);
+    __shared__ __align__(16) float stages[STAGES];
+    auto As = reinterpret_cast<float(*)[2][TILE_K][BM + 4]>(stages);  // As[group][stage][k][i]
+    auto Bs = reinterpret_cast<float(*)[2][TILE_K][BN + 4]>(stages + A_STAGES);  // Bs[group][stage][k][j]
     int group = threadIdx.x / THREADS, tid = threadIdx.x % THREADS, tx = tid % TX, ty = tid / TX;
     int row0 = blockIdx.y * BM, col0 = blockIdx.x * BN;
     // This group's split of the inner dimension, in whole TILE_K slices. Every group of the block runs as
@@ -241,6 +288,48 @@ __device__ __forceinline__ void gemm(const float* A, long long a_i, long long a_
             if (sums_rows) row_sum += parked_rows[(g - 1) * BM + tid];
         }
         if (sums_rows && row0 + tid < rows) a_row_sums[row0 + tid] = row_sum;
+    } else if (cluster_parks(BM, BN, SLICES) && splits > 1 && cluster_blocks() == gridDim.z) {
+        // The tile's blocks are one cluster: each parks its groups' sums (and row sums) over its stages (the
+        // loop's last barrier is behind every read of them); after the cluster's barrier, each adds up every
+        // gridDim.z-th run of four neighbours of the tile, from the first of its own, over the splits in split
+        // order, reading each split's sums from the shared memory of the block that holds it, and applies the
+        // epilogue. (A thread's runs are whole rows of runs apart: they share a column.)
+        float* parked = stages;  // [group][BM * BN], then [group][BM] row sums
+        store_sums(parked + group * BM * BN);
+        if (sums_rows) parked[SLICES * BM * BN + group * BM + tid] = row_sum;
+        cluster_sync();
+        constexpr int BLOCK = THREADS * SLICES, RUNS = BM * BN / 4;
+        static_assert(BLOCK % (BN / 4) == 0, "a thread's runs share a column");
+        if (sums_rows && blockIdx.z == 0 && group == 0 && row0 + tid < rows) {
+            row_sum = 0.0f;
+            for (int s = 0; s < splits; ++s)
+                row_sum += cluster_peer(parked, s / SLICES)[SLICES * BM * BN + (s % SLICES) * BM + tid];
+            a_row_sums[row0 + tid] = row_sum;
+        }
+        for (int run = blockIdx.z * BLOCK + threadIdx.x; run < RUNS; run += gridDim.z * BLOCK) {
+            int i = row0 + run / (BN / 4), j = col0 + 4 * (run % (BN / 4));
+            if (i >= rows || j >= cols) continue;
+            typename Epilogue::Operands operands;
+            epilogue.load(i, j, min(4, cols - j), operands);
+            float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            for (int first = 0; first < splits; first += SPLITS_IN_FLIGHT_CLUSTER) {
+                float4 v[SPLITS_IN_FLIGHT_CLUSTER];
+#pragma unroll
+                for (int s = 0; s < SPLITS_IN_FLIGHT_CLUSTER; ++s)
+                    if (first + s < splits) {
+                        int split_at = first + s;
+                        v[s] = *reinterpret_cast<const float4*>(
+                            cluster_peer(parked, split_at / SLICES) + (split_at % SLICES) * BM * BN + 4 * run);
+                    }
+#pragma unroll
+                for (int s = 0; s < SPLITS_IN_FLIGHT_CLUSTER; ++s)
+                    if (first + s < splits) sum.x += v[s].x, sum.y += v[s].y, sum.z += v[s].z, sum.w += v[s].w;
+            }
+            float values[4] = {sum.x, sum.y, sum.z, sum.w};
+            epilogue(i, j, values, min(4, cols - j), operands);
+        }
+        cluster_sync();  // the peers' reads of this block's shared memory are done before it ends
+        return;
     } else if (splits > 1) {
         // Splits over several blocks: publish every group's sums; the tile's last block to arrive adds them
         int tile = blockIdx.y * gridDim.x + blockIdx.x, tiles = gridDim.x * gridDim.y;

@@ -98,6 +98,7 @@ def kernel(family, name):
 # cuda.h's CUlaunchAttribute (an id, then a 64-byte union at offset 8) and CUlaunchConfig, for
 # cuLaunchKernelEx, which CuPy does not wrap, and the flags of the graph calls below; tests/test_kernels.py
 # holds them to cuda.h.
+CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION = 4
 CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6
 CU_STREAM_CAPTURE_MODE_RELAXED = 2
 CUDA_GRAPH_INSTANTIATE_FLAG_USE_NODE_PRIORITY = 8
@@ -172,21 +173,24 @@ class DependentLaunch:
     """A kernel launched, like a CuPy kernel, as ``kernel(grid, block, args)`` on the current stream, but
     through cuLaunchKernelEx with programmatic stream serialization: its blocks may be scheduled while the
     kernels it depends on still run, and wait in kernels/dependent_launch.cuh's after_previous_kernels()
-    until those have finished. Stream capture keeps that as the graph's programmatic edges."""
+    until those have finished. Stream capture keeps that as the graph's programmatic edges.
+    ``kernel(grid, block, args, cluster=c)`` launches the blocks in thread block clusters of c along z."""
 
     def __init__(self, raw_kernel):
         import cupy
 
         self.cupy, self.cu_function = cupy, raw_kernel.kernel.ptr  # the cupy.RawKernel's CUfunction
-        attribute = LaunchAttribute(id=CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION)
-        attribute.value[0] = 1  # programmaticStreamSerializationAllowed
-        self.attribute, self._driver = attribute, launch_ex_driver()
+        attributes = (LaunchAttribute * 2)(LaunchAttribute(id=CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION),
+                                           LaunchAttribute(id=CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION))
+        attributes[0].value[0] = 1  # programmaticStreamSerializationAllowed
+        self.attributes, self._driver = attributes, launch_ex_driver()
 
-    def __call__(self, grid, block, args):
+    def __call__(self, grid, block, args, cluster=1):
         grid, block = (tuple(grid) + (1, 1))[:3], (tuple(block) + (1, 1))[:3]
         values, params = kernel_params(args)  # params points into values, alive until the call returns
-        config = LaunchConfig(*grid, *block, 0, self.cupy.cuda.get_current_stream().ptr,
-                              ctypes.pointer(self.attribute), 1)
+        self.attributes[1].value[:3] = (1, 1, cluster)  # clusterDim x, y, z
+        config = LaunchConfig(*grid, *block, 0, self.cupy.cuda.get_current_stream().ptr, self.attributes,
+                              2 if cluster > 1 else 1)
         driver_call(self._driver, "cuLaunchKernelEx", ctypes.byref(config), self.cu_function, params, None)
 
 
@@ -334,8 +338,9 @@ class CupyBackend:
 
         if gan.dtype != np.float32:
             return None
-        # where the GPU or the driver cannot launch dependent kernels, CuPy's own launch (and capture)
-        return FusedStep(gan, self.xp, dependent_kernel if dependent_launch_available(self.xp) else kernel,
+        # where the GPU or the driver cannot launch dependent kernels (nor clusters), CuPy's own launch (and capture)
+        dependent = dependent_launch_available(self.xp)
+        return FusedStep(gan, self.xp, dependent_kernel if dependent else kernel, clusters=dependent,
                          capture=PriorityGraph if priority_graphs_available() else None)
 
     def upload_images(self, images):

@@ -39,6 +39,7 @@ HEAD_ROWS = 8  # the rows of a head_forward_backward block (kernels/linear.cu)
 GEMM_TILES = ("32x32_4x4", "64x64_4x4", "64x64_8x8", "128x64_8x4", "128x128_8x8",
               "32x32_4x4_s2", "32x32_4x4_s4", "32x64_4x8_s2", "64x64_8x8_s2")
 DEFAULT_TILE = "32x32_4x4"  # where nothing is timed: the kernels compiled for the CPU, where 64 threads run fastest
+MAX_CLUSTER = 8  # blocks per thread block cluster: CUDA's portable most
 MAX_SPLITS, MIN_SPLIT_INNER = 16, 48
 H100_SMS = 132  # H100 and H200 SXM: the SM count the splits are planned for where there is no GPU to ask
 SPLIT_BLOCKS_PER_SM = 8  # split products keep at most this many 32 x 32 tiles' splits per SM
@@ -54,15 +55,34 @@ STEP_TUNING_SPREAD, STEP_TUNING_CANDIDATES, STEP_TUNING_REPLAYS = 1.15, 2, 5
 
 
 def tile_shape(tile):
-    """(BM, BN, TM, TN, S) of a GEMM_TILES name: S = 1 without a "_sS" part."""
-    block, thread, *groups = tile.split("_")
+    """(BM, BN, TM, TN, S) of a GEMM_TILES or CLUSTER_TILES name: S = 1 without a "_sS" part."""
+    block, thread, *groups = tile.removesuffix("+cluster").split("_")
     (bm, bn), (tm, tn) = (map(int, part.split("x")) for part in (block, thread))
     return bm, bn, tm, tn, int(groups[0][1:]) if groups else 1
 
 
+def cluster_parks(tile):
+    """Whether the blocks of ``tile`` can hand a split tile over in a cluster: their groups' sums and row sums fit
+    over their shared memory's stages (kernels/linear.cu::cluster_parks)."""
+    bm, bn, _, _, slices = tile_shape(tile)
+    return slices * bm * (bn + 1) <= slices * 2 * 16 * (bm + bn + 8)
+
+
+# The same tile shapes with the blocks of a split tile launched as one thread block cluster, which add up the
+# splits' sums from each other's shared memory (kernels/linear.cu's gemm): the same kernels, the same bits.
+CLUSTER_TILES = tuple(f"{tile}+cluster" for tile in GEMM_TILES if cluster_parks(tile))
+
+
+def cluster_size(tile, splits):
+    """The blocks of a cluster along z where ``tile`` runs ``splits`` splits: 1 unless a "+cluster" tile."""
+    return splits // tile_shape(tile)[4] if tile.endswith("+cluster") else 1
+
+
 def tile_fits(tile, splits):
-    """Whether ``tile`` can run a product with ``splits`` splits: its groups take whole blocks' worth."""
-    return splits % tile_shape(tile)[4] == 0
+    """Whether ``tile`` can run a product with ``splits`` splits: its groups take whole blocks' worth, and a
+    cluster tile's blocks, 2, 4 or 8 of them, make one cluster."""
+    return splits % tile_shape(tile)[4] == 0 and (not tile.endswith("+cluster")
+                                                  or cluster_size(tile, splits) in (2, 4, MAX_CLUSTER))
 
 
 def split_k(rows, cols, inner, sms):
@@ -86,14 +106,22 @@ def split_scratch(rows, cols, splits, tile):
     each split's sums of each tile, and of each row (the weight gradient's bias)."""
     bm, bn, _, _, slices = tile_shape(tile)
     tiles = -(-rows // bm) * -(-cols // bn)
-    return (0, 0) if splits == slices else (splits * (tiles * bm * bn + rows), tiles)
+    if splits == slices or cluster_size(tile, splits) > 1:
+        return (0, 0)
+    return (splits * (tiles * bm * bn + rows), tiles)
 
 
 def launch_gemm(kernel, name, tile, rows, cols, splits, args):
-    """Launch kernels/linear.cu's ``name`` (linear_forward, ...) with ``tile`` for a (rows, cols) output."""
+    """Launch kernels/linear.cu's ``name`` (linear_forward, ...) with ``tile`` for a (rows, cols) output (a
+    "+cluster" tile through a kernel launcher that takes ``cluster``, the blocks of a cluster along z)."""
     bm, bn, tm, tn, slices = tile_shape(tile)
-    kernel("linear", f"{name}_{tile}")((-(-cols // bn), -(-rows // bm), splits // slices),
-                                       ((bm // tm) * (bn // tn) * slices,), args)
+    launch = kernel("linear", f"{name}_{tile.removesuffix('+cluster')}")
+    grid, block, cluster = (-(-cols // bn), -(-rows // bm), splits // slices), ((bm // tm) * (bn // tn) * slices,), \
+        cluster_size(tile, splits)
+    if cluster > 1:
+        launch(grid, block, args, cluster=cluster)
+    else:
+        launch(grid, block, args)
 
 
 def gpu_seconds_per_launch(cupy, kernel, launch, reps=20):
@@ -149,13 +177,15 @@ class FusedStep:
     products (``timer(launch, reps)`` -> seconds per launch over reps; on a GPU, CUDA events); from the second on
     the step is one CUDA graph with the fastest tiles. The first graph captured is then tuned as a whole
     (``_tune``): a tile that came close alone replaces the fastest where the graph runs faster with it. Where
-    ``timer`` is None (the CPU) every product uses DEFAULT_TILE. ``sms`` (the GPU's SM count, H100_SMS without
-    one) sets the split-K rule. ``capture(stream, work)`` captures the graph (minigan.cupy_backend.PriorityGraph:
+    ``timer`` is None (the CPU) every product uses DEFAULT_TILE. ``clusters``: CLUSTER_TILES are timed too (the
+    kernel launcher takes ``cluster``: on a GPU, cupy_backend.DependentLaunch). ``sms`` (the GPU's SM count,
+    H100_SMS without one) sets the split-K rule. ``capture(stream, work)`` captures the graph (minigan.cupy_backend.PriorityGraph:
     each kernel at its stream's priority); None: cupy_capture.
     """
 
-    def __init__(self, gan, xp, kernel, timer=None, sms=None, capture=None):
+    def __init__(self, gan, xp, kernel, timer=None, sms=None, capture=None, clusters=False):
         self.gan, self.xp, self.kernel = gan, xp, kernel
+        self.tile_choices = GEMM_TILES + CLUSTER_TILES if clusters else GEMM_TILES
         self.capture = capture or cupy_capture
         self.seed = np.uint64(gan.rng.seed)
         G, D = gan.G, gan.D
@@ -262,11 +292,18 @@ class FusedStep:
         """Time every tile shape that can run this product (all give the same bits, so the launches do no
         harm) and keep the fastest."""
         name, rows, cols, _ = key
-        candidates = [tile for tile in GEMM_TILES
+        candidates = [tile for tile in self.tile_choices
                       if tile_fits(tile, splits) and self._scratch_fits(rows, cols, splits, tile)]
-        times = self.tile_times[key] = self._best_times(
-            {tile: lambda tile=tile: launch_gemm(self.kernel, name, tile, rows, cols, splits, args)
-             for tile in candidates})
+        try:
+            times = self.tile_times[key] = self._best_times(
+                {tile: lambda tile=tile: launch_gemm(self.kernel, name, tile, rows, cols, splits, args)
+                 for tile in candidates})
+        except RuntimeError as e:  # a cluster the driver would not launch: the step goes on without clusters
+            if self.tile_choices == GEMM_TILES:
+                raise
+            warnings.warn(f"minigan: {e}: the GEMM tiles are timed without clusters", RuntimeWarning, stacklevel=2)
+            self.tile_choices = GEMM_TILES
+            return self._fastest_tile(key, splits, args)
         return min(times, key=times.get)
 
     def _best_times(self, launches, reps=20):

@@ -1,10 +1,14 @@
 // Runs CUDA kernels on the CPU, for tests on machines without a GPU (tests/kernel_host.py builds it).
-// One fiber (a ucontext with a stack of its own) per CUDA thread of a block, all on the calling thread; blocks
+// One fiber (a ucontext with a stack of its own) per CUDA thread of a block, all on one OS thread; blocks
 // run one after another, in a scrambled order. The threads of a block run in turn (in an order scrambled anew
 // at every barrier), each until it reaches __syncthreads or its end, and none passes a __syncthreads before
-// all have reached it. __shared__ is function-static storage, safe because one block runs at a time. (With an
+// all have reached it. __shared__ is function-static storage of the OS thread (thread_local). (With an
 // OS thread per CUDA thread, until 2026-11-28, most of the tests' time went to waking 64-256 threads on 2
 // cores at every barrier.)
+// A launch in clusters of blocks along z (launch's `cluster`) runs each cluster's blocks at once, each block
+// on an OS thread of its own, so each has its shared memory: cluster_sync() waits for every thread of the
+// cluster, and cluster_peer() reads a peer block's shared memory, at the same offset in that OS thread's
+// thread-local storage.
 // Only what minigan's kernels use is here: they avoid warp-synchronous code (no shuffles, no implicit warp
 // sync), so this schedule is one of the many a GPU may choose, and a kernel that is correct under every
 // schedule is correct under this one. Speed means nothing here.
@@ -14,10 +18,12 @@
 
 #include <algorithm>
 #include <atomic>
+#include <barrier>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <thread>
 #include <vector>
 
 struct dim3 {
@@ -28,14 +34,14 @@ struct uint3_ {
     unsigned int x, y, z;
 };
 
-inline uint3_ threadIdx, blockIdx;  // the running fiber's: set before it resumes
+inline thread_local uint3_ threadIdx, blockIdx;  // the running fiber's: set before it resumes
 inline dim3 blockDim, gridDim;
 
 #define __global__
 #define __device__
 #define __host__
 #define __forceinline__ inline
-#define __shared__ static
+#define __shared__ static thread_local
 #define __restrict__
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
@@ -53,14 +59,22 @@ inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst
 inline long long clock64() { return std::chrono::steady_clock::now().time_since_epoch().count(); }
 
 namespace cuda_host {
+enum Wait { RUNS, AT_SYNCTHREADS, AT_CLUSTER_SYNC };
 struct Fiber {
     ucontext_t context;
     bool done;
+    Wait wait;
 };
-inline ucontext_t scheduler;  // the block's: where a fiber goes at a barrier and at its end
-inline Fiber* running = nullptr;
+inline thread_local ucontext_t scheduler;  // the block's: where a fiber goes at a barrier and at its end
+inline thread_local Fiber* running = nullptr;
 inline void (*body_of_block)(void*) = nullptr;
 inline void* body_argument = nullptr;
+// The launch's clusters: blocks per cluster, their OS threads' barrier, and each block's thread-local storage
+// (the address of tls_anchor in its OS thread), by its rank in the cluster
+inline unsigned int cluster_size = 1;
+inline std::barrier<>* cluster_barrier = nullptr;
+inline thread_local char tls_anchor;
+inline std::vector<char*> tls_of_rank;
 
 inline void fiber_main() {
     body_of_block(body_argument);
@@ -72,16 +86,26 @@ void call(void* body) {
 }
 }  // namespace cuda_host
 
-inline void __syncthreads() { swapcontext(&cuda_host::running->context, &cuda_host::scheduler); }
+inline void __syncthreads() {
+    cuda_host::running->wait = cuda_host::AT_SYNCTHREADS;
+    swapcontext(&cuda_host::running->context, &cuda_host::scheduler);
+}
+inline unsigned int cluster_blocks() { return cuda_host::cluster_size; }
+inline void cluster_sync() {
+    cuda_host::running->wait = cuda_host::AT_CLUSTER_SYNC;
+    swapcontext(&cuda_host::running->context, &cuda_host::scheduler);
+}
+inline const float* cluster_peer(const float* p, unsigned int rank) {
+    const char* at = reinterpret_cast<const char*>(p);
+    return reinterpret_cast<const float*>(cuda_host::tls_of_rank[rank] + (at - &cuda_host::tls_anchor));
+}
 inline void sincospif(float x, float* s, float* c) {
     *s = (float)std::sin(M_PI * (double)x);
     *c = (float)std::cos(M_PI * (double)x);
 }
 template <class T>
-inline T atomicAdd(T* address, T value) {  // one fiber runs at a time
-    T old = *address;
-    *address = old + value;
-    return old;
+inline T atomicAdd(T* address, T value) {  // (the blocks of a cluster run at once)
+    return __atomic_fetch_add(address, value, __ATOMIC_SEQ_CST);
 }
 
 namespace cuda_host {
@@ -117,45 +141,100 @@ extern "C" unsigned long cuda_host_deepest_stack() {
     }
 }
 
+namespace cuda_host {
+// Block b of the grid on this OS thread, its threads' fibers on the stacks from first_stack on: a round runs each
+// thread to its next barrier, in an order that changes from round to round and block to block (a permutation:
+// 1031 is a prime above the most threads a block has). When every thread waits at __syncthreads, the next round
+// begins; when every one waits at cluster_sync, after the cluster's other blocks' threads all do too.
+inline void run_block(unsigned int b, unsigned int first_stack) {
+    dim3 grid = gridDim, block = blockDim;
+    unsigned int threads = block.x * block.y * block.z;
+    std::vector<Fiber> fibers(threads);
+    blockIdx = {b % grid.x, (b / grid.x) % grid.y, b / (grid.x * grid.y)};
+    for (unsigned int t = 0; t < threads; ++t) {
+        Fiber& fiber = fibers[t];
+        fiber.done = false;
+        fiber.wait = RUNS;
+        getcontext(&fiber.context);
+        fiber.context.uc_stack.ss_sp = stacks[first_stack + t];
+        fiber.context.uc_stack.ss_size = STACK;
+        fiber.context.uc_link = &scheduler;
+        makecontext(&fiber.context, fiber_main, 0);
+    }
+    for (unsigned int round = 0, finished = 0; finished < threads; ++round) {
+        finished = 0;
+        unsigned int at_cluster_sync = 0;
+        for (unsigned int k = 0; k < threads; ++k) {
+            unsigned int t = (unsigned int)(((unsigned long long)k * 1031u + round * 7u + b) % threads);
+            running = &fibers[t];
+            running->wait = RUNS;
+            threadIdx = {t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
+            swapcontext(&scheduler, &running->context);
+            finished += running->done;
+            at_cluster_sync += !running->done && running->wait == AT_CLUSTER_SYNC;
+        }
+        if (finished != 0 && finished != threads) {  // on a GPU: undefined (here it would never end)
+            std::fprintf(stderr, "cuda_host.h: %u of %u threads of a block ended while the others wait at a "
+                         "barrier\n", finished, threads);
+            std::abort();
+        }
+        if (at_cluster_sync != 0 && at_cluster_sync != threads) {
+            std::fprintf(stderr, "cuda_host.h: %u of %u threads of a block wait at cluster_sync, the others at "
+                         "__syncthreads\n", at_cluster_sync, threads);
+            std::abort();
+        }
+        if (at_cluster_sync != 0) {
+            if (cluster_size == 1) {
+                std::fprintf(stderr, "cuda_host.h: cluster_sync in a launch without clusters\n");
+                std::abort();
+            }
+            cluster_barrier->arrive_and_wait();
+        }
+    }
+    if (cluster_size > 1) cluster_barrier->arrive_and_drop();  // a block that ends holds no peer back
+}
+}  // namespace cuda_host
+
+// Runs body() as every thread of a grid (x, y, z) of blocks, in clusters of `cluster` blocks along z (1: none).
 template <class Body>
-void launch(dim3 grid, dim3 block, Body body) {
+void launch(dim3 grid, dim3 block, unsigned int cluster, Body body) {
     using namespace cuda_host;
+    if (cluster == 0 || grid.z % cluster != 0) {
+        std::fprintf(stderr, "cuda_host.h: clusters of %u blocks along z do not divide the grid's %u\n", cluster,
+                     grid.z);
+        std::abort();
+    }
     blockDim = block;
     gridDim = grid;
     unsigned int threads = block.x * block.y * block.z, blocks = grid.x * grid.y * grid.z;
-    std::vector<Fiber> fibers(threads);
     body_of_block = call<Body>;
     body_argument = &body;
-    for (unsigned int i = 0; i < blocks; ++i) {
-        // blocks in a scrambled order (a GPU promises none): a split-K tile's last block to arrive
-        // is then any of its splits, not always the last (a permutation: 1000003 is prime)
-        unsigned int b = (unsigned int)(((unsigned long long)i * 1000003ull) % blocks);
-        blockIdx = {b % grid.x, (b / grid.x) % grid.y, b / (grid.x * grid.y)};
-        for (unsigned int t = 0; t < threads; ++t) {
-            Fiber& fiber = fibers[t];
-            fiber.done = false;
-            getcontext(&fiber.context);
-            fiber.context.uc_stack.ss_sp = fiber_stack(t);
-            fiber.context.uc_stack.ss_size = STACK;
-            fiber.context.uc_link = &scheduler;
-            makecontext(&fiber.context, fiber_main, 0);
-        }
-        // a round: each thread to its next barrier, in an order that changes from round to round and block
-        // to block (a permutation: 1031 is a prime above the most threads a block has)
-        for (unsigned int round = 0, finished = 0; finished < threads; ++round) {
-            finished = 0;
-            for (unsigned int k = 0; k < threads; ++k) {
-                unsigned int t = (unsigned int)(((unsigned long long)k * 1031u + round * 7u + i) % threads);
-                running = &fibers[t];
-                threadIdx = {t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
-                swapcontext(&scheduler, &running->context);
-                finished += running->done;
-            }
-            if (finished != 0 && finished != threads) {  // on a GPU: undefined (here it would never end)
-                std::fprintf(stderr, "cuda_host.h: %u of %u threads of a block ended while the others wait at "
-                             "__syncthreads\n", finished, threads);
-                std::abort();
-            }
-        }
+    for (unsigned int t = 0; t < cluster * threads; ++t) fiber_stack(t);  // before any OS thread takes one
+    cluster_size = cluster;
+    if (cluster == 1) {
+        for (unsigned int i = 0; i < blocks; ++i)
+            // blocks in a scrambled order (a GPU promises none): a split-K tile's last block to arrive
+            // is then any of its splits, not always the last (a permutation: 1000003 is prime)
+            run_block((unsigned int)(((unsigned long long)i * 1000003ull) % blocks), 0);
+        return;
     }
+    unsigned int clusters = blocks / cluster, per_z = grid.x * grid.y;
+    tls_of_rank.assign(cluster, nullptr);
+    for (unsigned int i = 0; i < clusters; ++i) {
+        unsigned int c = (unsigned int)(((unsigned long long)i * 1000003ull) % clusters);  // (scrambled too)
+        unsigned int xy = c % per_z, z0 = (c / per_z) * cluster;
+        std::barrier<> barrier((std::ptrdiff_t)cluster);
+        cluster_barrier = &barrier;
+        std::barrier<> started((std::ptrdiff_t)cluster);  // every block's tls_of_rank is known before any runs
+        std::vector<std::thread> workers;
+        for (unsigned int rank = 0; rank < cluster; ++rank)
+            workers.emplace_back([&, rank] {
+                tls_of_rank[rank] = &tls_anchor;
+                started.arrive_and_wait();
+                run_block(xy + (z0 + rank) * per_z, rank * threads);
+            });
+        for (auto& worker : workers) worker.join();
+        cluster_barrier = nullptr;
+    }
+    cluster_size = 1;
 }

@@ -52,9 +52,9 @@ class FakeCuda:
     def kernel(self, family, name):
         run = self.host_kernels(family, name)
 
-        def launch(grid, block, args):
+        def launch(grid, block, args, cluster=1):
             if self.probe is not None:
-                self.probe.append(name)
+                self.probe.append(name + ("+cluster" if cluster > 1 else ""))
                 return
             stream = self.current
             accesses = self.host_kernels.accesses(name, args)
@@ -63,9 +63,9 @@ class FakeCuda:
                 if stream is not self.origin:
                     assert stream.waited.get(id(self.origin)) == self.origin.launches, \
                         f"{name} on a second stream without a fork from the capturing one"
-                self.captured.append((name, run, grid, block, args, accesses))
+                self.captured.append((name, run, grid, block, args, cluster, accesses))
             else:
-                run(grid, block, args)
+                run(grid, block, args, cluster)
             self.order(stream or self.null, name, accesses)
             if stream is not None:
                 stream.launches += 1
@@ -108,8 +108,9 @@ class FakeCuda:
         self.probe = []
         try:
             launch()
+            (launched,) = self.probe
         finally:
-            (launched,), self.probe = self.probe, None
+            self.probe = None
         if isinstance(launched, str):
             return self.timings.get(tile_of(launched), 1.0)
         tiles = [tile_of(name) for name in launched if TILE.search(name)]
@@ -185,18 +186,18 @@ class FakeCuda:
         """A graph launch: its launches in their recorded order (their races were checked at the capture), as
         one launch on ``stream`` that touches what they do."""
         if self.probe is not None:  # timed: the names launched
-            self.probe.append([name for name, *_ in launches])
+            self.probe.append([name + ("+cluster" if cluster > 1 else "") for name, _, _, _, _, cluster, _ in launches])
             if self.timed_replays <= 0:
                 return
             self.timed_replays -= 1
         self.graph_launches += 1
-        for _, run, grid, block, args, _ in launches:
-            run(grid, block, args)
+        for _, run, grid, block, args, cluster, _ in launches:
+            run(grid, block, args, cluster)
         self.order(stream or self.current or self.null, "a replayed graph", [a for *_, accesses in launches
                                                                             for a in accesses])
 
 
-TILE = re.compile(r"_(\d+x\d+_\d+x\d+(?:_s\d+)?)$")
+TILE = re.compile(r"_(\d+x\d+_\d+x\d+(?:_s\d+)?(?:\+cluster)?)$")
 
 
 def tile_of(kernel_name):

@@ -1,8 +1,8 @@
 """kernels/*.cu compiled for the CPU (through tests/cuda_host.h) and called like cupy.RawKernel objects.
 
-``HostKernels()(family, name)`` returns a callable ``(grid, block, args)`` that runs the kernel on NumPy
-arrays on a grid of up to three dimensions: every array argument is passed as a pointer to its data, every
-scalar as its value, and each must have the dtype the kernel declares (as CuPy passes them unconverted); a
+``HostKernels()(family, name)`` returns a callable ``(grid, block, args, cluster=1)`` that runs the kernel on
+NumPy arrays on a grid of up to three dimensions, in clusters of ``cluster`` blocks along z: every array
+argument is passed as a pointer to its data, every scalar as its value, and each must have the dtype the kernel declares (as CuPy passes them unconverted); a
 launch configuration CUDA would refuse is refused. So the code that launches kernels on the GPU
 (minigan/cupy_step.py) runs unchanged on the CPU, with xp=numpy.
 """
@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 KERNELS = ROOT / "kernels"
 SIGNATURE = re.compile(r'extern "C" __global__ void\s+(?:__launch_bounds__\(([^)]*)\)\s+)?(\w+)\(([^)]*)\)', re.S)
 MAX_THREADS, MAX_GRID = 1024, (2**31 - 1, 65535, 65535)  # per block, and blocks per grid dimension, as CUDA's
+MAX_CLUSTER = 8  # blocks per cluster, CUDA's portable most
 CTYPES = [("unsigned long long", ctypes.c_ulonglong), ("long long", ctypes.c_longlong),
           ("unsigned int", ctypes.c_uint), ("int", ctypes.c_int), ("float", ctypes.c_float),
           ("double", ctypes.c_double)]
@@ -71,8 +72,9 @@ class HostKernels:
             for name, args, _ in kernels:
                 params = ", ".join(f"{c_type} {arg}" for _, c_type, arg in args)
                 call = ", ".join(arg for _, _, arg in args)
-                lines.append(f'extern "C" void host_{name}(unsigned gx, unsigned gy, unsigned gz, unsigned bx, {params}) '
-                             f"{{ launch(dim3(gx, gy, gz), dim3(bx), [&] {{ {name}({call}); }}); }}")
+                lines.append(f'extern "C" void host_{name}(unsigned gx, unsigned gy, unsigned gz, unsigned bx, '
+                             f"unsigned cluster, {params}) "
+                             f"{{ launch(dim3(gx, gy, gz), dim3(bx), cluster, [&] {{ {name}({call}); }}); }}")
         source = self.build_dir / "kernels_host.cpp"
         source.write_text("\n".join(lines) + "\n")
         library = self.build_dir / "kernels_host.so"
@@ -86,7 +88,7 @@ class HostKernels:
         for kernels in self.signatures.values():
             for name, args, max_threads in kernels:
                 fn = getattr(self.library, f"host_{name}")
-                fn.argtypes = [ctypes.c_uint] * 4 + [c for c, _, _ in args]
+                fn.argtypes = [ctypes.c_uint] * 5 + [c for c, _, _ in args]
                 fn.restype = None
                 self.kernels[name] = (fn, args, max_threads)
 
@@ -101,7 +103,7 @@ class HostKernels:
     def __call__(self, family, name):
         fn, args, max_threads = self.kernels[name]
 
-        def launch(grid, block, values):
+        def launch(grid, block, values, cluster=1):
             grid = tuple(grid) + (1,) * (3 - len(grid))
             # what a GPU refuses to launch (a block over the kernel's __launch_bounds__ or CUDA's limits), and
             # the block shape this emulator keeps (kernels/*.cu use one-dimensional blocks)
@@ -109,6 +111,9 @@ class HostKernels:
                 raise ValueError(f"{name}: block {tuple(block)}: one dimension of at most {max_threads} threads")
             if not all(0 < g <= most for g, most in zip(grid, MAX_GRID)):
                 raise ValueError(f"{name}: grid {grid} is empty or beyond CUDA's {MAX_GRID}")
+            if not (0 < cluster <= MAX_CLUSTER and grid[2] % cluster == 0):
+                raise ValueError(f"{name}: clusters of {cluster} blocks along z: at most {MAX_CLUSTER} (CUDA's "
+                                 f"portable size), dividing the grid's {grid[2]}")
             converted = []
             for (ctype, c_type, arg_name), value in zip(args, values, strict=True):
                 if ctype is ctypes.c_void_p:
@@ -121,6 +126,6 @@ class HostKernels:
                                     f"(the kernel's {ctype.__name__}), not {type(value).__name__}")
                 else:
                     converted.append(value)
-            fn(*grid, block[0], *converted)
+            fn(*grid, block[0], cluster, *converted)
 
         return launch

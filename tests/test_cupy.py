@@ -184,11 +184,13 @@ def test_cli_trains_on_the_gpu_and_resumes_on_the_cpu(tmp_path):
 @pytest.mark.parametrize("rows, cols, inner", GEMM_SHAPES + [(256, 1024, 784), (128, 784, 1024)])
 @pytest.mark.parametrize("splits", [1, 3, 8])
 def test_gemm_tiles_on_the_gpu(rows, cols, inner, splits):
-    """Every tile shape and split-K on the device (blocks really concurrent: the split-K hand-over) against
-    NumPy, bit-identical across tile shapes, as tests/test_fused_step.py checks on the CPU."""
-    from minigan.cupy_backend import kernel
+    """Every tile shape and split-K on the device (blocks really concurrent: the split-K hand-over, through
+    global memory or, launched as clusters, through their shared memory) against NumPy, bit-identical across
+    tile shapes, as tests/test_fused_step.py checks on the CPU."""
+    from minigan.cupy_backend import dependent_kernel, dependent_launch_available, kernel
 
-    check_gemm_tiles(kernel, cupy, rows, cols, inner, splits)
+    clusters = dependent_launch_available(cupy)  # (cluster launches go through the same cuLaunchKernelEx)
+    check_gemm_tiles(dependent_kernel if clusters else kernel, cupy, rows, cols, inner, splits, clusters=clusters)
 
 
 def test_captured_graph_replays_equal_eager_steps_and_draw_fresh_numbers():

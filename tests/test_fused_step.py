@@ -13,8 +13,8 @@ from kernel_host import HostKernels
 from philox_reference import step_uniforms
 
 from minigan.backend import get_backend, to_host
-from minigan.cupy_step import (BN_COLUMNS, DEFAULT_TILE, GEMM_TILES, TUNING_ROUNDS, FusedStep, draw_ids, split_k,
-                               tile_fits)
+from minigan.cupy_step import (BN_COLUMNS, CLUSTER_TILES, DEFAULT_TILE, GEMM_TILES, TUNING_ROUNDS, FusedStep, draw_ids,
+                               split_k, tile_fits)
 from minigan.gan import GAN
 
 pytestmark = pytest.mark.skipif(not HostKernels.available, reason="no host C++ compiler")
@@ -46,18 +46,22 @@ def fused_gan(k, seed):
     return gan
 
 
-@pytest.mark.parametrize("k, mode", [(1, "graph"), (2, "graph"), (2, "eager")])
+@pytest.mark.parametrize("k, mode", [(1, "graph"), (1, "graph-clusters"), (2, "graph"), (2, "eager")])
 def test_fused_steps_match_the_numpy_layers(host_kernels, k, mode):
     """Three fused steps against the NumPy layers fed the same noise and masks, each from the same state
     (conftest.align_state). In "graph" mode the step takes its GPU path with a stand-in for CUDA (FakeCuda):
     the first step runs launch by launch (GEMM tiles timed), the second is captured (and tuned) and replayed,
-    the third replays the same graph; at K = 2 the graph holds both D iterations."""
+    the third replays the same graph; at K = 2 the graph holds both D iterations. With "-clusters", a cluster
+    tile is fastest where it can run (the products split over 2, 4 or 8 blocks of it)."""
     n, steps = 16, 3
     gan, reference = fused_gan(k, seed=77), GAN(get_backend("numpy"), k=k, seed=9)
-    if mode == "graph":
-        favourite = "64x64_8x8"  # the stand-in timer makes it fastest
-        cuda = FakeCuda(host_kernels, timings={favourite: 0.5})
-        fused = FusedStep(gan, fake_cupy(cuda), cuda.kernel, timer=cuda.timer)
+    favourites = {"64x64_8x8": 0.5}  # the stand-in timer makes it fastest (and a cluster tile faster still)
+    if mode.startswith("graph"):
+        clusters = mode.endswith("clusters")
+        if clusters:
+            favourites["32x32_4x4+cluster"] = 0.4
+        cuda = FakeCuda(host_kernels, timings=favourites)
+        fused = FusedStep(gan, fake_cupy(cuda), cuda.kernel, timer=cuda.timer, clusters=clusters)
     else:
         fused = FusedStep(gan, np, host_kernels)
     data = np.random.default_rng(10).random((steps, n, 784), dtype=np.float32)
@@ -85,9 +89,9 @@ def test_fused_steps_match_the_numpy_layers(host_kernels, k, mode):
     # each step (each replay of one graph) draws new noise and new dropout masks
     for a, b in ((0, 1), (1, 2)):
         assert not np.array_equal(noises[a], noises[b]) and not np.array_equal(masks[a], masks[b])
-    if mode == "graph":
+    if mode.startswith("graph"):
         assert len(fused._graphs) == 1 and cuda.graph_launches == steps - 1
-        assert set(fused.tiles.values()) == {favourite}
+        assert set(fused.tiles.values()) == set(favourites)
         assert fused.side.priority > fused.stream.priority  # lower is higher: the critical path's blocks first
     assert abs(float(noises[0].mean())) < 0.2 and 0.8 < float(noises[0].std()) < 1.2
     print(f"\nfused step ({mode}) vs NumPy layers, k={k}, {steps} steps: max |stats diff| {worst['stats']:.1e}, "
@@ -124,10 +128,37 @@ def test_a_graph_the_driver_refuses_is_captured_by_cupy(host_kernels):
         fused.train_step(data[1])
 
 
+def test_clusters_the_driver_refuses_leave_the_plain_tiles(host_kernels):
+    """Where a cluster launch fails while the tiles are timed, the step warns once and times the tiles without
+    clusters: it trains on, with the step an untimed one gives."""
+    cuda = FakeCuda(host_kernels, timings={"32x32_4x4+cluster": 0.5})
+    fake_kernel = cuda.kernel
+
+    def kernel(family, name):
+        launch = fake_kernel(family, name)
+
+        def refusing(grid, block, args, cluster=1):
+            if cluster > 1:
+                raise RuntimeError("cuLaunchKernelEx: CUDA_ERROR_CLUSTER_OUT_OF_RESOURCES")
+            return launch(grid, block, args)
+
+        return refusing
+
+    gan, untimed_gan = fused_gan(1, seed=5), fused_gan(1, seed=5)
+    fused = FusedStep(gan, fake_cupy(cuda), kernel, timer=cuda.timer, clusters=True)
+    untimed = FusedStep(untimed_gan, np, host_kernels)
+    data = np.random.default_rng(12).random((2, 8, 784), dtype=np.float32)
+    with pytest.warns(RuntimeWarning, match="CLUSTER_OUT_OF_RESOURCES: the GEMM tiles are timed without clusters"):
+        np.testing.assert_array_equal(fused.train_step(data[0]), untimed.train_step(data[0]))
+    np.testing.assert_array_equal(fused.train_step(data[1]), untimed.train_step(data[1]))
+    assert fused.tile_choices == GEMM_TILES and not any(t.endswith("+cluster") for t in fused.tiles.values())
+    np.testing.assert_array_equal(gan.D.params, untimed_gan.D.params)
+
+
 def gemm_products(kernel, xp, tile, splits, x, W, b, dy):
     """Y = x W^T + b, dX = dy W, dW = dy^T x and db through kernels/linear.cu with one tile shape, on
     ``xp`` arrays (NumPy with the host-compiled kernels, or CuPy with cupy_backend.kernel)."""
-    from minigan.cupy_step import ACT_NONE, launch_gemm, split_scratch, tile_shape
+    from minigan.cupy_step import ACT_NONE, cluster_size, launch_gemm, split_scratch, tile_shape
 
     (rows, inner), cols = x.shape, W.shape[0]
     slices = tile_shape(tile)[4]
@@ -147,13 +178,15 @@ def gemm_products(kernel, xp, tile, splits, x, W, b, dy):
     launch_gemm(kernel, "linear_backward_weight", tile, cols, inner, splits,
                 (dW, db, dy, x, i32(rows), i32(cols), i32(inner), partials, counters))
     assert not counters.any()  # every split launch leaves its tile counters at zero for the next
-    # the split paths ran: partial sums published where blocks share a tile, none where one block holds all
-    assert xp.isnan(partials).all() == (splits == slices)
+    # the split paths ran: partial sums published where blocks share a tile, none where one block holds all or
+    # the blocks are one cluster
+    assert xp.isnan(partials).all() == (splits == slices or cluster_size(tile, splits) > 1)
     return [to_host(a) for a in (y, dx, dW, db)]
 
 
-def check_gemm_tiles(kernel, xp, rows, cols, inner, splits, misaligned=False):
-    """Every tile shape that can run ``splits`` against NumPy; and they all give the same bits."""
+def check_gemm_tiles(kernel, xp, rows, cols, inner, splits, misaligned=False, clusters=True):
+    """Every tile shape that can run ``splits`` (and its blocks as clusters, where ``clusters``) against NumPy;
+    and they all give the same bits."""
 
     rng = np.random.default_rng(rows + splits)
     x, W = rng.standard_normal((rows, inner)).astype(np.float32), rng.standard_normal((cols, inner)).astype(np.float32)
@@ -164,7 +197,7 @@ def check_gemm_tiles(kernel, xp, rows, cols, inner, splits, misaligned=False):
         on_gpu = hasattr(on_device[0], "__cuda_array_interface__")
         interface = "__cuda_array_interface__" if on_gpu else "__array_interface__"
         assert all(getattr(a, interface)["data"][0] % 16 == 4 for a in on_device)
-    tiles = [tile for tile in GEMM_TILES if tile_fits(tile, splits)]
+    tiles = [tile for tile in GEMM_TILES + (CLUSTER_TILES if clusters else ()) if tile_fits(tile, splits)]
     assert len(tiles) > 1
     results = {tile: gemm_products(kernel, xp, tile, splits, *on_device) for tile in tiles}
     x, W, b, dy = (a.astype(np.float64) for a in (x, W, b, dy))
@@ -262,9 +295,9 @@ def test_the_stand_in_for_cuda_refuses_a_race_between_streams(host_kernels):
 def test_gemm_tiles_on_ragged_shapes(host_kernels, rows, cols, inner, splits):
     """Every tile shape, with and without split-K (3 and 6 splits: uneven ranges, some empty where the inner
     size is small; 4 to 16: splits shared by a block's thread groups, in shared memory when one block holds
-    them all, else together with the other blocks', the four-group tiles' too from 8 on), on tiles that
-    straddle the matrix edges, against NumPy; and every tile shape gives the same bits, which is what lets
-    the GPU pick the fastest."""
+    them all, else together with the other blocks', the four-group tiles' too from 8 on; by the tile's blocks
+    as one cluster where they number 2, 4 or 8), on tiles that straddle the matrix edges, against NumPy; and
+    every tile shape gives the same bits, which is what lets the GPU pick the fastest."""
     check_gemm_tiles(host_kernels, np, rows, cols, inner, splits)
 
 
@@ -301,7 +334,7 @@ def test_gemm_epilogues_apply_the_dropout_masks_of_the_reference(host_kernels, s
     y_expected = np.where(kept, np.where(pre > 0, pre, 0.2 * pre) / (1 - drop_p), 0)
     kept_prev = step_uniforms(seed, step, draw, (rows, inner)) >= f32(drop_p)
     dx_expected = np.where(kept_prev, dy.astype(np.float64) @ W64 / (1 - drop_p) * np.where(y_prev > 0, 1, 0.2), 0)
-    for tile in (tile for tile in GEMM_TILES if tile_fits(tile, splits)):
+    for tile in (tile for tile in GEMM_TILES + CLUSTER_TILES if tile_fits(tile, splits)):
         scratch = [split_scratch(r, c, splits, tile) for r, c in ((rows, cols), (rows, inner))]
         partials = np.zeros(max(1, *(p for p, _ in scratch)), f32)
         counters = np.zeros(max(1, *(c for _, c in scratch)), np.uint32)

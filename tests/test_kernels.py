@@ -199,25 +199,28 @@ def test_launch_structs_match_cuda_h(tmp_path):
     """cuLaunchKernelEx's arguments as minigan.cupy_backend lays them out in ctypes, against cuda.h's own."""
     import ctypes
 
-    from minigan.cupy_backend import (CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION, CU_STREAM_CAPTURE_MODE_RELAXED,
+    from minigan.cupy_backend import (CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
+                                      CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION, CU_STREAM_CAPTURE_MODE_RELAXED,
                                       CUDA_GRAPH_INSTANTIATE_FLAG_USE_NODE_PRIORITY, LaunchAttribute, LaunchConfig)
 
     probe = tmp_path / "layout.c"
     probe.write_text("#include <cuda.h>\n#include <stddef.h>\n#include <stdio.h>\nint main(void) {\n"
-                     '  printf("%zu %zu %zu %zu %zu %zu %zu %d %d %d\\n", sizeof(CUlaunchAttribute),\n'
+                     '  printf("%zu %zu %zu %zu %zu %zu %zu %zu %zu %d %d %d %d\\n", sizeof(CUlaunchAttribute),\n'
                      "         offsetof(CUlaunchAttribute, value),\n"
                      "         offsetof(CUlaunchAttributeValue, programmaticStreamSerializationAllowed),\n"
+                     "         offsetof(CUlaunchAttributeValue, clusterDim.x), offsetof(CUlaunchAttributeValue, clusterDim.z),\n"
                      "         sizeof(CUlaunchConfig), offsetof(CUlaunchConfig, hStream),\n"
                      "         offsetof(CUlaunchConfig, attrs), offsetof(CUlaunchConfig, numAttrs),\n"
-                     "         (int)CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,\n"
+                     "         (int)CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION, (int)CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,\n"
                      "         (int)CU_STREAM_CAPTURE_MODE_RELAXED, (int)CUDA_GRAPH_INSTANTIATE_FLAG_USE_NODE_PRIORITY);\n}\n")
     subprocess.run(["gcc", f"-I{CUDA_H.parent}", "-o", str(tmp_path / "layout"), str(probe)], check=True)
     c = [int(w) for w in subprocess.run([str(tmp_path / "layout")], capture_output=True, text=True,
                                         check=True).stdout.split()]
-    ours = [ctypes.sizeof(LaunchAttribute), LaunchAttribute.value.offset, 0, ctypes.sizeof(LaunchConfig),
+    # DependentLaunch writes value[0] (programmatic serialization), value[0..2] (the cluster's x, y, z): ints
+    ours = [ctypes.sizeof(LaunchAttribute), LaunchAttribute.value.offset, 0, 0, 8, ctypes.sizeof(LaunchConfig),
             LaunchConfig.hStream.offset, LaunchConfig.attrs.offset, LaunchConfig.numAttrs.offset,
-            CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION, CU_STREAM_CAPTURE_MODE_RELAXED,
-            CUDA_GRAPH_INSTANTIATE_FLAG_USE_NODE_PRIORITY]
+            CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION, CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
+            CU_STREAM_CAPTURE_MODE_RELAXED, CUDA_GRAPH_INSTANTIATE_FLAG_USE_NODE_PRIORITY]
     assert c == ours
 
 
