@@ -17,6 +17,7 @@ The last launch's figure also holds the conversion of the step's statistics that
 import argparse
 import collections
 import json
+import re
 import sys
 
 import numpy as np
@@ -53,10 +54,10 @@ def profile(gan, real):
     def marked(family, name):
         launch = launcher(family, name)
 
-        def run(grid, block, args):
-            marks.append((name, tuple(grid), tuple(block), "side" if fused.on_side else "main",
-                          fused.stream.record()))
-            launch(grid, block, args)
+        def run(grid, block, args, **cluster):
+            marks.append((name + ("+cluster" if cluster else ""), tuple(grid), tuple(block),
+                          "side" if fused.on_side else "main", fused.stream.record()))
+            launch(grid, block, args, **cluster)
 
         return run
 
@@ -98,7 +99,7 @@ def main(argv=None):
     for i, (name, grid, block, stream, us) in enumerate(launches):
         print(json.dumps({"launch": i, "kernel": name, "grid": grid, "block": block, "stream": stream,
                           "us": round(us, 2)}))
-        family = "_".join(name.split("_")[:-2]) if name.startswith("linear") else name
+        family = re.sub(r"_\d+x\d+_\d+x\d+(_s\d+)?(\+cluster)?$", "", name)  # a GEMM's kind, whatever its tile
         families[family][0] += 1
         families[family][1] += us
     total = sum(us for *_, us in launches)

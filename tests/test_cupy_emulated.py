@@ -139,7 +139,8 @@ def test_bench_gemm_checks_and_times_every_tile_on_the_emulated_gpu(emulated_gpu
     assert lines[0]["sms"] == 132
     assert [(r["product"], r["rows"], r["cols"], r["inner"], r["activation"]) for r in lines[1:]] == chosen
     for result in lines[1:]:
-        fitting = {tile for tile in cupy_step.GEMM_TILES if cupy_step.tile_fits(tile, result["splits"])}
+        fitting = {tile for tile in cupy_step.GEMM_TILES + cupy_step.CLUSTER_TILES  # (the emulated GPU's clusters)
+                   if cupy_step.tile_fits(tile, result["splits"])}
         assert set(result["us"]) == fitting and result["cublas_us"] == 1.0
         assert set(result["best_us_at_splits"]) == {"1", "2", "4", "8", "16"}
     assert any(r["splits"] > 1 for r in lines[1:])
