@@ -10,7 +10,9 @@ streams' priorities save (needs CuPy and an NVIDIA GPU).
    32 launches at K = 1, so 32 times this is time no kernel of the step can take back.
 2. The fused step's graph (K = 1) built three ways, all with the first's GEMM tiles, replayed in alternating
    rounds in one process: milliseconds per step of each, the median over --rounds. "dependent" is the step as
-   it runs; "cupy" launches its kernels through CuPy instead; "one_priority" is captured by CuPy
+   it runs; "cupy" launches its kernels without dependent launch (minigan.cupy_backend.cluster_kernel: the
+   same cuLaunchKernelEx, without the attribute, as CuPy's own launch cannot launch the cluster tiles);
+   "one_priority" is captured by CuPy
    (minigan.cupy_step.cupy_capture), so that every kernel runs at one priority, where the step's own graph
    (minigan.cupy_backend.PriorityGraph) runs the side stream's kernels below the critical path's.
 Prints one JSON line per figure.
@@ -90,7 +92,7 @@ def main(argv=None):
                               "us_per_launch": round(us, 3)}))
     real = cupy.asarray(np.random.default_rng(0).random((args.batch, 784), dtype=np.float32))
     gans = {name: GAN(backend, seed=0) for name in ("dependent", "cupy", "one_priority")}
-    gans["cupy"].fused.kernel = cupy_backend.kernel
+    gans["cupy"].fused.kernel = cupy_backend.cluster_kernel  # (CuPy's own launch has no clusters)
     gans["one_priority"].fused.capture = cupy_capture
     for name in ("cupy", "one_priority"):
         gans[name].fused.tiles = gans["dependent"].fused.tiles  # filled by the first's first step, then shared

@@ -174,15 +174,16 @@ class DependentLaunch:
     through cuLaunchKernelEx with programmatic stream serialization: its blocks may be scheduled while the
     kernels it depends on still run, and wait in kernels/dependent_launch.cuh's after_previous_kernels()
     until those have finished. Stream capture keeps that as the graph's programmatic edges.
-    ``kernel(grid, block, args, cluster=c)`` launches the blocks in thread block clusters of c along z."""
+    ``kernel(grid, block, args, cluster=c)`` launches the blocks in thread block clusters of c along z.
+    ``programmatic=False``: the launch waits for the kernels before it as CuPy's does (clusters only)."""
 
-    def __init__(self, raw_kernel):
+    def __init__(self, raw_kernel, programmatic=True):
         import cupy
 
         self.cupy, self.cu_function = cupy, raw_kernel.kernel.ptr  # the cupy.RawKernel's CUfunction
         attributes = (LaunchAttribute * 2)(LaunchAttribute(id=CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION),
                                            LaunchAttribute(id=CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION))
-        attributes[0].value[0] = 1  # programmaticStreamSerializationAllowed
+        attributes[0].value[0] = int(programmatic)  # programmaticStreamSerializationAllowed
         self.attributes, self._driver = attributes, launch_ex_driver()
 
     def __call__(self, grid, block, args, cluster=1):
@@ -244,6 +245,13 @@ def priority_graphs_available():
 def dependent_kernel(family, name):
     """kernel(family, name) launched through DependentLaunch."""
     return DependentLaunch(kernel(family, name))
+
+
+@functools.cache
+def cluster_kernel(family, name):
+    """kernel(family, name) launched through cuLaunchKernelEx without dependent launch: CuPy's launch, but one
+    that takes ``cluster`` (examples/bench_launch.py's step without dependent launch, cluster tiles and all)."""
+    return DependentLaunch(kernel(family, name), programmatic=False)
 
 
 def _blocks(n):

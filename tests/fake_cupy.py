@@ -232,6 +232,11 @@ def fake_cupy(cuda):
     return module
 
 
+def plain_launch(launch):
+    """``launch`` as CuPy's RawKernel takes it: (grid, block, args), no clusters."""
+    return lambda grid, block, args: launch(grid, block, args)
+
+
 def install(host_kernels, setattr_=setattr, modules=None):
     """Make ``import cupy`` give the emulated GPU and minigan launch the host-compiled kernels; returns the
     FakeCuda. ``setattr_`` and ``modules`` let a test undo it (pytest's monkeypatch.setattr, setitem)."""
@@ -243,10 +248,11 @@ def install(host_kernels, setattr_=setattr, modules=None):
         sys.modules["cupy"] = fake_cupy(cuda)
     else:
         modules("cupy", fake_cupy(cuda))
-    setattr_(cupy_backend, "kernel", cuda.kernel)
+    setattr_(cupy_backend, "kernel", lambda family, name: plain_launch(cuda.kernel(family, name)))
     # an H100's launch path, taken as an H100 would take it; the order of launches is what counts here
     setattr_(cupy_backend, "dependent_launch_available", lambda cupy: True)
     setattr_(cupy_backend, "dependent_kernel", cuda.kernel)
+    setattr_(cupy_backend, "cluster_kernel", cuda.kernel)
     # and CuPy's capture, which the stand-in records, not the driver's (PriorityGraph)
     setattr_(cupy_backend, "priority_graphs_available", lambda: False)
     # emulated time means nothing: the stand-in timer, not CUDA events behind a spinning kernel

@@ -260,6 +260,40 @@ def test_kernel_params_point_at_what_cupy_passes():
         kernel_params((DeviceArray(), 3))
 
 
+def test_dependent_launch_hands_the_driver_its_attributes(monkeypatch):
+    """DependentLaunch's cuLaunchKernelEx, as a stand-in driver sees it: the grid, the block, the current stream,
+    programmatic serialization (allowed, or not for cupy_backend.cluster_kernel's launches), and a cluster
+    dimension only where a launch asks for clusters."""
+    import sys
+    import types
+
+    from minigan import cupy_backend
+
+    seen = []
+
+    def launch_ex(config, function, params, extra):
+        config = config._obj
+        attributes = [(config.attrs[i].id, list(config.attrs[i].value[:3])) for i in range(config.numAttrs)]
+        seen.append(((config.gridDimX, config.gridDimY, config.gridDimZ), config.blockDimX, config.hStream,
+                     function, attributes))
+        return 0
+
+    stream = types.SimpleNamespace(ptr=0x5EED)
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(
+        cuda=types.SimpleNamespace(get_current_stream=lambda: stream)))
+    monkeypatch.setattr(cupy_backend, "launch_ex_driver", lambda: types.SimpleNamespace(cuLaunchKernelEx=launch_ex))
+    raw = types.SimpleNamespace(kernel=types.SimpleNamespace(ptr=0xF00))
+    args = (np.int32(1),)
+    cupy_backend.DependentLaunch(raw)((3, 2, 4), (128,), args)
+    cupy_backend.DependentLaunch(raw)((3, 2, 4), (128,), args, cluster=4)
+    cupy_backend.DependentLaunch(raw, programmatic=False)((3, 2, 8), (64,), args, cluster=8)
+    pss, cluster = (cupy_backend.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+                    cupy_backend.CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION)
+    assert seen == [((3, 2, 4), 128, 0x5EED, 0xF00, [(pss, [1, 0, 0])]),
+                    ((3, 2, 4), 128, 0x5EED, 0xF00, [(pss, [1, 0, 0]), (cluster, [1, 1, 4])]),
+                    ((3, 2, 8), 64, 0x5EED, 0xF00, [(pss, [0, 0, 0]), (cluster, [1, 1, 8])])]
+
+
 def test_a_driver_without_cuLaunchKernelEx_means_cupys_own_launch_and_capture(monkeypatch):
     """Hopper with a CUDA 11 driver, or no driver library: launch_ex_driver is None, so neither dependent launch
     nor PriorityGraph is available, and the fused step then launches and captures through CuPy
