@@ -152,7 +152,6 @@ __device__ __forceinline__ const float* cluster_peer(const float* p, unsigned in
 __host__ __device__ constexpr bool cluster_parks(int bm, int bn, int slices) {
     return slices * bm * (bn + 1) <= slices * 2 * TILE_K * (bm + bn + 8);
 }
-#define SPLITS_IN_FLIGHT_CLUSTER 1  // the splits' loads of a run in flight at once, in the cluster's hand-over
 
 // C (rows, cols) = A (rows, inner) B (inner, cols) with A(i, k) = A[i * a_i + k * a_k] and
 // B(k, j) = B[k * b_k + j * b_j]: the strides express every transpose the layers need.
@@ -312,18 +311,10 @@ __device__ __forceinline__ void gemm(const float* A, long long a_i, long long a_
             typename Epilogue::Operands operands;
             epilogue.load(i, j, min(4, cols - j), operands);
             float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            for (int first = 0; first < splits; first += SPLITS_IN_FLIGHT_CLUSTER) {
-                float4 v[SPLITS_IN_FLIGHT_CLUSTER];
-#pragma unroll
-                for (int s = 0; s < SPLITS_IN_FLIGHT_CLUSTER; ++s)
-                    if (first + s < splits) {
-                        int split_at = first + s;
-                        v[s] = *reinterpret_cast<const float4*>(
-                            cluster_peer(parked, split_at / SLICES) + (split_at % SLICES) * BM * BN + 4 * run);
-                    }
-#pragma unroll
-                for (int s = 0; s < SPLITS_IN_FLIGHT_CLUSTER; ++s)
-                    if (first + s < splits) sum.x += v[s].x, sum.y += v[s].y, sum.z += v[s].z, sum.w += v[s].w;
+            for (int s = 0; s < splits; ++s) {
+                float4 v = *reinterpret_cast<const float4*>(cluster_peer(parked, s / SLICES) + (s % SLICES) * BM * BN +
+                                                            4 * run);
+                sum.x += v.x, sum.y += v.y, sum.z += v.z, sum.w += v.w;
             }
             float values[4] = {sum.x, sum.y, sum.z, sum.w};
             epilogue(i, j, values, min(4, cols - j), operands);

@@ -65,7 +65,7 @@ def cluster_parks(tile):
     """Whether the blocks of ``tile`` can hand a split tile over in a cluster: their groups' sums and row sums fit
     over their shared memory's stages (kernels/linear.cu::cluster_parks)."""
     bm, bn, _, _, slices = tile_shape(tile)
-    return slices * bm * (bn + 1) <= slices * 2 * 16 * (bm + bn + 8)
+    return slices * bm * (bn + 1) <= slices * 2 * 16 * (bm + bn + 8)  # two stages of 16 (TILE_K) per group
 
 
 # The same tile shapes with the blocks of a split tile launched as one thread block cluster, which add up the
@@ -179,8 +179,8 @@ class FusedStep:
     (``_tune``): a tile that came close alone replaces the fastest where the graph runs faster with it. Where
     ``timer`` is None (the CPU) every product uses DEFAULT_TILE. ``clusters``: CLUSTER_TILES are timed too (the
     kernel launcher takes ``cluster``: on a GPU, cupy_backend.DependentLaunch). ``sms`` (the GPU's SM count,
-    H100_SMS without one) sets the split-K rule. ``capture(stream, work)`` captures the graph (minigan.cupy_backend.PriorityGraph:
-    each kernel at its stream's priority); None: cupy_capture.
+    H100_SMS without one) sets the split-K rule. ``capture(stream, work)`` captures the graph
+    (minigan.cupy_backend.PriorityGraph: each kernel at its stream's priority); None: cupy_capture.
     """
 
     def __init__(self, gan, xp, kernel, timer=None, sms=None, capture=None, clusters=False):
