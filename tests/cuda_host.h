@@ -211,17 +211,19 @@ void launch(dim3 grid, dim3 block, unsigned int cluster, Body body) {
     body_argument = &body;
     for (unsigned int t = 0; t < cluster * threads; ++t) fiber_stack(t);  // before any OS thread takes one
     cluster_size = cluster;
+    // blocks (or clusters) in a scrambled order (a GPU promises none): a split-K tile's last block to arrive
+    // is then any of its splits, not always the last (a permutation of 0 .. n - 1: 1000003 is prime)
+    auto scrambled = [](unsigned int i, unsigned int n) {
+        return (unsigned int)(((unsigned long long)i * 1000003ull) % n);
+    };
     if (cluster == 1) {
-        for (unsigned int i = 0; i < blocks; ++i)
-            // blocks in a scrambled order (a GPU promises none): a split-K tile's last block to arrive
-            // is then any of its splits, not always the last (a permutation: 1000003 is prime)
-            run_block((unsigned int)(((unsigned long long)i * 1000003ull) % blocks), 0);
+        for (unsigned int i = 0; i < blocks; ++i) run_block(scrambled(i, blocks), 0);
         return;
     }
     unsigned int clusters = blocks / cluster, per_z = grid.x * grid.y;
     tls_of_rank.assign(cluster, nullptr);
     for (unsigned int i = 0; i < clusters; ++i) {
-        unsigned int c = (unsigned int)(((unsigned long long)i * 1000003ull) % clusters);  // (scrambled too)
+        unsigned int c = scrambled(i, clusters);
         unsigned int xy = c % per_z, z0 = (c / per_z) * cluster;
         std::barrier<> barrier((std::ptrdiff_t)cluster);
         cluster_barrier = &barrier;

@@ -54,7 +54,7 @@ class FakeCuda:
 
         def launch(grid, block, args, cluster=1):
             if self.probe is not None:
-                self.probe.append(name + ("+cluster" if cluster > 1 else ""))
+                self.probe.append(launched_name(name, cluster))
                 return
             stream = self.current
             accesses = self.host_kernels.accesses(name, args)
@@ -186,7 +186,7 @@ class FakeCuda:
         """A graph launch: its launches in their recorded order (their races were checked at the capture), as
         one launch on ``stream`` that touches what they do."""
         if self.probe is not None:  # timed: the names launched
-            self.probe.append([name + ("+cluster" if cluster > 1 else "") for name, _, _, _, _, cluster, _ in launches])
+            self.probe.append([launched_name(name, cluster) for name, _, _, _, _, cluster, _ in launches])
             if self.timed_replays <= 0:
                 return
             self.timed_replays -= 1
@@ -195,6 +195,11 @@ class FakeCuda:
             run(grid, block, args, cluster)
         self.order(stream or self.current or self.null, "a replayed graph", [a for *_, accesses in launches
                                                                             for a in accesses])
+
+
+def launched_name(name, cluster):
+    """A GEMM launch's name as the stand-in timer reads it: the kernel's, "+cluster" where its blocks were."""
+    return name + ("+cluster" if cluster > 1 else "")
 
 
 TILE = re.compile(r"_(\d+x\d+_\d+x\d+(?:_s\d+)?(?:\+cluster)?)$")

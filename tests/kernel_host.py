@@ -2,9 +2,9 @@
 
 ``HostKernels()(family, name)`` returns a callable ``(grid, block, args, cluster=1)`` that runs the kernel on
 NumPy arrays on a grid of up to three dimensions, in clusters of ``cluster`` blocks along z: every array
-argument is passed as a pointer to its data, every scalar as its value, and each must have the dtype the kernel declares (as CuPy passes them unconverted); a
-launch configuration CUDA would refuse is refused. So the code that launches kernels on the GPU
-(minigan/cupy_step.py) runs unchanged on the CPU, with xp=numpy.
+argument is passed as a pointer to its data, every scalar as its value, and each must have the dtype the
+kernel declares (as CuPy passes them unconverted); a launch configuration CUDA would refuse is refused. So
+the code that launches kernels on the GPU (minigan/cupy_step.py) runs unchanged on the CPU, with xp=numpy.
 """
 
 import ctypes
