@@ -66,7 +66,9 @@ def profile(gan, real):
     fused.kernel, fused.use_graph = marked, False
     try:
         with fused.stream:
-            cupy_backend.kernel("step", "hold")((1,), (1,), (np.int64(HOLD_CYCLES * 5),))
+            # ~20 ms, longer than the host takes to queue the eager step's launches: the 5 ms held before was not
+            # (run 13's profile of a branch whose host code did more per launch timed its last three at 135-239 us)
+            cupy_backend.kernel("step", "hold")((1,), (1,), (np.int64(HOLD_CYCLES * 20),))
             gan.train_step(real)
             last = fused.stream.record()
         last.synchronize()
