@@ -116,8 +116,8 @@ def launch_gemm(kernel, name, tile, rows, cols, splits, args):
     "+cluster" tile through a kernel launcher that takes ``cluster``, the blocks of a cluster along z)."""
     bm, bn, tm, tn, slices = tile_shape(tile)
     launch = kernel("linear", f"{name}_{tile.removesuffix('+cluster')}")
-    grid, block, cluster = (-(-cols // bn), -(-rows // bm), splits // slices), ((bm // tm) * (bn // tn) * slices,), \
-        cluster_size(tile, splits)
+    grid, block = (-(-cols // bn), -(-rows // bm), splits // slices), ((bm // tm) * (bn // tn) * slices,)
+    cluster = cluster_size(tile, splits)
     if cluster > 1:
         launch(grid, block, args, cluster=cluster)
     else:

@@ -6,8 +6,9 @@
   .. math:: d^2 = \\lVert \\mu_g - \\mu_r \\rVert^2 + \\mathrm{Tr}\\big(\\Sigma_g + \\Sigma_r - 2 (\\Sigma_g \\Sigma_r)^{1/2}\\big)
 
   It depends on the classifier and on the number of samples, so it is comparable only between minigan
-  evaluations with the same sample counts and the same classifier (``classifier_sha256``). The same distance between 10,000 *training* images and the
-  test images is reported as the floor a perfect generator would reach.
+  evaluations with the same sample counts and the same classifier (``classifier_sha256``). The same distance
+  between 10,000 *training* images and the test images is reported as the floor a perfect generator would
+  reach.
 - **Mode coverage**: the histogram of the classes the classifier predicts for the generated images, and
   its KL divergence from the uniform distribution (0 when all ten digits are equally frequent; log 10 =
   2.30 when only one digit is ever drawn).
