@@ -173,11 +173,12 @@ class FusedStep:
     """The step for ``gan``, whose ``rng`` has ``seed`` and ``step`` (minigan.cupy_backend.PhiloxRng): the
     random counters are (element, draw, rng.step). ``kernel(family, name)`` returns a launchable kernel.
 
-    The first step of each batch size runs launch by launch and times every GEMM tile shape on each of its
-    products (``timer(launch, reps)`` -> seconds per launch over reps; on a GPU, CUDA events); from the second on
-    the step is one CUDA graph with the fastest tiles. The first graph captured is then tuned as a whole
-    (``_tune``): a tile that came close alone replaces the fastest where the graph runs faster with it. Where
-    ``timer`` is None (the CPU) every product uses DEFAULT_TILE. ``clusters``: CLUSTER_TILES are timed too (the
+    The first step of each batch size runs launch by launch; the first batch size's times every GEMM tile shape
+    on each of its products (``timer(launch, reps)`` -> seconds per launch over reps; on a GPU, CUDA events). From
+    the second step on the step is one CUDA graph with the fastest tiles. The first graph captured is then tuned
+    as a whole (``_tune``): a tile that came close alone replaces the fastest where the graph runs faster with it.
+    Later batch sizes take the first one's tiles, product for product (``_first_batch_tile``). Where ``timer`` is
+    None (the CPU) every product uses DEFAULT_TILE. ``clusters``: CLUSTER_TILES are timed too (the
     kernel launcher takes ``cluster``: on a GPU, cupy_backend.DependentLaunch). ``sms`` (the GPU's SM count,
     H100_SMS without one) sets the split-K rule. ``capture(stream, work)`` captures the graph
     (minigan.cupy_backend.PriorityGraph: each kernel at its stream's priority); None: cupy_capture.
@@ -230,7 +231,8 @@ class FusedStep:
         self.tile_times = {}  # (kernel, rows, cols, inner) -> {tile shape: seconds per launch alone}
         # the graph tuner's trials: {"product", "tile", "ratio": the graph's time with the tile / without, "kept"}
         self.trials = []
-        self._products = None  # during a capture: the products launched, in order
+        self.products = []  # the GEMM products the step launched, in order (the last run's so far)
+        self.first_products = None  # ... and the first batch size's, whose tiles later batch sizes take
         # Split-K scratch: one for the products on each stream, which run one at a time. The split rule
         # keeps the 32 x 32 tiles times the splits within SPLIT_BLOCKS_PER_SM per SM; larger tiles pad the
         # output, so room for twice that, and the tuner passes over a tile shape that would need more.
@@ -275,13 +277,25 @@ class FusedStep:
         to: split-K by rule, the tile by timing."""
         splits, args = split_k(rows, cols, inner, self.sms), args + self.scratch[self.on_side]
         key = (name, rows, cols, inner)
-        if self._products is not None:
-            self._products.append(key)
+        self.products.append(key)
         tile = self.tiles.get(key)
         if tile is None:
-            tile = self.tiles[key] = self._fastest_tile(key, splits, args) if self.timer else DEFAULT_TILE
+            tile = self.tiles[key] = self._first_batch_tile(key, splits) or (
+                self._fastest_tile(key, splits, args) if self.timer else DEFAULT_TILE)
         assert self._scratch_fits(rows, cols, splits, tile), (key, splits, tile)
         launch_gemm(self.kernel, name, tile, rows, cols, splits, args)
+
+    def _first_batch_tile(self, key, splits):
+        """The tile of the product launched at the same place in the first batch size's step, where it can run
+        this one; else None. Every batch size launches the same products in the same order, and an epoch's
+        smaller last batch runs once in an epoch: timing its tiles would cost more (~0.7 s on an H200) than
+        all its steps could gain from them."""
+        if self.first_products is None:
+            return None
+        first = self.first_products[len(self.products) - 1]
+        tile = self.tiles[first]
+        assert first[0] == key[0], (first, key)
+        return tile if tile_fits(tile, splits) and self._scratch_fits(*key[1:3], splits, tile) else None
 
     def _scratch_fits(self, rows, cols, splits, tile):
         partials, counters = split_scratch(rows, cols, splits, tile)
@@ -445,6 +459,7 @@ class FusedStep:
     def run(self, n):
         """One training step on the batch already in buffers(n)["x"][:n]; statistics into self.stats."""
         gan, b = self.gan, self.buffers(n)
+        self.products = []
         noise, d_draws, g_draws = draw_ids(gan.k)
         for i in range(gan.k):
             with self.branch():  # D on the real rows [0, n), beside G's forward pass
@@ -474,6 +489,8 @@ class FusedStep:
         self.join()  # the side stream's weight gradients are complete (and its Adam has read t_G)
         self.adam(gan.opt_G, self.t_G, self.g_rest)
         self._launch("step", "step_finish", 1, (self.step, self.t_G, self.t_D, np.int32(gan.k)), block=1)
+        if self.first_products is None:
+            self.first_products = self.products
 
     def graph(self, n):
         """The step for n rows, captured as a CUDA graph on first use (after one eager step: every kernel is
@@ -489,9 +506,8 @@ class FusedStep:
 
     def _capture(self, n):
         """(the step for n rows as a graph, the GEMM products it launches in order)"""
-        self._products = products = []
         try:
-            return self.capture(self.stream, lambda: self.run(n)), products
+            return self.capture(self.stream, lambda: self.run(n)), self.products
         except RuntimeError as e:  # a driver call of PriorityGraph refused (a launch error recurs below)
             if self.capture is cupy_capture:
                 raise
@@ -499,8 +515,6 @@ class FusedStep:
                           "priority", RuntimeWarning, stacklevel=3)
             self.capture = cupy_capture
             return self._capture(n)
-        finally:
-            self._products = None
 
     def _tune(self, n, graph, products):
         """``graph`` (the step for n rows, which launches ``products``) with each product's tile shape chosen

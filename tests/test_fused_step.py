@@ -393,13 +393,52 @@ def test_tiles_chosen_by_timing_give_the_same_step(host_kernels):
         np.testing.assert_array_equal(a.grads, b.grads)
 
 
+def test_a_later_batch_size_takes_the_first_ones_tiles(host_kernels):
+    """An epoch's smaller last batch takes, untimed, the tile of the product launched at the same place in the
+    first batch size's step; where that tile cannot run the product's split count (here the weight gradients
+    over 2n = 128 rows split in 2 at n = 64, and not at n = 32), the product is timed. Same bits either way."""
+    favourite = "32x32_4x4_s2"  # the fastest wherever it can run (products of an even split count)
+    timed_tiles, launched, timing = [], [], []
+
+    def kernel(family, name):  # the host kernels, noting which ran; a timed launch only noted (they are slow here)
+        launched.append(name)
+        run = host_kernels(family, name)
+        return lambda *args: None if timing else run(*args)
+
+    def timer(launch, reps):
+        timing.append(True)
+        launch()
+        timing.clear()
+        timed_tiles.append(tile_of(launched[-1]))
+        return 0.5 if timed_tiles[-1] == favourite else 1.0
+
+    data = np.random.default_rng(13).random((96, 784), dtype=np.float32)
+    timed, untimed = fused_gan(1, seed=5), fused_gan(1, seed=5)
+    timed_step, untimed_step = FusedStep(timed, np, kernel, timer=timer), FusedStep(untimed, np, host_kernels)
+    timed_first = 0
+    for batch in (data[:64], data[64:]):
+        timed_first = timed_first or len(timed_tiles)
+        np.testing.assert_array_equal(timed_step.train_step(batch), untimed_step.train_step(batch))
+    first, later = timed_step.first_products, timed_step.products
+    assert len(first) == len(later) and [key[0] for key in first] == [key[0] for key in later]
+    split = {key: split_k(*key[1:], timed_step.sms) for key in first + later}
+    fits = [tile_fits(timed_step.tiles[a], split[b]) for a, b in zip(first, later)]
+    assert any(fits) and not all(fits)
+    for a, b, reused in zip(first, later, fits):
+        assert timed_step.tiles[b] == (timed_step.tiles[a] if reused else GEMM_TILES[0]), (a, b)
+    retimed = {b for b, reused in zip(later, fits) if not reused}
+    assert sorted(timed_tiles[timed_first:]) == sorted(tile for key in retimed for tile in GEMM_TILES
+                                                       if tile_fits(tile, split[key]) for _ in range(TUNING_ROUNDS))
+    np.testing.assert_array_equal(timed.D.params, untimed.D.params)
+
+
 @pytest.mark.parametrize("in_graph", [0.9, 1.1])
 def test_the_graph_tuner_keeps_a_tile_only_where_the_graph_runs_faster(host_kernels, in_graph):
     """Every tile shape ties alone here, so each product gets its first tile shape, and the next two are tried
     in the graph. Where the runner-up runs faster in the graph than alone (the stand-in timer: 0.9 against
     1.0), the tuner keeps it on exactly the products it can run; where slower (1.1), on none. A trial's timing
     replays train on the batch at hand, yet the tuned step gives the untimed step's bits: the state is put
-    back. A second batch size's graph is not tuned."""
+    back. A second batch size's graph is not tuned: it takes the first one's tuned tiles."""
     n, runner_up = 16, GEMM_TILES[1]
     cuda = FakeCuda(host_kernels, timings={}, graph_timings={runner_up: in_graph}, timed_replays=int(in_graph < 1))
     gan, untimed_gan = fused_gan(1, seed=5), fused_gan(1, seed=5)
@@ -429,11 +468,13 @@ def test_the_graph_tuner_keeps_a_tile_only_where_the_graph_runs_faster(host_kern
             np.testing.assert_array_equal(opt.m, untimed_opt.m)
             np.testing.assert_array_equal(opt.v, untimed_opt.v)
         assert int(tuned.step[0]) == 2 and int(tuned.t_D[0]) == 2 and int(tuned.t_G[0]) == 2
-    else:  # a smaller batch's graph keeps the tiles fastest alone
-        products, trials = set(tuned.tiles), len(tuned.trials)
+        # a smaller batch's graph is not tuned: it takes the tuned tiles
+        products, trials = dict(tuned.tiles), len(tuned.trials)
         tuned.train_step(data[0, : n // 2])
         tuned.graph(n // 2)
-        assert len(tuned._graphs) == 2 and len(tuned.trials) == trials and set(tuned.tiles) > products
+        assert len(tuned._graphs) == 2 and len(tuned.trials) == trials and set(tuned.tiles) > set(products)
+        assert [tuned.tiles[key] for key in tuned.products] == [products[key] for key in tuned.first_products]
+    else:
         assert set(tuned.tiles.values()) == {GEMM_TILES[0]}
 
 
