@@ -51,7 +51,7 @@ HOLD_CYCLES = 2_000_000  # about 1 ms of kernels/step.cu::hold
 TUNING_ROUNDS = 2  # each tile shape is timed this often, in interleaved rounds, and its best time kept
 # The first graph captured is tuned in the graph itself: each product's next STEP_TUNING_CANDIDATES tile shapes
 # within STEP_TUNING_SPREAD of its fastest alone are tried, each graph timed over STEP_TUNING_REPLAYS replays.
-STEP_TUNING_SPREAD, STEP_TUNING_CANDIDATES, STEP_TUNING_REPLAYS = 1.15, 2, 5
+STEP_TUNING_SPREAD, STEP_TUNING_CANDIDATES, STEP_TUNING_REPLAYS = 1.3, 4, 5
 
 
 def tile_shape(tile):

@@ -13,8 +13,8 @@ from kernel_host import HostKernels
 from philox_reference import step_uniforms
 
 from minigan.backend import get_backend, to_host
-from minigan.cupy_step import (BN_COLUMNS, CLUSTER_TILES, DEFAULT_TILE, GEMM_TILES, TUNING_ROUNDS, FusedStep, draw_ids,
-                               split_k, tile_fits)
+from minigan.cupy_step import (BN_COLUMNS, CLUSTER_TILES, DEFAULT_TILE, GEMM_TILES, STEP_TUNING_CANDIDATES,
+                               TUNING_ROUNDS, FusedStep, draw_ids, split_k, tile_fits)
 from minigan.gan import GAN
 
 pytestmark = pytest.mark.skipif(not HostKernels.available, reason="no host C++ compiler")
@@ -434,11 +434,12 @@ def test_a_later_batch_size_takes_the_first_ones_tiles(host_kernels):
 
 @pytest.mark.parametrize("in_graph", [0.9, 1.1])
 def test_the_graph_tuner_keeps_a_tile_only_where_the_graph_runs_faster(host_kernels, in_graph):
-    """Every tile shape ties alone here, so each product gets its first tile shape, and the next two are tried
-    in the graph. Where the runner-up runs faster in the graph than alone (the stand-in timer: 0.9 against
-    1.0), the tuner keeps it on exactly the products it can run; where slower (1.1), on none. A trial's timing
-    replays train on the batch at hand, yet the tuned step gives the untimed step's bits: the state is put
-    back. A second batch size's graph is not tuned: it takes the first one's tuned tiles."""
+    """Every tile shape ties alone here, so each product gets its first tile shape, and the next
+    STEP_TUNING_CANDIDATES are tried in the graph. Where the runner-up runs faster in the graph than alone (the
+    stand-in timer: 0.9 against 1.0), the tuner keeps it on exactly the products it can run; where slower (1.1),
+    on none. A trial's timing replays train on the batch at hand, yet the tuned step gives the untimed step's
+    bits: the state is put back. A second batch size's graph is not tuned: it takes the first one's tuned
+    tiles."""
     n, runner_up = 16, GEMM_TILES[1]
     cuda = FakeCuda(host_kernels, timings={}, graph_timings={runner_up: in_graph}, timed_replays=int(in_graph < 1))
     gan, untimed_gan = fused_gan(1, seed=5), fused_gan(1, seed=5)
@@ -454,8 +455,8 @@ def test_the_graph_tuner_keeps_a_tile_only_where_the_graph_runs_faster(host_kern
     else:
         tuned.graph(n)
     can_run = {key for key, times in tuned.tile_times.items() if runner_up in times}
-    assert can_run and all(len(times) > 2 for times in tuned.tile_times.values())
-    assert len(tuned.trials) == 2 * len(tuned.tile_times)  # the next two tiles of every product
+    assert can_run and all(len(times) > STEP_TUNING_CANDIDATES for times in tuned.tile_times.values())
+    assert len(tuned.trials) == STEP_TUNING_CANDIDATES * len(tuned.tile_times)  # the next tiles of every product
     assert {key for key, tile in tuned.tiles.items() if tile != GEMM_TILES[0]} == (can_run if in_graph < 1 else set())
     assert all(trial["kept"] == (trial["ratio"] < 1) for trial in tuned.trials)
     if in_graph < 1:
