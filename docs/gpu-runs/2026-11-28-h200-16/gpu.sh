@@ -1,0 +1,8 @@
+# session 17, call 2: 5bfb5c2 (the graph's tuning tries 4 tiles within 30%) against the next (6 within 50%),
+# three processes each.
+set -u
+for v in /opt/*/.venv; do [ -x "$v/bin/python" ] && PATH=$v/bin:$PATH; done; export PATH
+t0=$SECONDS; O=/tmp/o; mkdir -p $O; stamp() { echo "$1: $((SECONDS - t0)) s" >> "$O/run.txt"; }
+OUT=$O LIMIT=100 STEPS=100 ROUNDS=3 LAUNCH=0 TESTS=0 timeout 230 bash .ci/gpu-compare run >> "$O/run.txt" 2>&1
+stamp compare
+tar -czf $OUT/compare.tgz -C $O .
