@@ -91,8 +91,10 @@ def test_gpu_benchmark_and_profile_on_the_emulated_gpu(emulated_gpu, monkeypatch
     assert all(line["first_step_s"] > 0 and line["second_step_s"] > 0 for line in lines)  # (the graph's capture)
     assert sum(lines[0]["gemm_tiles"].values()) == 22  # the step's 22 GEMM shapes (K = 1; D's forward passes
     # over the real and the fake rows are the G step's shapes)
-    # every tile ties on the emulated GPU: the graph tuner tried each product's next two, and kept none
-    assert lines[0]["step_tuning"] == {"trials": 44, "kept": 0, "graph_ratio": 1.0}
+    # every tile ties on the emulated GPU: the graph tuner tried each product's next STEP_TUNING_CANDIDATES (each
+    # product has more tiles than that), and kept none
+    trials = 22 * cupy_step.STEP_TUNING_CANDIDATES
+    assert lines[0]["step_tuning"] == {"trials": trials, "kept": 0, "graph_ratio": 1.0}
     kinds = {"linear_forward": "forward", "linear_backward_weight": "weight", "linear_backward_input": "input"}
     launched, launch_gemm = set(), cupy_step.launch_gemm
 
