@@ -173,13 +173,13 @@ class FusedStep:
     """The step for ``gan``, whose ``rng`` has ``seed`` and ``step`` (minigan.cupy_backend.PhiloxRng): the
     random counters are (element, draw, rng.step). ``kernel(family, name)`` returns a launchable kernel.
 
-    The first step of each batch size runs launch by launch; the first batch size's times every GEMM tile shape
-    on each of its products (``timer(launch, reps)`` -> seconds per launch over reps; on a GPU, CUDA events). From
+    The first step of each batch size runs launch by launch and times every GEMM tile shape on each of its
+    products (``timer(launch, reps)`` -> seconds per launch over reps; on a GPU, CUDA events), but for a batch size
+    smaller than the first, which takes the first one's tiles, product for product (``_first_batch_tile``). From
     the second step on the step is one CUDA graph with the fastest tiles. The first graph captured is then tuned
     as a whole (``_tune``): a tile that came close alone replaces the fastest where the graph runs faster with it.
-    Later batch sizes take the first one's tiles, product for product (``_first_batch_tile``). Where ``timer`` is
-    None (the CPU) every product uses DEFAULT_TILE. ``clusters``: CLUSTER_TILES are timed too (the
-    kernel launcher takes ``cluster``: on a GPU, cupy_backend.DependentLaunch). ``sms`` (the GPU's SM count,
+    Where ``timer`` is None (the CPU) every product uses DEFAULT_TILE. ``clusters``: CLUSTER_TILES are timed too
+    (the kernel launcher takes ``cluster``: on a GPU, cupy_backend.DependentLaunch). ``sms`` (the GPU's SM count,
     H100_SMS without one) sets the split-K rule. ``capture(stream, work)`` captures the graph
     (minigan.cupy_backend.PriorityGraph: each kernel at its stream's priority); None: cupy_capture.
     """
@@ -231,8 +231,8 @@ class FusedStep:
         self.tile_times = {}  # (kernel, rows, cols, inner) -> {tile shape: seconds per launch alone}
         # the graph tuner's trials: {"product", "tile", "ratio": the graph's time with the tile / without, "kept"}
         self.trials = []
-        self.products = []  # the GEMM products the step launched, in order (the last run's so far)
-        self.first_products = None  # ... and the first batch size's, whose tiles later batch sizes take
+        self.products, self.batch = [], None  # the GEMM products the step launched, in order, and its rows
+        self.first_products, self.first_batch = None, None  # the same of the first step (the first batch size)
         # Split-K scratch: one for the products on each stream, which run one at a time. The split rule
         # keeps the 32 x 32 tiles times the splits within SPLIT_BLOCKS_PER_SM per SM; larger tiles pad the
         # output, so room for twice that, and the tuner passes over a tile shape that would need more.
@@ -286,11 +286,13 @@ class FusedStep:
         launch_gemm(self.kernel, name, tile, rows, cols, splits, args)
 
     def _first_batch_tile(self, key, splits):
-        """The tile of the product launched at the same place in the first batch size's step, where it can run
-        this one; else None. Every batch size launches the same products in the same order, and an epoch's
-        smaller last batch runs once in an epoch: timing its tiles would cost more (~0.8 s on an H200, run 15)
-        than all its steps could gain from them."""
-        if self.first_products is None:
+        """For a batch size smaller than the first, the tile of the product launched at the same place in the
+        first batch size's step, where it can run this one; else None. Every batch size launches the same
+        products in the same order, and an epoch's smaller last batch runs once in an epoch: timing its tiles
+        would cost more (~0.8 s on an H200, run 15) than all its steps could gain from them. A larger batch size
+        is timed: a run resumed at an epoch's last step starts with the small batch, and the epochs' batch size
+        is the one the graph's tuning needs the times of."""
+        if self.first_products is None or self.batch > self.first_batch:
             return None
         first = self.first_products[len(self.products) - 1]
         tile = self.tiles[first]
@@ -459,7 +461,7 @@ class FusedStep:
     def run(self, n):
         """One training step on the batch already in buffers(n)["x"][:n]; statistics into self.stats."""
         gan, b = self.gan, self.buffers(n)
-        self.products = []
+        self.products, self.batch = [], n
         noise, d_draws, g_draws = draw_ids(gan.k)
         for i in range(gan.k):
             with self.branch():  # D on the real rows [0, n), beside G's forward pass
@@ -490,7 +492,7 @@ class FusedStep:
         self.adam(gan.opt_G, self.t_G, self.g_rest)
         self._launch("step", "step_finish", 1, (self.step, self.t_G, self.t_D, np.int32(gan.k)), block=1)
         if self.first_products is None:
-            self.first_products = self.products
+            self.first_products, self.first_batch = self.products, n
 
     def graph(self, n):
         """The step for n rows, captured as a CUDA graph on first use (after one eager step: every kernel is

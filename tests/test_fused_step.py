@@ -396,7 +396,8 @@ def test_tiles_chosen_by_timing_give_the_same_step(host_kernels):
 def test_a_later_batch_size_takes_the_first_ones_tiles(host_kernels):
     """An epoch's smaller last batch takes, untimed, the tile of the product launched at the same place in the
     first batch size's step; where that tile cannot run the product's split count (here the weight gradients
-    over 2n = 128 rows split in 2 at n = 64, and not at n = 32), the product is timed. Same bits either way."""
+    over 2n = 128 rows split in 2 at n = 64, and not at n = 32), the product is timed. Same bits either way. A
+    batch size larger than the first is timed whole."""
     favourite = "32x32_4x4_s2"  # the fastest wherever it can run (products of an even split count)
     timed_tiles, launched, timing = [], [], []
 
@@ -430,6 +431,15 @@ def test_a_later_batch_size_takes_the_first_ones_tiles(host_kernels):
     assert sorted(timed_tiles[timed_first:]) == sorted(tile for key in retimed for tile in GEMM_TILES
                                                        if tile_fits(tile, split[key]) for _ in range(TUNING_ROUNDS))
     np.testing.assert_array_equal(timed.D.params, untimed.D.params)
+    # a larger batch size than the first (a run resumed at an epoch's last step) is timed as the first was
+    larger = FusedStep(fused_gan(1, seed=5), np, kernel, timer=timer)
+    larger.train_step(data[64:])
+    before, seen = len(timed_tiles), set(larger.tiles)  # (D's input gradients over 2n rows are G's at 2n)
+    larger.train_step(data[:64])
+    new = [key for key in dict.fromkeys(larger.products) if key not in seen]
+    assert new and sorted(timed_tiles[before:]) == sorted(tile for key in new for tile in GEMM_TILES
+                                                          if tile_fits(tile, split[key]) for _ in range(TUNING_ROUNDS))
+    assert all(larger.tiles[key] == timed_step.tiles[key] for key in first)
 
 
 @pytest.mark.parametrize("in_graph", [0.9, 1.1])
