@@ -359,22 +359,43 @@ def test_split_rule_fills_the_sms_and_keeps_whole_ranges():
     assert split_k(1, 1, 10**6, 132) == MAX_SPLITS
 
 
+FAVOURITE = "32x32_4x4_s2"  # the stand-in timer's fastest wherever it can run (products of an even split count)
+
+
+def favourite_timer(host_kernels, run_timed=True):
+    """(kernel, timer, timed tiles): the host kernels, noting which ran, and a stand-in timer that notes the tile
+    it timed and prefers FAVOURITE. It runs the launch, as the GPU timer does, unless ``run_timed`` is False
+    (then a timed launch is only noted: the host kernels are slow at larger batches)."""
+    timed_tiles, launched, timing = [], [], []
+
+    def kernel(family, name):
+        launched.append(name)
+        run = host_kernels(family, name)
+        return lambda *args: None if timing else run(*args)
+
+    def timer(launch, reps):
+        if not run_timed:
+            timing.append(True)  # the launch below only notes its kernel
+        launch()
+        timing.clear()
+        timed_tiles.append(tile_of(launched[-1]))
+        return 0.5 if timed_tiles[-1] == FAVOURITE else 1.0
+
+    return kernel, timer, timed_tiles
+
+
+def timings(keys, split):
+    """The tiles the first step times for ``keys`` (each split split[key]): TUNING_ROUNDS times every tile shape
+    that can run it, sorted."""
+    return sorted(tile for key in keys for tile in GEMM_TILES if tile_fits(tile, split[key])
+                  for _ in range(TUNING_ROUNDS))
+
+
 def test_tiles_chosen_by_timing_give_the_same_step(host_kernels):
     """The tuner times every tile shape that can run each product of the first step and keeps the fastest;
     the timing launches leave no trace, and the step is bit for bit the untimed one."""
-
-    n, favourite = 16, "32x32_4x4_s2"  # the fastest wherever it can run (products of an even split count)
-    timed_tiles, launched = [], []
-
-    def kernel(family, name):  # the host kernels, noting which ran
-        launched.append(name)
-        return host_kernels(family, name)
-
-    def timer(launch, reps):  # runs the launch, as the GPU timer does, and prefers one tile shape
-        launch()
-        timed_tiles.append(tile_of(launched[-1]))
-        return 0.5 if timed_tiles[-1] == favourite else 1.0
-
+    n = 16
+    kernel, timer, timed_tiles = favourite_timer(host_kernels)
     data = np.random.default_rng(3).random((2, n, 784), dtype=np.float32)
     timed, untimed = fused_gan(1, seed=5), fused_gan(1, seed=5)
     timed_step, untimed_step = FusedStep(timed, np, kernel, timer=timer), FusedStep(untimed, np, host_kernels)
@@ -383,11 +404,10 @@ def test_tiles_chosen_by_timing_give_the_same_step(host_kernels):
     split = {key: split_k(*key[1:], timed_step.sms) for key in timed_step.tiles}
     assert any(s % 2 == 0 for s in split.values()) and any(s == 1 for s in split.values())
     for key, tile in timed_step.tiles.items():  # the favourite where it can run, else the first tile shape
-        assert tile == (favourite if split[key] % 2 == 0 else GEMM_TILES[0]), key
+        assert tile == (FAVOURITE if split[key] % 2 == 0 else GEMM_TILES[0]), key
     assert set(untimed_step.tiles.values()) == {DEFAULT_TILE}
     # each product timed on the first step only, TUNING_ROUNDS times on every tile shape that can run it
-    assert sorted(timed_tiles) == sorted(tile for key in timed_step.tiles for tile in GEMM_TILES
-                                         if tile_fits(tile, split[key]) for _ in range(TUNING_ROUNDS))
+    assert sorted(timed_tiles) == timings(timed_step.tiles, split)
     for a, b in ((timed.G, untimed.G), (timed.D, untimed.D)):
         np.testing.assert_array_equal(a.params, b.params)
         np.testing.assert_array_equal(a.grads, b.grads)
@@ -398,28 +418,13 @@ def test_a_later_batch_size_takes_the_first_ones_tiles(host_kernels):
     first batch size's step; where that tile cannot run the product's split count (here the weight gradients
     over 2n = 128 rows split in 2 at n = 64, and not at n = 32), the product is timed. Same bits either way. A
     batch size larger than the first is timed whole."""
-    favourite = "32x32_4x4_s2"  # the fastest wherever it can run (products of an even split count)
-    timed_tiles, launched, timing = [], [], []
-
-    def kernel(family, name):  # the host kernels, noting which ran; a timed launch only noted (they are slow here)
-        launched.append(name)
-        run = host_kernels(family, name)
-        return lambda *args: None if timing else run(*args)
-
-    def timer(launch, reps):
-        timing.append(True)
-        launch()
-        timing.clear()
-        timed_tiles.append(tile_of(launched[-1]))
-        return 0.5 if timed_tiles[-1] == favourite else 1.0
-
+    kernel, timer, timed_tiles = favourite_timer(host_kernels, run_timed=False)
     data = np.random.default_rng(13).random((96, 784), dtype=np.float32)
     timed, untimed = fused_gan(1, seed=5), fused_gan(1, seed=5)
     timed_step, untimed_step = FusedStep(timed, np, kernel, timer=timer), FusedStep(untimed, np, host_kernels)
-    timed_first = 0
-    for batch in (data[:64], data[64:]):
-        timed_first = timed_first or len(timed_tiles)
-        np.testing.assert_array_equal(timed_step.train_step(batch), untimed_step.train_step(batch))
+    np.testing.assert_array_equal(timed_step.train_step(data[:64]), untimed_step.train_step(data[:64]))
+    timed_first = len(timed_tiles)
+    np.testing.assert_array_equal(timed_step.train_step(data[64:]), untimed_step.train_step(data[64:]))
     first, later = timed_step.first_products, timed_step.products
     assert len(first) == len(later) and [key[0] for key in first] == [key[0] for key in later]
     split = {key: split_k(*key[1:], timed_step.sms) for key in first + later}
@@ -428,8 +433,7 @@ def test_a_later_batch_size_takes_the_first_ones_tiles(host_kernels):
     for a, b, reused in zip(first, later, fits):
         assert timed_step.tiles[b] == (timed_step.tiles[a] if reused else GEMM_TILES[0]), (a, b)
     retimed = {b for b, reused in zip(later, fits) if not reused}
-    assert sorted(timed_tiles[timed_first:]) == sorted(tile for key in retimed for tile in GEMM_TILES
-                                                       if tile_fits(tile, split[key]) for _ in range(TUNING_ROUNDS))
+    assert sorted(timed_tiles[timed_first:]) == timings(retimed, split)
     np.testing.assert_array_equal(timed.D.params, untimed.D.params)
     # a larger batch size than the first (a run resumed at an epoch's last step) is timed as the first was
     larger = FusedStep(fused_gan(1, seed=5), np, kernel, timer=timer)
@@ -437,8 +441,7 @@ def test_a_later_batch_size_takes_the_first_ones_tiles(host_kernels):
     before, seen = len(timed_tiles), set(larger.tiles)  # (D's input gradients over 2n rows are G's at 2n)
     larger.train_step(data[:64])
     new = [key for key in dict.fromkeys(larger.products) if key not in seen]
-    assert new and sorted(timed_tiles[before:]) == sorted(tile for key in new for tile in GEMM_TILES
-                                                          if tile_fits(tile, split[key]) for _ in range(TUNING_ROUNDS))
+    assert new and sorted(timed_tiles[before:]) == timings(new, split)
     assert all(larger.tiles[key] == timed_step.tiles[key] for key in first)
 
 
