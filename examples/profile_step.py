@@ -12,13 +12,24 @@ launches are the step's critical path (a side stream's launch waits for the main
 stream waits for the side stream only at the joins), so where the graph's time is their sum, moving more work
 to the side stream cannot help.
 The last launch's figure also holds the conversion of the step's statistics that follows it.
+
+With --timeline N (needs torch with CUDA: its profiler records every kernel the GPU runs, those of our graph
+among them, through CUPTI) it also replays the graph N times under torch's profiler and adds to each launch's
+line what it took in the graph itself, beside the side stream and behind programmatic dependent launches: the
+medians over the replays of its start and end (µs after the replay's first kernel began), its time from start
+to end, and what it added to its stream's time (its end less the end of the stream's launch before it). The
+summary adds the replays' median period and span, and each stream's sum of those additions, so that the
+launches that lengthen the step in the graph can be told from those that lengthen it only alone.
 """
 
 import argparse
 import collections
 import json
+import os
 import re
+import statistics
 import sys
+import tempfile
 
 import numpy as np
 
@@ -79,11 +90,101 @@ def profile(gan, real):
             for (name, grid, block, stream, event), after in zip(marks, ends)]
 
 
+def traced_kernels(gan, real, replays):
+    """The kernel events of ``replays`` steps of ``gan`` (warmed up: each a replay of its graph) as torch's profiler
+    records them, in the Chrome trace format: "cat" "kernel", "ts" and "dur" in µs, and "args" that hold the
+    "graph id" and "graph node id" of a kernel a graph ran."""
+    import cupy
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.zeros(1, device="cuda")  # torch's CUDA state, on the primary context CuPy uses too
+    cupy.cuda.Device().synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(replays):
+            gan.train_step(real)
+        cupy.cuda.Device().synchronize()
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "trace.json")
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            events = json.load(f)["traceEvents"]
+    return [event for event in events if event.get("cat") == "kernel"]
+
+
+def graph_timeline(kernels, launches):
+    """Each launch's figures in the replayed graph, from the profiler's ``kernels`` (traced_kernels) and the step's
+    ``launches`` [(kernel, stream)] in the order the step launches them (profile()): a list of {"start_us",
+    "end_us", "us", "adds_us"}, medians over the replays, and {"replays", "period_us", "span_us", "adds_us": the
+    sum of each stream's launches' "adds_us"}.
+
+    A graph's kernels carry a graph node id (other kernels, such as the copy of the batch before each replay, carry
+    0). Replays run one after another, so sorted by their starts the graph's kernels come in whole replays; within
+    a replay, the node ids are taken to follow the order of capture, which is the order of ``launches`` (the
+    kernels' names are checked against it). "adds_us" is a launch's end less the end of the launch before it on
+    its stream (the replay's start for a stream's first): what it adds to that stream's time, where "us", from
+    its first block's start to its last block's end, also counts the time its blocks wait for the launch before it
+    (a dependent launch starts before that one ends)."""
+    def node(kernel):
+        return kernel.get("args", {}).get("graph node id") or 0
+
+    in_graph = sorted((kernel for kernel in kernels if node(kernel)), key=lambda kernel: kernel["ts"])
+    count = len(launches)
+    if len(in_graph) < 2 * count or len(in_graph) % count:
+        raise ValueError(f"the profiler recorded {len(in_graph)} kernels of a graph, not two or more whole replays "
+                         f"of the step's {count}")
+    replays = [sorted(in_graph[i:i + count], key=node) for i in range(0, len(in_graph), count)]
+    names = [name.removesuffix("+cluster") for name, _ in launches]
+    for replay in replays:
+        if [kernel["name"] for kernel in replay] != names:
+            raise ValueError("a replay's kernels, in the order of their graph node ids, are not the step's launches")
+    figures = [collections.defaultdict(list) for _ in launches]
+    for replay in replays:
+        begin, last_end = min(kernel["ts"] for kernel in replay), {}
+        for (_, stream), kernel, launch in zip(launches, replay, figures):
+            start, end = kernel["ts"] - begin, kernel["ts"] + kernel["dur"] - begin
+            launch["start_us"].append(start)
+            launch["end_us"].append(end)
+            launch["us"].append(kernel["dur"])
+            launch["adds_us"].append(end - last_end.get(stream, 0.0))
+            last_end[stream] = end
+    figures = [{key: statistics.median(values) for key, values in launch.items()} for launch in figures]
+    starts = [min(kernel["ts"] for kernel in replay) for replay in replays]
+    adds = collections.defaultdict(float)  # per stream: the sum of its launches' additions
+    for (_, stream), launch in zip(launches, figures):
+        adds[stream] += launch["adds_us"]
+    summary = {"replays": len(replays),
+               "period_us": statistics.median(b - a for a, b in zip(starts, starts[1:])),
+               "span_us": statistics.median(max(k["ts"] + k["dur"] for k in replay) - start
+                                            for replay, start in zip(replays, starts)),
+               "adds_us": dict(adds)}
+    return figures, summary
+
+
+def rounded(figures):
+    """``figures`` (a dict of numbers and dicts of numbers) with every float to 0.01."""
+    return {key: rounded(value) if isinstance(value, dict) else round(value, 2) if isinstance(value, float) else value
+            for key, value in figures.items()}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--k", type=int, default=1)
+    p.add_argument("--timeline", type=int, default=0, metavar="N",
+                   help="also time each launch in N replays of the graph with torch's profiler (needs torch with CUDA)")
     args = p.parse_args(argv)
+    if args.timeline < 0 or args.timeline == 1:
+        p.error("--timeline needs at least 2 replays")
+    if args.timeline:
+        try:
+            import torch
+        except ImportError:
+            torch = None
+        if torch is None or not torch.cuda.is_available():
+            print("profile_step.py: error: --timeline needs torch with CUDA (its profiler records the graph's kernels)",
+                  file=sys.stderr)
+            return 1
     from minigan.backend import BackendError, get_backend
     from minigan.gan import GAN
 
@@ -97,10 +198,19 @@ def main(argv=None):
     real = backend.asarray(np.random.default_rng(0).random((args.batch, 784), dtype=np.float32))
     graph_ms, one_stream_ms = replay_ms(gan, real), replay_ms(one_stream, real)
     launches = profile(gan, real)
+    in_graph, timeline, refused = [{}] * len(launches), None, None
+    if args.timeline:
+        try:
+            in_graph, timeline = graph_timeline(traced_kernels(gan, real, args.timeline),
+                                                [(name, stream) for name, _, _, stream, _ in launches])
+        except ValueError as e:  # the rest is printed all the same
+            refused = f"profile_step.py: error: --timeline: {e}"
     families = collections.defaultdict(lambda: [0, 0.0])
-    for i, (name, grid, block, stream, us) in enumerate(launches):
-        print(json.dumps({"launch": i, "kernel": name, "grid": grid, "block": block, "stream": stream,
-                          "us": round(us, 2)}))
+    for i, ((name, grid, block, stream, us), figures) in enumerate(zip(launches, in_graph)):
+        line = {"launch": i, "kernel": name, "grid": grid, "block": block, "stream": stream, "us": round(us, 2)}
+        if figures:
+            line["graph"] = rounded(figures)
+        print(json.dumps(line))
         family = re.sub(r"_\d+x\d+_\d+x\d+(_s\d+)?(\+cluster)?$", "", name)  # a GEMM's kind, whatever its tile
         families[family][0] += 1
         families[family][1] += us
@@ -111,7 +221,11 @@ def main(argv=None):
     print(json.dumps({"device": backend.device, "batch": args.batch, "k": args.k, "launches": len(launches),
                       "sum_of_launches_ms": round(total / 1e3, 4), "main_stream_launches": len(main_stream),
                       "main_stream_sum_ms": round(sum(main_stream) / 1e3, 4), "graph_ms_per_step": round(graph_ms, 4),
-                      "graph_one_stream_ms_per_step": round(one_stream_ms, 4)}))
+                      "graph_one_stream_ms_per_step": round(one_stream_ms, 4)}
+                     | ({"timeline": rounded(timeline)} if timeline else {})))
+    if refused:
+        print(refused, file=sys.stderr)
+        return 1
     return 0
 
 

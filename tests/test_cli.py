@@ -362,3 +362,43 @@ def test_resume_from_a_damaged_checkpoint_is_one_line(data_dir, tmp_path, damage
     line = one_line_error(run_cli("train_mnist.py", "--data-dir", data_dir, "--resume", tmp_path / "r",
                                   "--epochs", 2), 1)
     assert "checkpoint.npz" in line
+
+
+def test_profile_timeline_reads_each_launch_of_the_replayed_graph():
+    """examples/profile_step.py --timeline: the profiler's kernels (Chrome trace events, in no order, kernels
+    outside the graph among them) cut into replays, matched to the step's launches by graph node id, and each
+    launch's medians over the replays; a replay short of a kernel, or out of the launches' order, is refused."""
+    from profile_step import graph_timeline
+
+    launches = [("linear_forward_32x32_4x4+cluster", "side"), ("normal_step_fill", "main"),
+                ("linear_forward_32x32_4x4", "main"), ("step_finish", "main")]
+    events = []
+    for r in range(3):  # replay r: (kernel, node, start, duration); the third launch takes 9, 10, 11 us
+        begin = 1000.0 * r
+        events += [{"cat": "kernel", "name": name, "ts": begin + start, "dur": dur, "args": {"graph node id": node}}
+                   for name, node, start, dur in (("linear_forward_32x32_4x4", 101, 2.0, 10.0),  # after the next
+                                                  ("normal_step_fill", 102, 1.0, 3.0),
+                                                  ("linear_forward_32x32_4x4", 103, 3.0, 9.0 + r),  # a dependent
+                                                  ("step_finish", 104, 12.0 + r, 2.0))]  # launch starts early
+        events.append({"cat": "kernel", "name": "cupy_copy", "ts": begin - 5, "dur": 1.0, "args": {"graph node id": 0}})
+    events.reverse()
+    figures, summary = graph_timeline(events, launches)
+    assert figures[0] == {"start_us": 1.0, "end_us": 11.0, "us": 10.0, "adds_us": 11.0}
+    assert figures[2] == {"start_us": 2.0, "end_us": 12.0, "us": 10.0, "adds_us": 9.0}  # 12 less the noise's 3
+    assert figures[3] == {"start_us": 12.0, "end_us": 14.0, "us": 2.0, "adds_us": 2.0}
+    assert summary == {"replays": 3, "period_us": 1000.0, "span_us": 14.0, "adds_us": {"side": 11.0, "main": 14.0}}
+    short = [event for event in events if event["ts"] != 1013.0]  # the second replay's step_finish
+    with pytest.raises(ValueError, match="whole replays"):
+        graph_timeline(short, launches)
+    swapped = [dict(event, args={"graph node id": {102: 103, 103: 102}.get(event["args"]["graph node id"],
+                                                                        event["args"]["graph node id"])})
+               for event in events]
+    with pytest.raises(ValueError, match="not the step's launches"):
+        graph_timeline(swapped, launches)
+
+
+def test_profile_timeline_without_torch_on_a_gpu_is_one_line():
+    proc = run_cli("profile_step.py", "--timeline", 5)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.strip() == ("profile_step.py: error: --timeline needs torch with CUDA (its profiler records "
+                                   "the graph's kernels)")

@@ -239,6 +239,27 @@ def test_profile_step_times_every_launch_of_a_step():
     assert gan.fused.use_graph and gan.fused.side is not None  # restored for training
 
 
+def test_profile_timeline_finds_every_launch_in_the_replayed_graph():
+    """examples/profile_step.py --timeline: torch's profiler records our graph's kernels, and each replay's are the
+    step's launches in the order of their graph node ids (graph_timeline refuses them otherwise)."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch without CUDA")
+    from profile_step import graph_timeline, profile, traced_kernels
+
+    gan = GAN(get_backend("cupy"), seed=1)
+    real = cupy.asarray(np.random.default_rng(0).random((64, 784), dtype=np.float32))
+    for _ in range(3):  # the graph captured and tuned
+        gan.train_step(real)
+    launches = profile(gan, real)
+    figures, summary = graph_timeline(traced_kernels(gan, real, 5),
+                                      [(name, stream) for name, _, _, stream, _ in launches])
+    print(f"\ntimeline: {summary}")
+    assert summary["replays"] == 5 and len(figures) == 44
+    assert all(launch["us"] > 0 and launch["end_us"] <= summary["span_us"] for launch in figures)
+    assert 0 < summary["span_us"] <= summary["period_us"]
+
+
 def test_bench_launch_counts_every_launch_both_ways(capsys):
     """examples/bench_launch.py: the chains of launches, CuPy's and the dependent ones, each counted every launch
     (the order held), and the fused step's graph ran all three ways."""
