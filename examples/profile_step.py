@@ -116,28 +116,40 @@ def graph_timeline(kernels, launches):
     """Each launch's figures in the replayed graph, from the profiler's ``kernels`` (traced_kernels) and the step's
     ``launches`` [(kernel, stream)] in the order the step launches them (profile()): a list of {"start_us",
     "end_us", "us", "adds_us"}, medians over the replays, and {"replays", "period_us", "span_us", "adds_us": the
-    sum of each stream's launches' "adds_us"}.
+    sum of each stream's launches' "adds_us", "matched_by"}.
 
-    A graph's kernels carry a graph node id (other kernels, such as the copy of the batch before each replay, carry
-    0). Replays run one after another, so sorted by their starts the graph's kernels come in whole replays; within
-    a replay, the node ids are taken to follow the order of capture, which is the order of ``launches`` (the
-    kernels' names are checked against it). "adds_us" is a launch's end less the end of the launch before it on
-    its stream (the replay's start for a stream's first): what it adds to that stream's time, where "us", from
-    its first block's start to its last block's end, also counts the time its blocks wait for the launch before it
-    (a dependent launch starts before that one ends)."""
+    The graph's kernels are those named as the step's launches (the others, such as CuPy's copy of the batch
+    before each replay, are not). Replays run one after another, so sorted by their starts they come in whole
+    replays. Within a replay, the order of their graph node ids is taken to be the order of capture, which is the
+    order of ``launches``, where it gives the launches' names ("matched_by": "graph node id"); else each launch
+    takes the first kernel of its name not yet taken, in the order of their starts ("name and start": two
+    launches of one kernel, one on each stream, may then be each other's). "adds_us" is a launch's end less the
+    end of the launch before it on its stream (the replay's start for a stream's first): what it adds to that
+    stream's time, where "us", from its first block's start to its last block's end, also counts the time its
+    blocks wait for the launch before it (a dependent launch starts before that one ends)."""
     def node(kernel):
         return kernel.get("args", {}).get("graph node id") or 0
 
-    in_graph = sorted((kernel for kernel in kernels if node(kernel)), key=lambda kernel: kernel["ts"])
+    names = [name.removesuffix("+cluster") for name, _ in launches]
+    in_graph = sorted((kernel for kernel in kernels if kernel["name"] in set(names)), key=lambda kernel: kernel["ts"])
     count = len(launches)
     if len(in_graph) < 2 * count or len(in_graph) % count:
-        raise ValueError(f"the profiler recorded {len(in_graph)} kernels of a graph, not two or more whole replays "
-                         f"of the step's {count}")
-    replays = [sorted(in_graph[i:i + count], key=node) for i in range(0, len(in_graph), count)]
-    names = [name.removesuffix("+cluster") for name, _ in launches]
-    for replay in replays:
-        if [kernel["name"] for kernel in replay] != names:
-            raise ValueError("a replay's kernels, in the order of their graph node ids, are not the step's launches")
+        raise ValueError(f"the profiler recorded {len(in_graph)} kernels of the step's, not two or more whole "
+                         f"replays of its {count} launches")
+    replays, matched_by = [], set()
+    for replay in (in_graph[i:i + count] for i in range(0, len(in_graph), count)):
+        by_node = sorted(replay, key=node)
+        if all(map(node, replay)) and [kernel["name"] for kernel in by_node] == names:
+            replays.append(by_node)
+            matched_by.add("graph node id")
+            continue
+        unmatched = collections.defaultdict(collections.deque)  # (replay is in the order of the starts)
+        for kernel in replay:
+            unmatched[kernel["name"]].append(kernel)
+        if any(len(unmatched[name]) != names.count(name) for name in set(names)):
+            raise ValueError("a replay's kernels are not the step's launches")
+        replays.append([unmatched[name].popleft() for name in names])
+        matched_by.add("name and start")
     figures = [collections.defaultdict(list) for _ in launches]
     for replay in replays:
         begin, last_end = min(kernel["ts"] for kernel in replay), {}
@@ -157,7 +169,7 @@ def graph_timeline(kernels, launches):
                "period_us": statistics.median(b - a for a, b in zip(starts, starts[1:])),
                "span_us": statistics.median(max(k["ts"] + k["dur"] for k in replay) - start
                                             for replay, start in zip(replays, starts)),
-               "adds_us": dict(adds)}
+               "adds_us": dict(adds), "matched_by": " / ".join(sorted(matched_by))}
     return figures, summary
 
 

@@ -386,15 +386,18 @@ def test_profile_timeline_reads_each_launch_of_the_replayed_graph():
     assert figures[0] == {"start_us": 1.0, "end_us": 11.0, "us": 10.0, "adds_us": 11.0}
     assert figures[2] == {"start_us": 2.0, "end_us": 12.0, "us": 10.0, "adds_us": 9.0}  # 12 less the noise's 3
     assert figures[3] == {"start_us": 12.0, "end_us": 14.0, "us": 2.0, "adds_us": 2.0}
-    assert summary == {"replays": 3, "period_us": 1000.0, "span_us": 14.0, "adds_us": {"side": 11.0, "main": 14.0}}
+    assert summary == {"replays": 3, "period_us": 1000.0, "span_us": 14.0, "adds_us": {"side": 11.0, "main": 14.0},
+                       "matched_by": "graph node id"}
+    # without the node ids, or where they do not give the launches' order: by name, in the order of the starts
+    for args in (lambda node: {}, lambda node: {"graph node id": {101: 103, 102: 101, 103: 102}.get(node, node)}):
+        relabelled = [dict(event, args=args(event["args"]["graph node id"])) for event in events]
+        assert graph_timeline(relabelled, launches) == (figures, dict(summary, matched_by="name and start"))
     short = [event for event in events if event["ts"] != 1013.0]  # the second replay's step_finish
     with pytest.raises(ValueError, match="whole replays"):
         graph_timeline(short, launches)
-    swapped = [dict(event, args={"graph node id": {102: 103, 103: 102}.get(event["args"]["graph node id"],
-                                                                        event["args"]["graph node id"])})
-               for event in events]
+    foreign = [dict(event, name="step_finish") if event["ts"] == 1001.0 else event for event in events]
     with pytest.raises(ValueError, match="not the step's launches"):
-        graph_timeline(swapped, launches)
+        graph_timeline(foreign, launches)
 
 
 def test_profile_timeline_without_torch_on_a_gpu_is_one_line():

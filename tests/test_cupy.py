@@ -240,8 +240,8 @@ def test_profile_step_times_every_launch_of_a_step():
 
 
 def test_profile_timeline_finds_every_launch_in_the_replayed_graph():
-    """examples/profile_step.py --timeline: torch's profiler records our graph's kernels, and each replay's are the
-    step's launches in the order of their graph node ids (graph_timeline refuses them otherwise)."""
+    """examples/profile_step.py --timeline: torch's profiler records our graph's kernels, each replay's the step's
+    launches (graph_timeline refuses them otherwise; it prints whether their graph node ids gave their order)."""
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("torch without CUDA")
