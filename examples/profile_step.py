@@ -1,6 +1,6 @@
 """Where the GPU time of one fused training step goes, launch by launch (needs CuPy and an NVIDIA GPU).
 
-    python examples/profile_step.py [--batch 128] [--k 1]
+    python examples/profile_step.py [--batch 128] [--k 1] [--timeline N]
 
 After three warm-up steps (kernels compiled, GEMM tiles timed, graph captured) it times the graph replay,
 and the replay of a graph without the side stream's branches (one stream), then runs one step launch by
