@@ -131,7 +131,8 @@ def graph_timeline(kernels, launches):
         return kernel.get("args", {}).get("graph node id") or 0
 
     names = [name.removesuffix("+cluster") for name, _ in launches]
-    in_graph = sorted((kernel for kernel in kernels if kernel["name"] in set(names)), key=lambda kernel: kernel["ts"])
+    known = set(names)
+    in_graph = sorted((kernel for kernel in kernels if kernel["name"] in known), key=lambda kernel: kernel["ts"])
     count = len(launches)
     if len(in_graph) < 2 * count or len(in_graph) % count:
         raise ValueError(f"the profiler recorded {len(in_graph)} kernels of the step's, not two or more whole "

@@ -366,8 +366,9 @@ def test_resume_from_a_damaged_checkpoint_is_one_line(data_dir, tmp_path, damage
 
 def test_profile_timeline_reads_each_launch_of_the_replayed_graph():
     """examples/profile_step.py --timeline: the profiler's kernels (Chrome trace events, in no order, kernels
-    outside the graph among them) cut into replays, matched to the step's launches by graph node id, and each
-    launch's medians over the replays; a replay short of a kernel, or out of the launches' order, is refused."""
+    outside the graph among them) cut into replays, matched to the step's launches by graph node id (by name and
+    start where the ids do not give the launches' order), and each launch's medians over the replays; a replay
+    short of a kernel, or with another kernel in one's place, is refused."""
     from profile_step import graph_timeline
 
     launches = [("linear_forward_32x32_4x4+cluster", "side"), ("normal_step_fill", "main"),
