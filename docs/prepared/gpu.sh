@@ -2,7 +2,7 @@
 # and next noise off the critical path (docs/prepared/exp-counters-aside.mbox), three processes each; then the
 # branch's GPU tests and 50 epochs (every loss of every epoch should equal run 11's: the same numbers), and
 # profile_step.py --timeline 50 in both trees (each launch in the replayed graph, from torch's profiler).
-# Here:  git checkout -b exp/counters-aside main && git am docs/prepared/exp-counters-aside.mbox && git checkout main
+# Here:  git checkout -B exp/counters-aside main && git am docs/prepared/exp-counters-aside.mbox && git checkout main
 #        bash .ci/gpu-compare prepare main exp/counters-aside && cp docs/prepared/gpu.sh .data/gpu.sh
 # There: bash .data/gpu.sh   (carry [".data", ".variants"]; timeout_s ~560: ~30 s of compilation, ~25 s a
 #        benchmark process, ~45 s of GPU tests, ~20 s of 50 epochs, ~40 s a profile)
