@@ -151,9 +151,10 @@ def graph_timeline(kernels, launches):
             raise ValueError("a replay's kernels are not the step's launches")
         replays.append([unmatched[name].popleft() for name in names])
         matched_by.add("name and start")
+    starts = [min(kernel["ts"] for kernel in replay) for replay in replays]
     figures = [collections.defaultdict(list) for _ in launches]
-    for replay in replays:
-        begin, last_end = min(kernel["ts"] for kernel in replay), {}
+    for replay, begin in zip(replays, starts):
+        last_end = {}
         for (_, stream), kernel, launch in zip(launches, replay, figures):
             start, end = kernel["ts"] - begin, kernel["ts"] + kernel["dur"] - begin
             launch["start_us"].append(start)
@@ -162,7 +163,6 @@ def graph_timeline(kernels, launches):
             launch["adds_us"].append(end - last_end.get(stream, 0.0))
             last_end[stream] = end
     figures = [{key: statistics.median(values) for key, values in launch.items()} for launch in figures]
-    starts = [min(kernel["ts"] for kernel in replay) for replay in replays]
     adds = collections.defaultdict(float)  # per stream: the sum of its launches' additions
     for (_, stream), launch in zip(launches, figures):
         adds[stream] += launch["adds_us"]
