@@ -384,10 +384,11 @@ def favourite_timer(host_kernels, run_timed=True):
     return kernel, timer, timed_tiles
 
 
-def timings(keys, split):
-    """The tiles the first step times for ``keys`` (each split split[key]): TUNING_ROUNDS times every tile shape
-    that can run it, sorted."""
-    return sorted(tile for key in keys for tile in GEMM_TILES if tile_fits(tile, split[key])
+def timings(step, keys, split):
+    """The tiles ``step`` times for ``keys`` (each split split[key]): TUNING_ROUNDS times every tile shape that
+    can run it within the split-K scratch, sorted."""
+    return sorted(tile for key in keys for tile in GEMM_TILES
+                  if tile_fits(tile, split[key]) and step._scratch_fits(*key[1:3], split[key], tile)
                   for _ in range(TUNING_ROUNDS))
 
 
@@ -407,7 +408,7 @@ def test_tiles_chosen_by_timing_give_the_same_step(host_kernels):
         assert tile == (FAVOURITE if split[key] % 2 == 0 else GEMM_TILES[0]), key
     assert set(untimed_step.tiles.values()) == {DEFAULT_TILE}
     # each product timed on the first step only, TUNING_ROUNDS times on every tile shape that can run it
-    assert sorted(timed_tiles) == timings(timed_step.tiles, split)
+    assert sorted(timed_tiles) == timings(timed_step, timed_step.tiles, split)
     for a, b in ((timed.G, untimed.G), (timed.D, untimed.D)):
         np.testing.assert_array_equal(a.params, b.params)
         np.testing.assert_array_equal(a.grads, b.grads)
@@ -433,7 +434,7 @@ def test_a_later_batch_size_takes_the_first_ones_tiles(host_kernels):
     for a, b, reused in zip(first, later, fits):
         assert timed_step.tiles[b] == (timed_step.tiles[a] if reused else GEMM_TILES[0]), (a, b)
     retimed = {b for b, reused in zip(later, fits) if not reused}
-    assert sorted(timed_tiles[timed_first:]) == timings(retimed, split)
+    assert sorted(timed_tiles[timed_first:]) == timings(timed_step, retimed, split)
     np.testing.assert_array_equal(timed.D.params, untimed.D.params)
     # a larger batch size than the first (a run resumed at an epoch's last step) is timed as the first was
     larger = FusedStep(fused_gan(1, seed=5), np, kernel, timer=timer)
@@ -441,7 +442,7 @@ def test_a_later_batch_size_takes_the_first_ones_tiles(host_kernels):
     before, seen = len(timed_tiles), set(larger.tiles)  # (D's input gradients over 2n rows are G's at 2n)
     larger.train_step(data[:64])
     new = [key for key in dict.fromkeys(larger.products) if key not in seen]
-    assert new and sorted(timed_tiles[before:]) == timings(new, split)
+    assert new and sorted(timed_tiles[before:]) == timings(larger, new, split)
     assert all(larger.tiles[key] == timed_step.tiles[key] for key in first)
 
 
