@@ -255,7 +255,7 @@ def test_profile_timeline_finds_every_launch_in_the_replayed_graph():
     figures, summary = graph_timeline(traced_kernels(gan, real, 5),
                                       [(name, stream) for name, _, _, stream, _ in launches])
     print(f"\ntimeline: {summary}")
-    assert summary["replays"] == 5 and len(figures) == 44
+    assert summary["replays"] == 5 and len(figures) == len(launches) == 44
     assert all(launch["us"] > 0 and launch["end_us"] <= summary["span_us"] for launch in figures)
     assert 0 < summary["span_us"] <= summary["period_us"]
 
