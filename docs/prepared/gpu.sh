@@ -1,29 +1,48 @@
-# Prepared for the next GPU session (written 2026-11-28, session 18): main against main with the step's counters
-# and next noise off the critical path (docs/prepared/exp-counters-aside.mbox), three processes each; then the
-# branch's GPU tests and 50 epochs (every loss of every epoch should equal run 11's: the same numbers), and
-# profile_step.py --timeline 50 in both trees (each launch in the replayed graph, from torch's profiler).
-# Here:  git checkout -B exp/counters-aside main && git am docs/prepared/exp-counters-aside.mbox && git checkout main
-#        bash .ci/gpu-compare prepare main exp/counters-aside && cp docs/prepared/gpu.sh .data/gpu.sh
-# There: bash .data/gpu.sh   (carry [".data", ".variants"]; timeout_s ~560: ~30 s of compilation, ~25 s a
-#        benchmark process, ~45 s of GPU tests, ~20 s of 50 epochs, ~40 s a profile)
+# Prepared for the next GPU session (written 2026-11-28, session 19): main against three prepared trees, each
+# on the one before (docs/prepared/exp-aside.mbox, three commits on main), three processes each; the timeline
+# of each tree (profile_step.py --timeline 50); the GPU tests of the first and the last tree; 50 epochs and
+# FID-MNIST of the last. The three trees give the same numbers as each other (checked on the CPU), not main's.
+#   exp/real-half  D's backward over the real rows on the side stream, beside G's forward pass
+#   exp/both       + the step's counters and its next noise off the critical path
+#   exp/g-adam3    + Adam over G's layers 1 and 2 beside the end of G's backward pass
+# Here:
+#   git checkout -B exp/g-adam3 main && git am docs/prepared/exp-aside.mbox
+#   git branch -f exp/both exp/g-adam3~1 && git branch -f exp/real-half exp/g-adam3~2 && git checkout main
+#   bash .ci/gpu-compare prepare main exp/real-half exp/both exp/g-adam3 && cp docs/prepared/gpu.sh .data/gpu.sh
+# There, carrying [".data", ".variants"]:
+#   call 1: bash .data/gpu.sh compare   (timeout_s ~540: ~45 s of compilation, ~25 s a benchmark process, 12 of
+#                                        them; then the timelines of main and exp/g-adam3, ~40 s each)
+#   call 2: bash .data/gpu.sh checks    (timeout_s ~300: ~45 s of GPU tests a tree, ~20 s of 50 epochs, ~20 s of
+#                                        FID, ~40 s a timeline)
 set -u
 for v in /opt/*/.venv; do [ -x "$v/bin/python" ] && PATH=$v/bin:$PATH; done; export PATH
-t0=$SECONDS; O=/tmp/o; rm -rf $O; mkdir -p $O; stamp() { echo "$1: $((SECONDS - t0)) s" >> "$O/run.txt"; }
-nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv > $O/gpu.txt 2>&1
-cp .data/gpu.sh $O/
-read -r base branch < <(tr '\n' ' ' < .variants/order)
-OUT=$O LIMIT=100 STEPS=100 ROUNDS=3 LAUNCH=0 TESTS=0 GEMM=0 timeout 240 bash .ci/gpu-compare run >> "$O/run.txt" 2>&1
-stamp compare
-tar -czf $OUT/run.tgz -C $O .
-for t in $branch $base; do
-  (cd .variants/$t && PYTHONPATH=$PWD timeout 60 python examples/profile_step.py --timeline 50) > $O/profile-$t.txt 2>&1
-  stamp "profile $t"
-done
-tar -czf $OUT/run.tgz -C $O .
-export MINIGAN_CACHE=/tmp/mc; mkdir -p /tmp/mc; cp .data/cache/*.npz /tmp/mc/
-(cd .variants/$branch && PYTHONPATH=$PWD timeout 70 python -m pytest -q -s -p no:cacheprovider -m gpu tests/test_cupy.py) > $O/pytest-$branch.txt 2>&1
-stamp "pytest $branch"
-(cd .variants/$branch && PYTHONPATH=$PWD timeout 40 python examples/train_mnist.py --backend cupy --data-dir ../../.data --out /tmp/r50) > $O/train-cupy-50.txt 2>&1
-stamp train
-cp /tmp/r50/metrics.jsonl $O/ 2>/dev/null
-tar -czf $OUT/run.tgz -C $O .
+t0=$SECONDS; O=/tmp/o-${1:-compare}; rm -rf "$O"; mkdir -p "$O"; stamp() { echo "$1: $((SECONDS - t0)) s" >> "$O/run.txt"; }
+cp .data/gpu.sh "$O/"
+read -r main real both all < <(tr '\n' ' ' < .variants/order)
+timeline() {
+  (cd ".variants/$1" && PYTHONPATH=$PWD timeout 60 python examples/profile_step.py --timeline 50) > "$O/profile-$1.txt" 2>&1
+  stamp "profile $1"
+}
+case "${1:-compare}" in
+  compare)
+    nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv > "$O/gpu.txt" 2>&1
+    OUT=$O LIMIT=100 STEPS=100 ROUNDS=3 LAUNCH=0 TESTS=0 GEMM=0 timeout 420 bash .ci/gpu-compare run >> "$O/run.txt" 2>&1
+    stamp compare
+    tar -czf "$OUT/compare.tgz" -C "$O" .
+    for t in "$main" "$all"; do timeline "$t"; tar -czf "$OUT/compare.tgz" -C "$O" .; done ;;
+  checks)
+    export MINIGAN_CACHE=/tmp/mc; mkdir -p /tmp/mc; cp .data/cache/*.npz /tmp/mc/
+    for t in "$all" "$real"; do
+      (cd ".variants/$t" && PYTHONPATH=$PWD timeout 80 python -m pytest -q -s -p no:cacheprovider -m gpu tests/test_cupy.py) > "$O/pytest-$t.txt" 2>&1
+      stamp "pytest $t"
+      tar -czf "$OUT/checks.tgz" -C "$O" .
+    done
+    t=$all
+    (cd ".variants/$t" && PYTHONPATH=$PWD timeout 40 python examples/train_mnist.py --backend cupy --data-dir ../../.data --out /tmp/r50-$t) > "$O/train-cupy-50-$t.txt" 2>&1
+    stamp "train $t"
+    (cd ".variants/$t" && PYTHONPATH=$PWD timeout 40 python examples/evaluate.py --checkpoint /tmp/r50-$t --data-dir ../../.data --backend cupy --out "$O/evaluation-$t.json") > "$O/evaluate-$t.txt" 2>&1
+    cp /tmp/r50-$t/metrics.jsonl "$O/metrics-$t.jsonl"; cp /tmp/r50-$t/samples/epoch_050.png "$O/epoch_050-$t.png"
+    stamp "evaluate $t"
+    tar -czf "$OUT/checks.tgz" -C "$O" .
+    for t in "$real" "$both"; do timeline "$t"; tar -czf "$OUT/checks.tgz" -C "$O" .; done ;;
+esac
