@@ -75,6 +75,16 @@ def to_host(a):
     return a.get() if hasattr(a, "get") else np.asarray(a)
 
 
+def same_array(a, b):
+    """Whether ``a`` and ``b`` are the same elements of the same memory: start, shape, strides and dtype."""
+
+    def address(x):  # CuPy's data is a device pointer; NumPy's a buffer
+        return x.data.ptr if hasattr(x.data, "ptr") else x.__array_interface__["data"][0]
+
+    return (type(a) is type(b) and a.shape == b.shape and a.strides == b.strides and a.dtype == b.dtype
+            and address(a) == address(b))
+
+
 def array_module(a):
     """numpy or cupy, whichever ``a`` belongs to (without importing CuPy for NumPy arrays)."""
     if isinstance(a, (np.ndarray, np.generic)):

@@ -25,6 +25,7 @@ import warnings
 
 import numpy as np
 
+from minigan.backend import same_array
 from minigan.layers import BatchNorm1d, Dropout, LeakyReLU, Linear
 
 ACT_NONE, ACT_LEAKY, ACT_LEAKY_DROPOUT, ACT_SIGMOID = 0, 1, 2, 3
@@ -239,6 +240,10 @@ class FusedStep:
         blocks = SPLIT_BLOCKS_PER_SM * self.sms
         self.scratch = {side: (xp.empty(2 * blocks * 32 * 32, np.float32), xp.zeros(blocks, np.uint32))
                         for side in (False, True)}  # (partials, tile counters: zero between launches)
+
+    def batch_input(self, n):
+        """The rows of D's input that a step on n rows reads its batch from (GAN.batch_input)."""
+        return self.buffers(n)["x"][:n]
 
     def buffers(self, n):
         """Activations and gradients for a batch of n rows, allocated on first use."""
@@ -573,10 +578,10 @@ class FusedStep:
         the device before the step and advanced with it.
         """
         gan, n = self.gan, real.shape[0]
-        b = self.buffers(n)
         counters = (gan.rng.step, gan.opt_G.t, gan.opt_D.t)
         with self.stream if self.stream is not None else contextlib.nullcontext():
-            b["x"][:n] = real
+            if not same_array(real, self.batch_input(n)):  # a copy, one more launch before the graph's
+                self.batch_input(n)[...] = real
             if counters != self._device_counters:  # first step, or a checkpoint was loaded
                 self.step[...], self.t_G[...], self.t_D[...] = counters
             if self.use_graph and n in self._ran:

@@ -23,6 +23,7 @@ tests/test_gan.py checks this equivalence.
 
 import numpy as np
 
+from minigan.backend import same_array
 from minigan.layers import BatchNorm1d, Dropout, LeakyReLU, Linear, Sigmoid
 from minigan.losses import bce_backward, bce_forward
 from minigan.model import Sequential
@@ -79,30 +80,39 @@ class GAN:
                 layer.rng = self.rng
         self.opt_G = Adam(self.G.params, self.G.grads, lr, betas)
         self.opt_D = Adam(self.D.params, self.D.grads, lr, betas)
-        self._real_fake = {}
+        self._real_fake = {}  # n -> (D's input [real; fake], d loss / d D's output) of the layers' step
         self.fused = backend.fused_step(self)  # the GPU's own kernels for the whole step, where it has them
 
     def sample_noise(self, n):
         return self.rng.standard_normal((n, self.latent_dim), dtype=self.dtype)
 
+    def batch_input(self, n):
+        """The (n, 784) array that train_step reads a batch of n rows from: the real rows of D's input. A batch
+        written here (the training loop gathers each batch straight into it) is not copied again."""
+        if self.fused is not None:
+            return self.fused.batch_input(n)
+        return self._step_buffers(n)[0][:n]
+
+    def _step_buffers(self, n):
+        if n not in self._real_fake:
+            self._real_fake[n] = (self.xp.empty((2 * n, IMAGE_SIZE), self.dtype), self.xp.empty((2 * n, 1), self.dtype))
+        return self._real_fake[n]
+
     def train_step(self, real):
-        """One step on a batch ``real`` (N, 784) in [0, 1].
+        """One step on a batch ``real`` (N, 784) in [0, 1] (batch_input(N), or any array of that shape).
 
         Returns a length-4 array of this module: [loss_D (summed over the K D-steps), loss_G,
         mean D(x), mean D(G(z))], the last two from the final D step, before its update.
         """
         if self.fused is not None:
             return self.fused.train_step(real)
-        xp, G, D = self.xp, self.G, self.D
+        G, D = self.G, self.D
         n = real.shape[0]
         G.train()
         D.train()
-        real_fake = self._real_fake.get(n)
-        if real_fake is None:
-            real_fake = self._real_fake[n] = (xp.empty((2 * n, IMAGE_SIZE), self.dtype),
-                                              xp.empty((2 * n, 1), self.dtype))
-        x, dp = real_fake
-        x[:n] = real
+        x, dp = self._step_buffers(n)
+        if not same_array(real, x[:n]):
+            x[:n] = real
         loss_D = 0.0
         for _ in range(self.k):
             fake = G.forward(self.sample_noise(n))
@@ -121,7 +131,7 @@ class GAN:
         d_fake = D.backward(bce_backward(p, 1.0), param_grads=False)
         G.backward(d_fake, input_grad=False)
         self.opt_G.step()
-        return xp.stack([xp.asarray(v, dtype=np.float64) for v in (loss_D, loss_G, d_x, d_g_z)])
+        return self.xp.stack([self.xp.asarray(v, dtype=np.float64) for v in (loss_D, loss_G, d_x, d_g_z)])
 
     def generate(self, z):
         """G(z) in eval mode (running BatchNorm statistics), as the reference does for its sample grids."""

@@ -277,7 +277,6 @@ class Run:
         config, backend, xp = self.config, self.backend, self.backend.xp
         n, bs = len(self.images), config["batch_size"]
         images = backend.upload_images(self.images)
-        batch = xp.empty((bs, self.images.shape[1]), np.float32)
         step_stats = xp.zeros((self.steps_per_epoch, 4))
         while self.epoch < config["epochs"]:
             if self.step == 0:
@@ -289,7 +288,8 @@ class Run:
             start, first_step = time.perf_counter(), self.step
             while self.step < self.steps_per_epoch:
                 count = min(bs, n - self.step * bs)
-                real = backend.gather_batch(images, perm, self.step * bs, count, batch)
+                # straight into the rows the step reads: no copy between the gather and the step
+                real = backend.gather_batch(images, perm, self.step * bs, count, self.gan.batch_input(count))
                 stats = self.gan.train_step(real)
                 step_stats[self.step] = stats
                 self.sums += stats * count

@@ -133,6 +133,22 @@ def test_checkpoint_loads_on_a_fresh_process_and_checks_its_version(data_dir, tm
     assert "junk.npz" in line
 
 
+def test_the_training_loop_gathers_each_batch_where_the_step_reads_it(data_dir, tmp_path, monkeypatch):
+    """Every batch, the epoch's last and smaller one too, is gathered into GAN.batch_input: the step copies none."""
+    from minigan.backend import same_array
+
+    run = make_run(data_dir, tmp_path / "r", 1)  # 300 images: four batches of 64, then one of 44
+    real_step, rows = run.gan.train_step, []
+
+    def step(real):
+        rows.append((len(real), same_array(real, run.gan.batch_input(len(real)))))
+        return real_step(real)
+
+    monkeypatch.setattr(run.gan, "train_step", step)
+    run.train()
+    assert rows == [(64, True)] * 4 + [(44, True)]
+
+
 def test_nan_stops_with_the_epoch_and_step_and_keeps_the_last_checkpoint(data_dir, tmp_path, monkeypatch):
     run = make_run(data_dir, tmp_path / "r", 3)
     real_step = run.gan.train_step

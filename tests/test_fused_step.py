@@ -414,6 +414,27 @@ def test_tiles_chosen_by_timing_give_the_same_step(host_kernels):
         np.testing.assert_array_equal(a.grads, b.grads)
 
 
+def test_a_batch_written_into_batch_input_is_not_copied_and_trains_as_a_copied_one(host_kernels):
+    """The fused step reads a batch in batch_input(n), the real rows of D's input, where it lies: the same bits
+    as a batch copied in from elsewhere, and nothing writes over those rows but the next batch."""
+    from minigan.backend import same_array
+
+    data = np.random.default_rng(4).random((2, 16, 784), dtype=np.float32)
+    gans = fused_gan(1, seed=5), fused_gan(1, seed=5)
+    in_place, copied = (FusedStep(gan, np, host_kernels) for gan in gans)
+    for batch in data:
+        rows = in_place.batch_input(16)
+        rows[...] = batch
+        assert same_array(rows, in_place.buffers(16)["x"][:16])
+        x = in_place.buffers(16)["x"]
+        x.flags.writeable = False  # a copy into the rows would raise (the kernels write through pointers)
+        np.testing.assert_array_equal(in_place.train_step(rows), copied.train_step(batch))
+        x.flags.writeable = True
+        np.testing.assert_array_equal(rows, batch)
+    for model in ("G", "D"):
+        np.testing.assert_array_equal(getattr(gans[0], model).params, getattr(gans[1], model).params)
+
+
 def test_a_later_batch_size_takes_the_first_ones_tiles(host_kernels):
     """An epoch's smaller last batch takes, untimed, the tile of the product launched at the same place in the
     first batch size's step; where that tile cannot run the product's split count (here the weight gradients

@@ -3,7 +3,7 @@
 import numpy as np
 from conftest import RecordingRng, numeric_grad
 
-from minigan.backend import get_backend
+from minigan.backend import get_backend, same_array
 from minigan.gan import GAN, make_discriminator, make_generator
 from minigan.layers import Dropout
 from minigan.losses import bce_backward, bce_forward
@@ -100,6 +100,27 @@ def test_train_step_reduces_discriminator_loss_on_a_fixed_batch():
     assert np.all(np.isfinite(last))
     assert last[0] < first[0]  # D learns to separate this batch from G's samples
     assert 0 < last[2] <= 1 and 0 <= last[3] < 1
+
+
+def test_same_array_is_the_same_elements_of_the_same_memory():
+    x = np.zeros((6, 4), np.float32)
+    assert same_array(x[:3], x[:3]) and same_array(x, x)
+    for other in (x[:3].copy(), x[1:4], x[:2], x[:3, :2], x[:3].view(np.int32), x[:3, ::-1]):
+        assert not same_array(x[:3], other)
+
+
+def test_a_batch_written_into_batch_input_trains_as_one_passed_from_elsewhere():
+    """The layers' step reads a batch in GAN.batch_input(n) where it lies (the training loop gathers into it),
+    and gives the bits it gives when the batch is copied in from another array."""
+    data = np.random.default_rng(2).random((3, 16, 784), dtype=np.float32)
+    in_place, copied = GAN(get_backend("numpy"), seed=4), GAN(get_backend("numpy"), seed=4)
+    for batch in data:
+        rows = in_place.batch_input(16)
+        rows[...] = batch
+        np.testing.assert_array_equal(in_place.train_step(rows), copied.train_step(batch))
+        assert same_array(rows, in_place.batch_input(16)) and not same_array(batch, copied.batch_input(16))
+    for model in ("G", "D"):
+        np.testing.assert_array_equal(getattr(in_place, model).params, getattr(copied, model).params)
 
 
 def test_generate_uses_eval_mode_and_restores_training():
