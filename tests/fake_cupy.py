@@ -42,7 +42,9 @@ class FakeCuda:
         self.current = None  # the stream launches go to; None: the (legacy) default stream
         self.captured, self.origin, self.graph_launches, self.streams = None, None, 0, []
         self.host_knows = {}  # {id(stream): its launches the host has synchronised with}
-        self.unordered = []  # (stream, its count, name, accesses) of launches some stream is not yet ordered after
+        # {id(stream): [(its count, launch number, name, accesses), ...]} of launches some stream, or the host, is
+        # not yet ordered after: per stream in launch order, so what a stream is ordered after is a prefix
+        self.unordered, self.launch_number = {}, 0
         self.null = self.Stream()  # the legacy default stream, where launches go outside any other
         self.null.blocking = False  # (it is the one blocking streams synchronise with)
         self.runtime = types.SimpleNamespace(
@@ -84,16 +86,20 @@ class FakeCuda:
         elif stream.blocking:  # and a blocking stream for the legacy stream's
             merge(knows, self.null.knows)
         knows[id(stream)] = knows.get(id(stream), 0) + 1
-        for other, count, other_name, other_accesses in self.unordered:
-            if other is not stream and knows.get(id(other), 0) < count:
-                shared = overlap(accesses, other_accesses)
-                assert shared is None, (f"race: {name} may run while {other_name} (on another stream, not waited "
-                                        f"for) does, and {shared}")
-        self.unordered.append((stream, knows[id(stream)], name, accesses))
+        # every other stream's launches past what this one knows of it, in the order they were launched
+        unknown = [launch for other, launches in self.unordered.items() if other != id(stream)
+                   for launch in suffix_after(launches, knows.get(other, 0))]
+        for _, _, other_name, other_accesses in sorted(unknown, key=lambda launch: launch[1]):
+            shared = overlap(accesses, other_accesses)
+            assert shared is None, (f"race: {name} may run while {other_name} (on another stream, not waited "
+                                    f"for) does, and {shared}")
+        self.launch_number += 1
+        self.unordered.setdefault(id(stream), []).append((knows[id(stream)], self.launch_number, name, accesses))
         # a launch every stream, or the host, is ordered after can race with nothing launched from now on
-        self.unordered = [(s, count, *rest) for s, count, *rest in self.unordered
-                          if self.host_knows.get(id(s), 0) < count and any(t.knows.get(id(s), 0) < count
-                                                                           for t in self.streams)]
+        for other, launches in self.unordered.items():
+            done = max(self.host_knows.get(other, 0), min(t.knows.get(other, 0) for t in self.streams))
+            if launches and launches[0][0] <= done:
+                self.unordered[other] = suffix_after(launches, done)
 
     def synchronize(self, knows=None):
         """The host waits: for what ``knows`` (a stream's or event's clock) holds, else for every stream."""
@@ -208,6 +214,14 @@ TILE = re.compile(r"_(\d+x\d+_\d+x\d+(?:_s\d+)?(?:\+cluster)?)$")
 def tile_of(kernel_name):
     """The tile shape of a kernels/linear.cu GEMM kernel's name: linear_forward_32x32_4x4_s2 -> 32x32_4x4_s2."""
     return TILE.search(kernel_name)[1]
+
+
+def suffix_after(launches, known):
+    """The launches (a stream's, by increasing count) past the first ``known`` of its launches."""
+    first = len(launches)
+    while first > 0 and launches[first - 1][0] > known:
+        first -= 1
+    return launches[first:]
 
 
 def merge(clock, other):
