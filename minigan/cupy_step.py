@@ -578,10 +578,11 @@ class FusedStep:
         the device before the step and advanced with it.
         """
         gan, n = self.gan, real.shape[0]
+        rows = self.batch_input(n)
         counters = (gan.rng.step, gan.opt_G.t, gan.opt_D.t)
         with self.stream if self.stream is not None else contextlib.nullcontext():
-            if not same_array(real, self.batch_input(n)):  # a copy, one more launch before the graph's
-                self.batch_input(n)[...] = real
+            if not same_array(real, rows):  # a copy, one more launch before the graph's
+                rows[...] = real
             if counters != self._device_counters:  # first step, or a checkpoint was loaded
                 self.step[...], self.t_G[...], self.t_D[...] = counters
             if self.use_graph and n in self._ran:
