@@ -4,7 +4,11 @@ setup(
     name="minigan",
     version="0.1.0",
     description="A tiny, autograd-free GAN engine: every forward and backward pass written by hand",
-    packages=find_packages(include=["minigan", "minigan.*"]),
+    # kernels/ (the CUDA sources the CuPy backend compiles at run time) ships inside the package as
+    # minigan/kernels/, so that an installed minigan finds them where no checkout is (minigan.cupy_backend.KERNELS).
+    packages=find_packages(include=["minigan", "minigan.*"]) + ["minigan.kernels"],
+    package_dir={"minigan.kernels": "kernels"},
+    package_data={"minigan.kernels": ["*.cu", "*.cuh"]},
     python_requires=">=3.9",
     install_requires=["numpy>=1.22", "matplotlib>=3.5"],
     extras_require={

@@ -28,7 +28,10 @@ import numpy as np
 
 from minigan.backend import BackendError
 
-KERNELS = Path(__file__).resolve().parent.parent / "kernels"
+# A checkout (and an editable install) reads the repository's kernels/; an installed wheel has them inside the
+# package, as minigan/kernels/ (setup.py).
+_PACKAGE = Path(__file__).resolve().parent
+KERNELS = _PACKAGE / "kernels" if (_PACKAGE / "kernels").is_dir() else _PACKAGE.parent / "kernels"
 NVRTC_OPTIONS = ("--std=c++17",)  # tests/test_kernels.py compiles with these too
 THREADS = 256
 _LOCAL_INCLUDE = re.compile(r'^#include "([^"]+)"[^\n]*$', re.MULTILINE)
@@ -57,6 +60,8 @@ def kernel_source(family):
 
         return _LOCAL_INCLUDE.sub(header, text)
 
+    if not (KERNELS / f"{family}.cu").is_file():
+        raise BackendError(f"minigan's CUDA kernels are missing: no {KERNELS / (family + '.cu')} (reinstall minigan)")
     return expand((KERNELS / f"{family}.cu").read_text(), f"{family}.cu")
 
 
