@@ -19,9 +19,14 @@ Every kernel is checked against the NumPy reference: on the CPU by tests/test_fu
 compiled for the host by tests/kernel_host.py), on a GPU by tests/test_cupy.py.
 """
 
+import concurrent.futures
+import contextlib
 import ctypes
 import functools
+import os
 import re
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +43,11 @@ _LOCAL_INCLUDE = re.compile(r'^#include "([^"]+)"[^\n]*$', re.MULTILINE)
 _PRAGMA_ONCE = re.compile(r"^#pragma once[^\n]*\n", re.MULTILINE)
 
 
-def kernel_source(family):
+def kernel_source(family, part=None):
     """kernels/<family>.cu with each ``#include "header"`` of kernels/ written in place, once, between #line
-    directives (compiler messages still name the header's own lines).
+    directives (compiler messages still name the header's own lines); for a ``part`` of kernels/linear.cu
+    (``module_parts``), only that tile shape's LINEAR_KERNELS line of the file's (all of them for None; none
+    for ""), each other one left an empty line, so that the lines keep their numbers.
 
     CuPy's kernel cache on disk is keyed by the source string and the options. Headers reached through an -I
     path are in neither, so after an edit of kernels/philox.cuh the cache would hand back kernels built from
@@ -62,7 +69,33 @@ def kernel_source(family):
 
     if not (KERNELS / f"{family}.cu").is_file():
         raise BackendError(f"minigan's CUDA kernels are missing: no {KERNELS / (family + '.cu')} (reinstall minigan)")
-    return expand((KERNELS / f"{family}.cu").read_text(), f"{family}.cu")
+    text = (KERNELS / f"{family}.cu").read_text()
+    if part is not None:
+        text = _TILE_LINE.sub(lambda line: line.group(0) if line.group(1) == part else "", text)
+    return expand(text, f"{family}.cu")
+
+
+# kernels/linear.cu instantiates its GEMM kernels a tile shape a line: LINEAR_KERNELS(<tile>, ...). Compiled
+# whole, it is most of a first run's wait (NVRTC, ~45 s of one core on the H200 machine), one program after
+# another; compiled a tile shape at a time, its parts compile at once (compile_kernels).
+_TILE_LINE = re.compile(r"^LINEAR_KERNELS\((\w+),.*$", re.MULTILINE)
+_TILE_KERNEL = re.compile(r"linear_[a-z_]+?_(\d+x\d+_\d+x\d+(?:_s\d+)?)")
+
+
+def module_parts(family):
+    """The parts ``family`` is compiled in, each a module of its own: kernels/linear.cu's tile shapes, then ""
+    (the rest of it: D's head); [None] (the whole file) for every other family."""
+    if family != "linear":
+        return [None]
+    return _TILE_LINE.findall((KERNELS / "linear.cu").read_text()) + [""]
+
+
+def module_part(family, name):
+    """The part of ``family`` whose module holds kernel ``name``."""
+    if family != "linear":
+        return None
+    tile = _TILE_KERNEL.fullmatch(name)
+    return tile.group(1) if tile else ""
 
 
 def _import_cupy():
@@ -83,21 +116,59 @@ def _import_cupy():
 _modules, _kernels = {}, {}
 
 
-def kernel(family, name):
-    """Kernel ``name`` of kernels/<family>.cu, compiled on first use and cached for the process."""
+def _module(family, part, name, device=None):
+    """The compiled module of ``part`` of kernels/<family>.cu (CuPy's cache on disk, else NVRTC), kept for the
+    process; ``name`` is what was asked for, for the error; ``device``: the GPU to load it on (a new thread's
+    current GPU is the first, not its caller's)."""
     import cupy
 
-    found = _kernels.get((family, name))
-    if found is None:
+    module = _modules.get((family, part))
+    if module is None:
         try:
-            module = _modules.get(family)
-            if module is None:
-                module = _modules[family] = cupy.RawModule(code=kernel_source(family), options=NVRTC_OPTIONS)
-            found = _kernels[(family, name)] = module.get_function(name)  # compiles on first use
+            module = cupy.RawModule(code=kernel_source(family, part), options=NVRTC_OPTIONS)
+            with cupy.cuda.Device(device) if device is not None else contextlib.nullcontext():
+                module.compile()
         except Exception as e:  # CompileException (NVRTC), CUDADriverError (loading), OSError (the source)
             first_line = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
             raise BackendError(f"kernels/{family}.cu: {name}: {first_line}") from None
+        module = _modules.setdefault((family, part), module)
+    return module
+
+
+def kernel(family, name):
+    """Kernel ``name`` of kernels/<family>.cu, compiled on first use and cached for the process."""
+    found = _kernels.get((family, name))
+    if found is None:
+        module = _module(family, module_part(family, name), name)
+        try:
+            found = _kernels[(family, name)] = module.get_function(name)
+        except Exception as e:  # CUDADriverError: no such kernel in the module
+            first_line = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+            raise BackendError(f"kernels/{family}.cu: {name}: {first_line}") from None
     return found
+
+
+def compile_kernels(note=None, note_after=2.0):
+    """Compile every module of kernels/*.cu at once, a thread each: NVRTC runs without holding the GIL, so the
+    first run on a machine waits for its largest part, not for the sum of them all. Afterwards CuPy's cache
+    on disk hands them back in a fraction of a second. ``note(text)`` is called once if it takes longer than
+    ``note_after`` seconds, so that a first run does not wait in silence."""
+    import cupy
+
+    work = [(path.stem, part) for path in sorted(KERNELS.glob("*.cu")) for part in module_parts(path.stem)]
+    work = [(family, part) for family, part in work if (family, part) not in _modules]
+    timer = threading.Timer(note_after, note, ("compiling minigan's CUDA kernels (once on this machine: CuPy "
+                                               "keeps them in its cache)",)) if note and work else None
+    if timer:
+        timer.start()
+    try:
+        device = cupy.cuda.runtime.getDevice()
+        with concurrent.futures.ThreadPoolExecutor(max(1, min(len(work), os.cpu_count() or 1))) as pool:
+            for done in [pool.submit(_module, family, part, part or "kernels", device) for family, part in work]:
+                done.result()
+    finally:
+        if timer:
+            timer.cancel()
 
 
 # cuda.h's CUlaunchAttribute (an id, then a 64-byte union at offset 8) and CUlaunchConfig, for
@@ -353,6 +424,7 @@ class CupyBackend:
             return None
         # where the GPU or the driver cannot launch dependent kernels (nor clusters), CuPy's own launch (and capture)
         dependent = dependent_launch_available(self.xp)
+        compile_kernels(note=lambda text: print(f"minigan: {text}", file=sys.stderr, flush=True))
         return FusedStep(gan, self.xp, dependent_kernel if dependent else kernel, clusters=dependent,
                          capture=PriorityGraph if priority_graphs_available() else None)
 

@@ -380,6 +380,22 @@ def test_resume_from_a_damaged_checkpoint_is_one_line(data_dir, tmp_path, damage
     assert "checkpoint.npz" in line
 
 
+
+def test_compile_benchmark_prints_its_json_lines_and_refuses_bad_arguments():
+    """examples/bench_compile.py on two small families (NVRTC, no GPU): whole files against their parts."""
+    from bench_compile import NVRTC
+
+    if NVRTC is None:
+        pytest.skip("no NVRTC library (pip install nvidia-cuda-nvrtc)")
+    proc = run_cli("bench_compile.py", "--families", "step", "data", "--threads", 2)
+    assert proc.returncode == 0, proc.stderr
+    whole, parts, ratio = map(json.loads, proc.stdout.splitlines())
+    assert whole["files"] == 2 and parts["parts"] == 2 and parts["threads"] == 2
+    assert whole["seconds"] > 0 and parts["seconds"] >= parts["longest_part_seconds"] > 0
+    assert set(ratio["part_seconds"]) == {"data.cu", "step.cu"} and ratio["arch"] == "sm_90"
+    one_line_error(run_cli("bench_compile.py", "--threads", 0), 1)
+    one_line_error(run_cli("bench_compile.py", "--families", "nothing"), 1)
+
 def test_profile_timeline_reads_each_launch_of_the_replayed_graph():
     """examples/profile_step.py --timeline: the profiler's kernels (Chrome trace events, in no order, kernels
     outside the graph among them) cut into replays, matched to the step's launches by graph node id (by name and

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bench_compile import NVRTC, nvrtc_compile  # examples/, on sys.path via conftest
 from kernel_host import kernel_names
 from philox_reference import philox4x32
 
@@ -84,59 +85,6 @@ def test_the_32x32_tiles_fit_the_splits_split_k_plans_per_sm():
                                                         f"thread, room for fewer than {blocks} blocks per SM")
 
 
-def _nvrtc():
-    """libnvrtc from the nvidia-cuda-nvrtc wheel (the test extra), a CUDA toolkit, or the library path."""
-    import ctypes
-    import ctypes.util
-    import glob
-    import os
-
-    candidates = []
-    try:
-        import nvidia
-
-        candidates += sorted(p for d in nvidia.__path__ for p in glob.glob(os.path.join(d, "cu*", "lib", "libnvrtc.so*")))
-    except ImportError:
-        pass
-    candidates += glob.glob(os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "lib64", "libnvrtc.so*"))
-    candidates += [ctypes.util.find_library("nvrtc")] if ctypes.util.find_library("nvrtc") else []
-    for path in candidates:
-        try:
-            return ctypes.CDLL(path)
-        except OSError:
-            continue
-    return None
-
-
-NVRTC = _nvrtc()
-
-
-def nvrtc_compile(code, name):
-    """(PTX or None, log) of NVRTC on ``code`` with minigan.cupy_backend's options, plus what CuPy's RawModule
-    adds (-ftz=true, the arch)."""
-    import ctypes
-
-    from minigan.cupy_backend import NVRTC_OPTIONS
-
-    program = ctypes.c_void_p()
-    assert NVRTC.nvrtcCreateProgram(ctypes.byref(program), code.encode(), name.encode(), 0, None, None) == 0
-    try:
-        options = [o.encode() for o in NVRTC_OPTIONS + ("-ftz=true", "-arch=compute_90")]
-        result = NVRTC.nvrtcCompileProgram(program, len(options), (ctypes.c_char_p * len(options))(*options))
-        size = ctypes.c_size_t()
-        NVRTC.nvrtcGetProgramLogSize(program, ctypes.byref(size))
-        log = ctypes.create_string_buffer(size.value)
-        NVRTC.nvrtcGetProgramLog(program, log)
-        if result != 0:
-            return None, log.value.decode()
-        NVRTC.nvrtcGetPTXSize(program, ctypes.byref(size))
-        ptx = ctypes.create_string_buffer(size.value)
-        NVRTC.nvrtcGetPTX(program, ptx)
-        return ptx.value.decode(), log.value.decode()
-    finally:
-        NVRTC.nvrtcDestroyProgram(ctypes.byref(program))
-
-
 @pytest.mark.skipif(NVRTC is None, reason="no NVRTC library (pip install nvidia-cuda-nvrtc)")
 @pytest.mark.parametrize("source", SOURCES, ids=[p.name for p in SOURCES])
 def test_kernel_compiles_with_nvrtc_as_cupy_does(source):
@@ -150,6 +98,124 @@ def test_kernel_compiles_with_nvrtc_as_cupy_does(source):
     for name in kernel_names(source):
         assert f".entry {name}(" in ptx, f"{name} missing from NVRTC's PTX"
 
+
+
+def test_linear_compiles_in_parts_that_hold_every_kernel_once(tmp_path):
+    """kernels/linear.cu is compiled a tile shape at a time (minigan.cupy_backend.compile_kernels): each part
+    keeps the file's lines where they were, holds its tile shape's kernels and no other's, and kernel() looks
+    every kernel of the file up in the part that holds it; D's head, in no tile's line, is in every part and
+    is taken from the one with no GEMM kernel (""). Two parts compile alone with NVRTC."""
+    from minigan import cupy_backend
+
+    whole = cupy_backend.kernel_source("linear")
+    parts = cupy_backend.module_parts("linear")
+    assert parts[-1] == "" and len(parts) == len(set(parts)) > 8
+    assert parts[:-1] == re.findall(r"^LINEAR_KERNELS\((\w+),", (ROOT / "kernels" / "linear.cu").read_text(), re.MULTILINE)
+    names = kernel_names(ROOT / "kernels" / "linear.cu")
+    held = {}
+    for part in parts:
+        source = cupy_backend.kernel_source("linear", part)
+        assert source.count("\n") == whole.count("\n")
+        (tmp_path / "part.cu").write_text(source)
+        held[part] = set(kernel_names(tmp_path / "part.cu"))
+    assert held[""] == {"head_forward_backward", "head_reduce"}
+    for name in names:
+        home = cupy_backend.module_part("linear", name)
+        assert name in held[home], (name, home)
+        assert [part for part in parts if name in held[part] - held[""]] == ([home] if home else []), name
+    assert set().union(*held.values()) == set(names)
+    if NVRTC is not None:
+        for part in ("", "32x32_4x4"):
+            ptx, log = nvrtc_compile(cupy_backend.kernel_source("linear", part), "linear.cu")
+            assert ptx is not None and "warning" not in log, log
+            assert set(re.findall(r"\.entry (\w+)\(", ptx)) == held[part]
+
+
+def fake_cupy_compiler(monkeypatch, fail=None, seconds=0.0, meet=0):
+    """A stand-in for ``cupy`` whose RawModule records each compilation (its code, the thread's GPU); the
+    first ``meet`` compilations wait for each other (they must run at once), each takes ``seconds``, and one
+    whose code holds ``fail`` raises NVRTC's error."""
+    import sys
+    import threading
+    import time
+    import types
+
+    from minigan import cupy_backend
+
+    compiled, current, entered, lock = [], threading.local(), [], threading.Lock()
+    meeting = threading.Barrier(meet, timeout=20) if meet else None
+
+    class Module:
+        def __init__(self, code, options):
+            assert options == cupy_backend.NVRTC_OPTIONS
+            self.code = code
+
+        def compile(self):
+            with lock:
+                entered.append(self.code)
+                first = len(entered) <= meet
+            if first:
+                meeting.wait()
+            time.sleep(seconds)
+            if fail is not None and fail in self.code:
+                raise RuntimeError("\nnvrtc: error: failed to compile the program\n(long log)")
+            compiled.append((self.code, getattr(current, "device", 0)))
+
+        def get_function(self, name):
+            return (self.code, name)
+
+    class Device:
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            self.before, current.device = getattr(current, "device", 0), self.device
+
+        def __exit__(self, *exc):
+            current.device = self.before
+
+    runtime = types.SimpleNamespace(getDevice=lambda: getattr(current, "device", 0))
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(RawModule=Module, cuda=types.SimpleNamespace(
+        Device=Device, runtime=runtime)))
+    monkeypatch.setattr(cupy_backend, "_modules", {})
+    monkeypatch.setattr(cupy_backend, "_kernels", {})
+    current.device = 1  # the caller's GPU
+    return compiled
+
+
+def test_compile_kernels_compiles_every_part_once_at_the_same_time_on_the_callers_gpu(monkeypatch):
+    from minigan import cupy_backend
+
+    monkeypatch.setattr(cupy_backend.os, "cpu_count", lambda: 4)
+    compiled = fake_cupy_compiler(monkeypatch, meet=3)  # three at once, or the barrier breaks
+    cupy_backend.compile_kernels()
+    every = [cupy_backend.kernel_source(path.stem, part) for path in SOURCES
+             for part in cupy_backend.module_parts(path.stem)]
+    assert sorted(code for code, _ in compiled) == sorted(every) and len(every) == len(set(every))
+    assert {device for _, device in compiled} == {1}
+    code, name = cupy_backend.kernel("linear", "linear_forward_64x64_8x8")  # from the part compiled above
+    assert code == cupy_backend.kernel_source("linear", "64x64_8x8") and name == "linear_forward_64x64_8x8"
+    assert cupy_backend.kernel("linear", "head_reduce")[0] == cupy_backend.kernel_source("linear", "")
+    assert cupy_backend.kernel("optim", "adam_step")[0] == cupy_backend.kernel_source("optim")
+    cupy_backend.compile_kernels()
+    assert len(compiled) == len(every)  # nothing twice
+
+
+def test_compile_kernels_notes_a_long_wait_once_and_a_failure_in_one_line(monkeypatch):
+    from minigan import cupy_backend
+    from minigan.backend import BackendError
+
+    notes = []
+    fake_cupy_compiler(monkeypatch, seconds=0.05)
+    cupy_backend.compile_kernels(note=notes.append, note_after=0.01)
+    assert notes == ["compiling minigan's CUDA kernels (once on this machine: CuPy keeps them in its cache)"]
+    fake_cupy_compiler(monkeypatch)
+    cupy_backend.compile_kernels(note=notes.append, note_after=5.0)
+    assert len(notes) == 1
+    fake_cupy_compiler(monkeypatch, fail="LINEAR_KERNELS(128x128_8x8,")
+    with pytest.raises(BackendError) as error:
+        cupy_backend.compile_kernels()
+    assert str(error.value) == "kernels/linear.cu: 128x128_8x8: nvrtc: error: failed to compile the program"
 
 def test_kernel_source_holds_its_headers(tmp_path, monkeypatch):
     """The source handed to CuPy holds kernels/'s headers themselves, so CuPy's kernel cache (keyed by the source
@@ -453,7 +519,7 @@ def test_a_kernel_that_fails_to_compile_or_load_is_one_line(monkeypatch):
         def __init__(self, code, options):
             assert "extern \"C\"" in code and options == cupy_backend.NVRTC_OPTIONS
 
-        def get_function(self, name):
+        def compile(self):
             raise RuntimeError("\nnvrtc: error: failed to compile the program\n(long log)")
 
     monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(RawModule=FailingModule))
