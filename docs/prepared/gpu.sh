@@ -13,7 +13,8 @@
 #   call 1: bash .data/gpu.sh compare   (timeout_s ~540: ~45 s of compilation, ~25 s a benchmark process, 12 of
 #                                        them; then the timelines of main and exp/g-adam3, ~40 s each)
 #   call 2: bash .data/gpu.sh checks    (timeout_s ~300: ~45 s of GPU tests a tree, ~20 s of 50 epochs, ~20 s of
-#                                        FID, ~40 s a timeline)
+#                                        FID, ~40 s a timeline; last, ~60 s of bench_compile.py, which a call of
+#                                        ~300 s may cut short)
 set -u
 for v in /opt/*/.venv; do [ -x "$v/bin/python" ] && PATH=$v/bin:$PATH; done; export PATH
 t0=$SECONDS; O=/tmp/o-${1:-compare}; rm -rf "$O"; mkdir -p "$O"; stamp() { echo "$1: $((SECONDS - t0)) s" >> "$O/run.txt"; }
@@ -44,5 +45,10 @@ case "${1:-compare}" in
     cp /tmp/r50-$t/metrics.jsonl "$O/metrics-$t.jsonl"; cp /tmp/r50-$t/samples/epoch_050.png "$O/epoch_050-$t.png"
     stamp "evaluate $t"
     tar -czf "$OUT/checks.tgz" -C "$O" .
-    for t in "$real" "$both"; do timeline "$t"; tar -czf "$OUT/checks.tgz" -C "$O" .; done ;;
+    for t in "$real" "$both"; do timeline "$t"; tar -czf "$OUT/checks.tgz" -C "$O" .; done
+    # last, so that a call cut short loses only this: kernels/linear.cu compiled whole against its parts at once
+    # on the machine's cores (examples/bench_compile.py, NVRTC as CuPy calls it; ~60 s)
+    timeout 100 python examples/bench_compile.py --families linear > "$O/compile.txt" 2>&1
+    stamp "bench_compile"
+    tar -czf "$OUT/checks.tgz" -C "$O" . ;;
 esac
