@@ -105,6 +105,20 @@ def test_fused_adam_matches_numpy():
     np.testing.assert_allclose(cupy.asnumpy(gpu.v), cpu.v, rtol=1e-5, atol=1e-30)
 
 
+@pytest.mark.skipif(HAVE_GPU and cupy.__version__ == "emulated",
+                    reason="the emulated GPU runs the kernels compiled for the CPU, not CuPy's modules")
+def test_a_gan_has_every_part_of_the_kernels_compiled_and_each_kernel_from_its_part():
+    """CuPy's compiler, through compile_kernels' threads: a GAN on the GPU has every part of kernels/*.cu
+    compiled (or loaded from CuPy's cache), and kernel() takes each kernel from its part's module."""
+    gan = GAN(get_backend("cupy"), seed=0)
+    assert gan.fused is not None
+    parts = {(path.stem, part) for path in cupy_backend.KERNELS.glob("*.cu") for part in cupy_backend.module_parts(path.stem)}
+    assert parts <= set(cupy_backend._modules) and len(parts) > 10
+    for family, name in (("linear", "linear_forward_64x64_8x8"), ("linear", "head_reduce"), ("optim", "adam_step")):
+        part = cupy_backend.module_part(family, name)
+        assert cupy_backend.kernel(family, name).code == cupy_backend._modules[(family, part)].code
+
+
 @pytest.mark.parametrize("k", [1, 2])
 def test_layer_path_steps_match_numpy(k):
     """The layers on CuPy arrays (the fused step switched off): same state, batches, noise and dropout
