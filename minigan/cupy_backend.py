@@ -1,7 +1,8 @@
 """The CuPy backend: the same layers and the same step on an NVIDIA GPU.
 
 The layers' formulas run unchanged through ``xp = cupy``. What the GPU needs of its own lives here and in
-``kernels/*.cu`` (loaded with ``cupy.RawModule``, compiled once per process):
+``kernels/*.cu`` (loaded with ``cupy.RawModule``; compiled by NVRTC once on a machine, in parts at once,
+``compile_kernels``, and kept in CuPy's cache):
 
 - ``PhiloxRng``: a counter-based random stream (kernels/random.cu) whose whole state is integers (seed,
   offset, and the fused step's step count),
