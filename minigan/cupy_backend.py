@@ -21,7 +21,6 @@ compiled for the host by tests/kernel_host.py), on a GPU by tests/test_cupy.py.
 """
 
 import concurrent.futures
-import contextlib
 import ctypes
 import functools
 import os
@@ -119,16 +118,19 @@ _modules, _kernels = {}, {}
 
 def _module(family, part, name, device=None):
     """The compiled module of ``part`` of kernels/<family>.cu (CuPy's cache on disk, else NVRTC), kept for the
-    process; ``name`` is what was asked for, for the error; ``device``: the GPU to load it on (a new thread's
-    current GPU is the first, not its caller's)."""
+    process; ``name`` is what was asked for, for the error. ``device``, in a thread of compile_kernels: the
+    caller's GPU, made current there with its context first, since a new thread has none and the driver's
+    module load needs one (cupy/cupy#940)."""
     import cupy
 
     module = _modules.get((family, part))
     if module is None:
         try:
+            if device is not None:
+                cupy.cuda.runtime.setDevice(device)
+                cupy.cuda.runtime.free(0)  # CUDA's idiom that makes the device's context current in this thread
             module = cupy.RawModule(code=kernel_source(family, part), options=NVRTC_OPTIONS)
-            with cupy.cuda.Device(device) if device is not None else contextlib.nullcontext():
-                module.compile()
+            module.compile()
         except Exception as e:  # CompileException (NVRTC), CUDADriverError (loading), OSError (the source)
             first_line = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
             raise BackendError(f"kernels/{family}.cu: {name}: {first_line}") from None

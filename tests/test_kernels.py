@@ -132,9 +132,10 @@ def test_linear_compiles_in_parts_that_hold_every_kernel_once(tmp_path):
 
 
 def fake_cupy_compiler(monkeypatch, fail=None, seconds=0.0, meet=0):
-    """A stand-in for ``cupy`` whose RawModule records each compilation (its code, the thread's GPU); the
-    first ``meet`` compilations wait for each other (they must run at once), each takes ``seconds``, and one
-    whose code holds ``fail`` raises NVRTC's error."""
+    """A stand-in for ``cupy`` whose RawModule records each compilation (its code, the thread's GPU) and, as the
+    driver's module load would, refuses one in a thread with no CUDA context current; the first ``meet``
+    compilations wait for each other (they must run at once), each takes ``seconds``, and one whose code holds
+    ``fail`` raises NVRTC's error."""
     import sys
     import threading
     import time
@@ -159,27 +160,26 @@ def fake_cupy_compiler(monkeypatch, fail=None, seconds=0.0, meet=0):
             time.sleep(seconds)
             if fail is not None and fail in self.code:
                 raise RuntimeError("\nnvrtc: error: failed to compile the program\n(long log)")
+            if not getattr(current, "context", False):
+                raise RuntimeError("CUDA_ERROR_INVALID_CONTEXT: invalid device context")
             compiled.append((self.code, getattr(current, "device", 0)))
 
         def get_function(self, name):
             return (self.code, name)
 
-    class Device:
-        def __init__(self, device):
-            self.device = device
+    def set_device(device):
+        current.device = device
 
-        def __enter__(self):
-            self.before, current.device = getattr(current, "device", 0), self.device
+    def free(pointer):  # cudaFree(0): the device's context made current in this thread
+        assert pointer == 0
+        current.context = True
 
-        def __exit__(self, *exc):
-            current.device = self.before
-
-    runtime = types.SimpleNamespace(getDevice=lambda: getattr(current, "device", 0))
+    runtime = types.SimpleNamespace(getDevice=lambda: getattr(current, "device", 0), setDevice=set_device, free=free)
     monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(RawModule=Module, cuda=types.SimpleNamespace(
-        Device=Device, runtime=runtime)))
+        runtime=runtime)))
     monkeypatch.setattr(cupy_backend, "_modules", {})
     monkeypatch.setattr(cupy_backend, "_kernels", {})
-    current.device = 1  # the caller's GPU
+    current.device, current.context = 1, True  # the caller's GPU, whose context its thread has
     return compiled
 
 
