@@ -99,7 +99,6 @@ def test_kernel_compiles_with_nvrtc_as_cupy_does(source):
         assert f".entry {name}(" in ptx, f"{name} missing from NVRTC's PTX"
 
 
-
 def test_linear_compiles_in_parts_that_hold_every_kernel_once(tmp_path):
     """kernels/linear.cu is compiled a tile shape at a time (minigan.cupy_backend.compile_kernels): each part
     keeps the file's lines where they were, holds its tile shape's kernels and no other's, and kernel() looks
