@@ -116,6 +116,13 @@ def _import_cupy():
 _modules, _kernels = {}, {}
 
 
+def _kernel_error(family, name, e):
+    """What CuPy raised for kernels/<family>.cu's ``name`` as one line: the first of its message (NVRTC's log
+    follows it), which the programs print."""
+    first_line = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+    return BackendError(f"kernels/{family}.cu: {name}: {first_line}")
+
+
 def _module(family, part, name, device=None):
     """The compiled module of ``part`` of kernels/<family>.cu (CuPy's cache on disk, else NVRTC), kept for the
     process; ``name`` is what was asked for, for the error. ``device``, in a thread of compile_kernels: the
@@ -132,8 +139,7 @@ def _module(family, part, name, device=None):
             module = cupy.RawModule(code=kernel_source(family, part), options=NVRTC_OPTIONS)
             module.compile()
         except Exception as e:  # CompileException (NVRTC), CUDADriverError (loading), OSError (the source)
-            first_line = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
-            raise BackendError(f"kernels/{family}.cu: {name}: {first_line}") from None
+            raise _kernel_error(family, name, e) from None
         module = _modules.setdefault((family, part), module)
     return module
 
@@ -146,8 +152,7 @@ def kernel(family, name):
         try:
             found = _kernels[(family, name)] = module.get_function(name)
         except Exception as e:  # CUDADriverError: no such kernel in the module
-            first_line = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
-            raise BackendError(f"kernels/{family}.cu: {name}: {first_line}") from None
+            raise _kernel_error(family, name, e) from None
     return found
 
 

@@ -147,7 +147,7 @@ def fake_cupy_compiler(monkeypatch, fail=None, seconds=0.0, meet=0):
 
     class Module:
         def __init__(self, code, options):
-            assert options == cupy_backend.NVRTC_OPTIONS
+            assert "extern \"C\"" in code and options == cupy_backend.NVRTC_OPTIONS
             self.code = code
 
         def compile(self):
@@ -508,22 +508,10 @@ def test_step_uniforms4_draws_each_element_its_own_word(tmp_path):
 def test_a_kernel_that_fails_to_compile_or_load_is_one_line(monkeypatch):
     """What CuPy raises from NVRTC or the driver becomes a BackendError naming the file and kernel, which
     the programs print as one line (tests/test_cupy.py runs the real compiler)."""
-    import sys
-    import types
-
     from minigan import cupy_backend
     from minigan.backend import BackendError
 
-    class FailingModule:
-        def __init__(self, code, options):
-            assert "extern \"C\"" in code and options == cupy_backend.NVRTC_OPTIONS
-
-        def compile(self):
-            raise RuntimeError("\nnvrtc: error: failed to compile the program\n(long log)")
-
-    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(RawModule=FailingModule))
-    monkeypatch.setattr(cupy_backend, "_modules", {})
-    monkeypatch.setattr(cupy_backend, "_kernels", {})
+    fake_cupy_compiler(monkeypatch, fail="LINEAR_KERNELS(32x32_4x4,")
     with pytest.raises(BackendError) as error:
         cupy_backend.kernel("linear", "linear_forward_32x32_4x4")
     assert str(error.value) == "kernels/linear.cu: linear_forward_32x32_4x4: nvrtc: error: failed to compile the program"
