@@ -1,39 +1,41 @@
 # Prepared for the next GPU session (written 2026-11-28, sessions 19 and 22): main against four prepared trees,
-# three processes each; the timeline (profile_step.py --timeline 50) of main and of each tree but exp/both; the
-# GPU tests, 50 epochs and FID-MNIST of exp/g-adam3. The first three trees are each on the one before
-# (docs/prepared/exp-aside.mbox, three commits on main) and give the same numbers as each other (checked on the
-# CPU), not main's; the fourth is one commit on main (docs/prepared/exp-prefetch.mbox) and gives main's.
+# three processes each; the timeline (profile_step.py --timeline 50) of main and of each tree; the GPU tests,
+# 50 epochs and FID-MNIST of exp/g-adam3, and the GPU tests of Adam and the fused step in exp/l2-keep.
+# docs/prepared/exp-aside.mbox is three commits on main, each on the one before: its first and third are
+# exp/real-half and exp/g-adam3, which give the same numbers as each other (checked on the CPU), not main's.
+# docs/prepared/exp-prefetch.mbox is two commits on main: exp/l2-prefetch and exp/l2-keep, which give main's.
 #   exp/real-half    D's backward over the real rows on the side stream, beside G's forward pass
-#   exp/both         + the step's counters and its next noise off the critical path
+#   (exp/both        + the step's counters and its next noise off the critical path: not timed on its own)
 #   exp/g-adam3      + Adam over G's layers 1 and 2 beside the end of G's backward pass
 #   exp/l2-prefetch  main, each GEMM block and Adam asking L2 for their operands before the wait
+#   exp/l2-keep      + Adam's g, m and v the first lines L2 gives up, the parameters the last
 # Here, in the checkout: bash docs/prepared/gpu.sh prepare
 #   (the trees, from main and the two mboxes applied in a worktree of their own, into .variants/; MNIST, the
 #   classifier's cache and this script into .data/)
 # There, carrying [".data", ".variants"]:
-#   call 1: bash .data/gpu.sh compare   (timeout_s ~560: ~45 s of compilation, ~25 s a benchmark process, 15 of
+#   call 1: bash .data/gpu.sh compare   (timeout_s ~540: ~45 s of compilation, ~25 s a benchmark process, 15 of
 #                                        them; then the timelines of main and exp/g-adam3, ~40 s each)
-#   call 2: bash .data/gpu.sh checks    (timeout_s ~300: ~45 s of GPU tests, ~20 s of 50 epochs, ~20 s of FID,
-#                                        ~40 s a timeline; last, ~60 s of bench_compile.py, which a call of
-#                                        ~300 s may cut short)
+#   call 2: bash .data/gpu.sh checks    (timeout_s ~330: ~45 s of GPU tests, ~20 s of Adam's and the fused
+#                                        step's, ~20 s of 50 epochs, ~20 s of FID, ~40 s a timeline; last, ~60 s
+#                                        of bench_compile.py, which a call cut short loses first)
 set -u
 if [ "${1:-}" = prepare ]; then
   work=$(mktemp -d) && git worktree add -q --detach "$work" main || exit 1
   git -C "$work" am -q "$PWD/docs/prepared/exp-aside.mbox" && all=$(git -C "$work" rev-parse --short HEAD) &&
     git -C "$work" checkout -q --detach main && git -C "$work" am -q "$PWD/docs/prepared/exp-prefetch.mbox" &&
-    prefetch=$(git -C "$work" rev-parse --short HEAD)
+    keep=$(git -C "$work" rev-parse --short HEAD)
   applied=$?
   git worktree remove --force "$work"
   [ $applied = 0 ] || { echo "gpu.sh: an mbox no longer applies to main" >&2; exit 1; }
   mkdir -p .data/cache && cp ../shared/data/mnist/*-ubyte.gz .data/ && cp docs/prepared/gpu.sh .data/gpu.sh || exit 1
   cp "${MINIGAN_CACHE:-$HOME/.cache/minigan}"/mnist-classifier-*.npz .data/cache/ 2>/dev/null ||
     ls .data/cache/mnist-classifier-*.npz > /dev/null || echo "gpu.sh: no classifier in .data/cache: FID retrains it" >&2
-  exec bash .ci/gpu-compare prepare main "$all~2" "$all~1" "$all" "$prefetch"
+  exec bash .ci/gpu-compare prepare main "$all~2" "$all" "$keep~1" "$keep"
 fi
 for v in /opt/*/.venv; do [ -x "$v/bin/python" ] && PATH=$v/bin:$PATH; done; export PATH
 t0=$SECONDS; O=/tmp/o-${1:-compare}; rm -rf "$O"; mkdir -p "$O"; stamp() { echo "$1: $((SECONDS - t0)) s" >> "$O/run.txt"; }
 cp .data/gpu.sh "$O/"
-read -r main real both all prefetch < <(tr '\n' ' ' < .variants/order)
+read -r main real all prefetch keep < <(tr '\n' ' ' < .variants/order)
 timeline() {
   (cd ".variants/$1" && PYTHONPATH=$PWD timeout 60 python examples/profile_step.py --timeline 50) > "$O/profile-$1.txt" 2>&1
   stamp "profile $1"
@@ -51,13 +53,16 @@ case "${1:-compare}" in
     (cd ".variants/$t" && PYTHONPATH=$PWD timeout 80 python -m pytest -q -s -p no:cacheprovider -m gpu tests/test_cupy.py) > "$O/pytest-$t.txt" 2>&1
     stamp "pytest $t"
     tar -czf "$OUT/checks.tgz" -C "$O" .
+    # the hinted loads and stores run only on a GPU: Adam and the fused step against NumPy there
+    (cd ".variants/$keep" && PYTHONPATH=$PWD timeout 60 python -m pytest -q -s -p no:cacheprovider -m gpu tests/test_cupy.py -k "adam or fused_steps or layer_path") > "$O/pytest-$keep.txt" 2>&1
+    stamp "pytest $keep"
     (cd ".variants/$t" && PYTHONPATH=$PWD timeout 40 python examples/train_mnist.py --backend cupy --data-dir ../../.data --out /tmp/r50-$t) > "$O/train-cupy-50-$t.txt" 2>&1
     stamp "train $t"
     (cd ".variants/$t" && PYTHONPATH=$PWD timeout 40 python examples/evaluate.py --checkpoint /tmp/r50-$t --data-dir ../../.data --backend cupy --out "$O/evaluation-$t.json") > "$O/evaluate-$t.txt" 2>&1
     cp /tmp/r50-$t/metrics.jsonl "$O/metrics-$t.jsonl"; cp /tmp/r50-$t/samples/epoch_050.png "$O/epoch_050-$t.png"
     stamp "evaluate $t"
     tar -czf "$OUT/checks.tgz" -C "$O" .
-    for t in "$prefetch" "$real"; do timeline "$t"; tar -czf "$OUT/checks.tgz" -C "$O" .; done
+    for t in "$prefetch" "$keep" "$real"; do timeline "$t"; tar -czf "$OUT/checks.tgz" -C "$O" .; done
     # last, so that a call cut short loses only this: kernels/linear.cu compiled whole against its parts at once
     # on the machine's cores (examples/bench_compile.py, NVRTC as CuPy calls it; ~60 s)
     timeout 100 python examples/bench_compile.py --families linear > "$O/compile.txt" 2>&1
