@@ -43,6 +43,12 @@ timeline() {
 case "${1:-compare}" in
   compare)
     nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv > "$O/gpu.txt" 2>&1
+    # the L2 that exp/l2-keep's hints act on: its size, and the persisting set-aside (0 unless a program sets one)
+    python -c '
+import cupy
+props = cupy.cuda.runtime.getDeviceProperties(0)
+print({k: props.get(k) for k in ("l2CacheSize", "persistingL2CacheMaxSize", "accessPolicyMaxWindowSize")},
+      "persisting L2 limit:", cupy.cuda.runtime.deviceGetLimit(0x06))' >> "$O/gpu.txt" 2>&1
     OUT=$O LIMIT=100 STEPS=100 ROUNDS=3 LAUNCH=0 TESTS=0 GEMM=0 timeout 480 bash .ci/gpu-compare run >> "$O/run.txt" 2>&1
     stamp compare
     tar -czf "$OUT/compare.tgz" -C "$O" .
