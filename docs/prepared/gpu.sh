@@ -3,7 +3,8 @@
 # 50 epochs and FID-MNIST of exp/g-adam3, and the GPU tests of Adam and the fused step in exp/l2-keep.
 # docs/prepared/exp-aside.mbox is three commits on main, each on the one before: its first and third are
 # exp/real-half and exp/g-adam3, which give the same numbers as each other (checked on the CPU), not main's.
-# docs/prepared/exp-prefetch.mbox is two commits on main: exp/l2-prefetch and exp/l2-keep, which give main's.
+# docs/prepared/exp-prefetch.mbox is three commits on main: exp/l2-prefetch (the first two) and exp/l2-keep
+# (all three), which give main's.
 #   exp/real-half    D's backward over the real rows on the side stream, beside G's forward pass
 #   (exp/both        + the step's counters and its next noise off the critical path: not timed on its own)
 #   exp/g-adam3      + Adam over G's layers 1 and 2 beside the end of G's backward pass
