@@ -43,11 +43,12 @@ _LOCAL_INCLUDE = re.compile(r'^#include "([^"]+)"[^\n]*$', re.MULTILINE)
 _PRAGMA_ONCE = re.compile(r"^#pragma once[^\n]*\n", re.MULTILINE)
 
 
-def kernel_source(family, part=None):
+def kernel_source(family, part=None, kernels=KERNELS):
     """kernels/<family>.cu with each ``#include "header"`` of kernels/ written in place, once, between #line
     directives (compiler messages still name the header's own lines); for a ``part`` of kernels/linear.cu
     (``module_parts``), only that tile shape's LINEAR_KERNELS line of the file's (all of them for None; none
-    for ""), each other one left an empty line, so that the lines keep their numbers.
+    for ""), each other one left an empty line, so that the lines keep their numbers. ``kernels``: the folder
+    to read them from, this package's unless another tree's (examples/compare_kernels.py).
 
     CuPy's kernel cache on disk is keyed by the source string and the options. Headers reached through an -I
     path are in neither, so after an edit of kernels/philox.cuh the cache would hand back kernels built from
@@ -62,14 +63,14 @@ def kernel_source(family, part=None):
                 return ""
             included.add(name)
             line = text.count("\n", 0, match.start()) + 1
-            body = expand(_PRAGMA_ONCE.sub("\n", (KERNELS / name).read_text()), name)  # (its lines kept)
+            body = expand(_PRAGMA_ONCE.sub("\n", (kernels / name).read_text()), name)  # (its lines kept)
             return f'#line 1 "{name}"\n{body}\n#line {line + 1} "{file}"'
 
         return _LOCAL_INCLUDE.sub(header, text)
 
-    if not (KERNELS / f"{family}.cu").is_file():
-        raise BackendError(f"minigan's CUDA kernels are missing: no {KERNELS / (family + '.cu')} (reinstall minigan)")
-    text = (KERNELS / f"{family}.cu").read_text()
+    if not (kernels / f"{family}.cu").is_file():
+        raise BackendError(f"minigan's CUDA kernels are missing: no {kernels / (family + '.cu')} (reinstall minigan)")
+    text = (kernels / f"{family}.cu").read_text()
     if part is not None:
         text = _TILE_LINE.sub(lambda line: line.group(0) if line.group(1) == part else "", text)
     return expand(text, f"{family}.cu")
@@ -82,12 +83,12 @@ _TILE_LINE = re.compile(r"^LINEAR_KERNELS\((\w+),.*$", re.MULTILINE)
 _TILE_KERNEL = re.compile(r"linear_[a-z_]+?_(\d+x\d+_\d+x\d+(?:_s\d+)?)")
 
 
-def module_parts(family):
+def module_parts(family, kernels=KERNELS):
     """The parts ``family`` is compiled in, each a module of its own: kernels/linear.cu's tile shapes, then ""
     (the rest of it: D's head); [None] (the whole file) for every other family."""
     if family != "linear":
         return [None]
-    return _TILE_LINE.findall((KERNELS / "linear.cu").read_text()) + [""]
+    return _TILE_LINE.findall((kernels / "linear.cu").read_text()) + [""]
 
 
 def module_part(family, name):
@@ -123,48 +124,49 @@ def _kernel_error(family, name, e):
     return BackendError(f"kernels/{family}.cu: {name}: {first_line}")
 
 
-def _module(family, part, name, device=None):
+def _module(family, part, name, device=None, kernels=KERNELS):
     """The compiled module of ``part`` of kernels/<family>.cu (CuPy's cache on disk, else NVRTC), kept for the
     process; ``name`` is what was asked for, for the error. ``device``, in a thread of compile_kernels: the
     caller's GPU, made current there with its context first, since a new thread has none and the driver's
     module load needs one (cupy/cupy#940)."""
     import cupy
 
-    module = _modules.get((family, part))
+    module = _modules.get((kernels, family, part))
     if module is None:
         try:
             if device is not None:
                 cupy.cuda.runtime.setDevice(device)
                 cupy.cuda.runtime.free(0)  # CUDA's idiom that makes the device's context current in this thread
-            module = cupy.RawModule(code=kernel_source(family, part), options=NVRTC_OPTIONS)
+            module = cupy.RawModule(code=kernel_source(family, part, kernels), options=NVRTC_OPTIONS)
             module.compile()
         except Exception as e:  # CompileException (NVRTC), CUDADriverError (loading), OSError (the source)
             raise _kernel_error(family, name, e) from None
-        module = _modules.setdefault((family, part), module)
+        module = _modules.setdefault((kernels, family, part), module)
     return module
 
 
-def kernel(family, name):
-    """Kernel ``name`` of kernels/<family>.cu, compiled on first use and cached for the process."""
-    found = _kernels.get((family, name))
+def kernel(family, name, kernels=KERNELS):
+    """Kernel ``name`` of kernels/<family>.cu (of the folder ``kernels``), compiled on first use and cached for
+    the process."""
+    found = _kernels.get((kernels, family, name))
     if found is None:
-        module = _module(family, module_part(family, name), name)
+        module = _module(family, module_part(family, name), name, kernels=kernels)
         try:
-            found = _kernels[(family, name)] = module.get_function(name)
+            found = _kernels[(kernels, family, name)] = module.get_function(name)
         except Exception as e:  # CUDADriverError: no such kernel in the module
             raise _kernel_error(family, name, e) from None
     return found
 
 
-def compile_kernels(note=None, note_after=2.0):
-    """Compile every module of kernels/*.cu at once, a thread each: NVRTC runs without holding the GIL, so the
-    first run on a machine waits for its largest part, not for the sum of them all. Afterwards CuPy's cache
-    on disk hands them back in a fraction of a second. ``note(text)`` is called once if it takes longer than
-    ``note_after`` seconds, so that a first run does not wait in silence."""
+def compile_kernels(note=None, note_after=2.0, kernels=KERNELS):
+    """Compile every module of kernels/*.cu (of the folder ``kernels``) at once, a thread each: NVRTC runs
+    without holding the GIL, so the first run on a machine waits for its largest part, not for the sum of them
+    all. Afterwards CuPy's cache on disk hands them back in a fraction of a second. ``note(text)`` is called
+    once if it takes longer than ``note_after`` seconds, so that a first run does not wait in silence."""
     import cupy
 
-    work = [(path.stem, part) for path in sorted(KERNELS.glob("*.cu")) for part in module_parts(path.stem)]
-    work = [(family, part) for family, part in work if (family, part) not in _modules]
+    work = [(path.stem, part) for path in sorted(kernels.glob("*.cu")) for part in module_parts(path.stem, kernels)]
+    work = [(family, part) for family, part in work if (kernels, family, part) not in _modules]
     timer = threading.Timer(note_after, note, ("compiling minigan's CUDA kernels (once on this machine: CuPy "
                                                "keeps them in its cache)",)) if note and work else None
     if timer:
@@ -172,7 +174,8 @@ def compile_kernels(note=None, note_after=2.0):
     try:
         device = cupy.cuda.runtime.getDevice()
         with concurrent.futures.ThreadPoolExecutor(max(1, min(len(work), os.cpu_count() or 1))) as pool:
-            for done in [pool.submit(_module, family, part, part or "kernels", device) for family, part in work]:
+            for done in [pool.submit(_module, family, part, part or "kernels", device, kernels)
+                         for family, part in work]:
                 done.result()
     finally:
         if timer:
@@ -326,9 +329,9 @@ def priority_graphs_available():
 
 
 @functools.cache
-def dependent_kernel(family, name):
-    """kernel(family, name) launched through DependentLaunch."""
-    return DependentLaunch(kernel(family, name))
+def dependent_kernel(family, name, kernels=KERNELS):
+    """kernel(family, name, kernels) launched through DependentLaunch."""
+    return DependentLaunch(kernel(family, name, kernels))
 
 
 @functools.cache

@@ -32,7 +32,7 @@ import numpy as np
 
 class FakeCuda:
     def __init__(self, host_kernels, timings=None, graph_timings=None, timed_replays=0):
-        self.host_kernels = host_kernels
+        self.host_kernels, self.other_kernels = host_kernels, {}  # {folder: HostKernels} of other trees
         self.timings = timings  # timer(): {tile shape: seconds per call} (others 1.0); None: no timer
         # timer() of a graph: the sum over its GEMMs of graph_timings (else timings) of their tile shapes. The
         # first timed_replays graph timings replay the graph, as the GPU's timer does (on the CPU a training
@@ -51,15 +51,21 @@ class FakeCuda:
             getDeviceCount=lambda: 1,
             getDeviceProperties=lambda device: {"name": b"emulated GPU (the kernels compiled for the CPU)"})
 
-    def kernel(self, family, name):
-        run = self.host_kernels(family, name)
+    def kernel(self, family, name, kernels=None):
+        """Kernel ``name``, of the folder ``kernels`` if given (compiled for the host on first use)."""
+        host_kernels = self.host_kernels
+        if kernels is not None and kernels != host_kernels.folder:
+            if kernels not in self.other_kernels:
+                self.other_kernels[kernels] = type(host_kernels)(kernels)
+            host_kernels = self.other_kernels[kernels]
+        run = host_kernels(family, name)
 
         def launch(grid, block, args, cluster=1):
             if self.probe is not None:
                 self.probe.append(launched_name(name, cluster))
                 return
             stream = self.current
-            accesses = self.host_kernels.accesses(name, args)
+            accesses = host_kernels.accesses(name, args)
             if self.captured is not None:
                 assert stream is not None, f"{name} launched on the default stream during a capture"
                 if stream is not self.origin:
@@ -267,8 +273,9 @@ def install(host_kernels, setattr_=setattr, modules=None):
         sys.modules["cupy"] = fake_cupy(cuda)
     else:
         modules("cupy", fake_cupy(cuda))
-    setattr_(cupy_backend, "kernel", lambda family, name: plain_launch(cuda.kernel(family, name)))
-    setattr_(cupy_backend, "compile_kernels", lambda note=None: None)  # tests/kernel_host.py compiles them
+    setattr_(cupy_backend, "kernel",
+             lambda family, name, kernels=None: plain_launch(cuda.kernel(family, name, kernels)))
+    setattr_(cupy_backend, "compile_kernels", lambda note=None, kernels=None: None)  # tests/kernel_host.py compiles them
     # an H100's launch path, taken as an H100 would take it; the order of launches is what counts here
     setattr_(cupy_backend, "dependent_launch_available", lambda cupy: True)
     setattr_(cupy_backend, "dependent_kernel", cuda.kernel)

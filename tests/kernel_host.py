@@ -34,7 +34,7 @@ POINTEE = {"unsigned long long": np.uint64, "long long": np.int64, "unsigned int
 
 def preprocessed(source):
     """The text of a kernels/*.cu file after the C preprocessor: kernels stamped out by macros show up."""
-    return subprocess.run(["g++", "-E", "-P", "-x", "c++", f"-I{KERNELS}", str(source)], capture_output=True,
+    return subprocess.run(["g++", "-E", "-P", "-x", "c++", f"-I{Path(source).parent}", str(source)], capture_output=True,
                           text=True, check=True).stdout
 
 
@@ -42,11 +42,11 @@ def kernel_names(source):
     return [name for _, name, _ in SIGNATURE.findall(preprocessed(source))]
 
 
-def kernel_signatures():
+def kernel_signatures(folder=KERNELS):
     """{family: [(name, [(ctypes type, C type, arg name), ...], most threads per block)]} of every extern "C"
-    kernel in kernels/*.cu (the most: its __launch_bounds__, else CUDA's limit)."""
+    kernel in the folder's *.cu (the most: its __launch_bounds__, else CUDA's limit)."""
     out = {}
-    for source in sorted(KERNELS.glob("*.cu")):
+    for source in sorted(folder.glob("*.cu")):
         kernels = []
         for bounds, name, params in SIGNATURE.findall(preprocessed(source)):
             args = []
@@ -64,10 +64,12 @@ def kernel_signatures():
 class HostKernels:
     available = shutil.which("g++") is not None
 
-    def __init__(self):
-        self.signatures = kernel_signatures()
+    def __init__(self, folder=KERNELS):
+        """The kernels of ``folder``: the checkout's kernels/, or another tree's (examples/compare_kernels.py)."""
+        self.folder = folder
+        self.signatures = kernel_signatures(folder)
         self.build_dir = Path(tempfile.mkdtemp(prefix="minigan-kernels-"))
-        lines = ['#include "cuda_host.h"'] + [f'#include "{KERNELS / (f + ".cu")}"' for f in self.signatures]
+        lines = ['#include "cuda_host.h"'] + [f'#include "{folder / (f + ".cu")}"' for f in self.signatures]
         for kernels in self.signatures.values():
             for name, args, _ in kernels:
                 params = ", ".join(f"{c_type} {arg}" for _, c_type, arg in args)
@@ -81,7 +83,7 @@ class HostKernels:
         # a * b + c contracted into one fused multiply-add, as nvcc and NVRTC do by default (--fmad=true), where
         # the CPU has the instruction: the GEMMs then round as on a GPU, and the tolerances are tested for that
         subprocess.run(["g++", "-std=c++20", "-O2", "-march=native", "-ffp-contract=fast", "-shared", "-fPIC",
-                        "-pthread", "-w", f"-I{ROOT / 'tests'}", f"-I{KERNELS}", "-o", str(library), str(source)],
+                        "-pthread", "-w", f"-I{ROOT / 'tests'}", f"-I{folder}", "-o", str(library), str(source)],
                        check=True)
         self.library = ctypes.CDLL(str(library))
         self.kernels = {}

@@ -396,6 +396,23 @@ def test_compile_benchmark_prints_its_json_lines_and_refuses_bad_arguments():
     one_line_error(run_cli("bench_compile.py", "--threads", 0), 1)
     one_line_error(run_cli("bench_compile.py", "--families", "nothing"), 1)
 
+def test_compare_kernels_refuses_a_folder_without_kernels_and_a_machine_without_a_gpu(tmp_path):
+    """examples/compare_kernels.py: OTHER must hold kernels/linear.cu (or be such a folder); then, where CuPy or
+    the GPU is missing, one line and exit status 1, as the other GPU programs."""
+    assert one_line_error(run_cli("compare_kernels.py", tmp_path), 2) == (
+        f"compare_kernels.py: error: {tmp_path}: no kernels/linear.cu there (OTHER is a checkout of minigan, or its "
+        "kernels/ folder)")
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() > 0:
+            return  # (tests/test_cupy.py runs it on the GPU)
+    except Exception:
+        pass
+    for other in (ROOT, ROOT / "kernels"):
+        assert "--backend cupy needs" in one_line_error(run_cli("compare_kernels.py", other), 1)
+
+
 def test_profile_timeline_reads_each_launch_of_the_replayed_graph():
     """examples/profile_step.py --timeline: the profiler's kernels (Chrome trace events, in no order, kernels
     outside the graph among them) cut into replays, matched to the step's launches by graph node id (by name and

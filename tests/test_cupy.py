@@ -112,11 +112,12 @@ def test_a_gan_has_every_part_of_the_kernels_compiled_and_each_kernel_from_its_p
     compiled (or loaded from CuPy's cache), and kernel() takes each kernel from its part's module."""
     gan = GAN(get_backend("cupy"), seed=0)
     assert gan.fused is not None
-    parts = {(path.stem, part) for path in cupy_backend.KERNELS.glob("*.cu") for part in cupy_backend.module_parts(path.stem)}
+    kernels = cupy_backend.KERNELS
+    parts = {(kernels, path.stem, part) for path in kernels.glob("*.cu") for part in cupy_backend.module_parts(path.stem)}
     assert parts <= set(cupy_backend._modules) and len(parts) > 10
     for family, name in (("linear", "linear_forward_64x64_8x8"), ("linear", "head_reduce"), ("optim", "adam_step")):
         part = cupy_backend.module_part(family, name)
-        assert cupy_backend.kernel(family, name).code == cupy_backend._modules[(family, part)].code
+        assert cupy_backend.kernel(family, name).code == cupy_backend._modules[(kernels, family, part)].code
 
 
 @pytest.mark.parametrize("k", [1, 2])
@@ -285,3 +286,18 @@ def test_bench_launch_counts_every_launch_both_ways(capsys):
     assert chains == {(path, blocks) for path in ("cupy", "dependent") for blocks in (1, 1024)}
     assert {line["step"] for line in lines if "step" in line} == {"cupy", "dependent", "one_priority"}
     assert {"step_ratio_dependent_vs_cupy", "step_ratio_priorities_vs_one"} <= lines[-1].keys()
+
+
+def test_compare_kernels_against_a_copy_of_the_kernels_leaves_the_same_bits(tmp_path, capsys):
+    """examples/compare_kernels.py against a copy of this checkout's kernels/ (its own modules, compiled from the
+    same source): the two steps, replayed in turns with the same tiles, leave the same bits."""
+    import shutil
+
+    from compare_kernels import main
+
+    shutil.copytree(cupy_backend.KERNELS, tmp_path / "kernels")
+    assert main([str(tmp_path), "--rounds", "2", "--replays", "5", "--batch", "32"]) == 0
+    meta, this, other, ratio, bits = map(json.loads, capsys.readouterr().out.splitlines())
+    print(f"\ncompare_kernels: {this['ms_per_step']} against {other['ms_per_step']} ms, ratio {ratio['ratio_other_vs_this']}")
+    assert meta["other"] == str((tmp_path / "kernels").resolve()) and this["ms_per_step"] > 0 and other["ms_per_step"] > 0
+    assert bits == {"same_bits": True, "arrays": 15, "steps": 13, "max_abs_difference": {}}

@@ -116,6 +116,30 @@ def test_gpu_benchmark_and_profile_on_the_emulated_gpu(emulated_gpu, monkeypatch
 
 
 
+def test_compare_kernels_steps_with_the_other_trees_kernels(emulated_gpu, tmp_path, capsys):
+    """examples/compare_kernels.py: against this checkout's own kernels the two steps leave the same bits; against a
+    copy whose Adam takes half its step, the step called "other" ran the copy's kernels, and every array differs."""
+    import json
+    import shutil
+
+    from compare_kernels import main
+    from kernel_host import KERNELS
+
+    halved = tmp_path / "kernels"
+    shutil.copytree(KERNELS, halved)
+    optim, update = (halved / "optim.cu").read_text(), "p -= m / (sqrtf(v) * c.inv_scale + c.eps_scaled);"
+    assert optim.count(update) == 1
+    (halved / "optim.cu").write_text(optim.replace(update, "p -= 0.5f * m / (sqrtf(v) * c.inv_scale + c.eps_scaled);"))
+    for other, same in ((KERNELS.parent, True), (tmp_path, False)):
+        assert main([str(other), "--rounds", "1", "--replays", "1", "--batch", "16"]) == 0
+        meta, this, theirs, ratio, bits = map(json.loads, capsys.readouterr().out.splitlines())
+        assert meta["other"] == str(other.resolve() / "kernels") and sum(meta["gemm_tiles"].values()) == 22
+        assert (this["step"], theirs["step"], len(this["rounds"]), len(theirs["rounds"])) == ("this", "other", 1, 1)
+        assert ratio["rounds"] == 1 and len(ratio["round_ratios"]) == 1
+        assert bits["same_bits"] is same and bits["steps"] == 4 and bits["arrays"] == 15
+        assert len(bits["max_abs_difference"]) == (0 if same else 15)
+
+
 def test_bench_gemm_checks_and_times_every_tile_on_the_emulated_gpu(emulated_gpu, monkeypatch, capsys):
     """examples/bench_gemm.py, on one product of each kind at batch 16 (a split-K one among them),
     with the GPU timer standing in: every tile at every split is checked against the reference product, and

@@ -52,12 +52,11 @@ def test_the_wheel_carries_the_kernels_and_the_backend_reads_them_there(tmp_path
     assert sources == {family: kernel_source(family) for family in families}
 
 
-def test_missing_kernels_are_a_one_line_backend_error(tmp_path, monkeypatch):
+def test_missing_kernels_are_a_one_line_backend_error(tmp_path):
     import pytest
 
     from minigan import cupy_backend
     from minigan.backend import BackendError
 
-    monkeypatch.setattr(cupy_backend, "KERNELS", tmp_path / "nowhere")
     with pytest.raises(BackendError, match=r"^minigan's CUDA kernels are missing: no .*linear\.cu \(reinstall minigan\)$"):
-        cupy_backend.kernel_source("linear")
+        cupy_backend.kernel_source("linear", kernels=tmp_path / "nowhere")

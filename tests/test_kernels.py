@@ -216,7 +216,7 @@ def test_compile_kernels_notes_a_long_wait_once_and_a_failure_in_one_line(monkey
         cupy_backend.compile_kernels()
     assert str(error.value) == "kernels/linear.cu: 128x128_8x8: nvrtc: error: failed to compile the program"
 
-def test_kernel_source_holds_its_headers(tmp_path, monkeypatch):
+def test_kernel_source_holds_its_headers(tmp_path):
     """The source handed to CuPy holds kernels/'s headers themselves, so CuPy's kernel cache (keyed by the source
     and options) sees an edited header; and a compiler message inside a header names the header's line."""
     from minigan import cupy_backend
@@ -226,14 +226,13 @@ def test_kernel_source_holds_its_headers(tmp_path, monkeypatch):
         assert '#include "' not in code and "philox4x32(" in code and "#pragma once" not in code
     kernels = tmp_path / "kernels"
     shutil.copytree(ROOT / "kernels", kernels)
-    monkeypatch.setattr(cupy_backend, "KERNELS", kernels)
-    before = cupy_backend.kernel_source("random")
+    before = cupy_backend.kernel_source("random", kernels=kernels)
     header = (kernels / "philox.cuh").read_text().splitlines()
     line = next(i for i, text in enumerate(header, 1) if text.startswith("__host__"))  # after #pragma once
     header.insert(line - 1, "this is not C++;")
     (kernels / "philox.cuh").write_text("\n".join(header) + "\n")
-    after = cupy_backend.kernel_source("random")
-    assert after != before and "this is not C++;" in after
+    after = cupy_backend.kernel_source("random", kernels=kernels)
+    assert after != before and "this is not C++;" in after and "this is not C++;" not in cupy_backend.kernel_source("random")
     if NVRTC is not None:
         ptx, log = nvrtc_compile(after, "random.cu")
         assert ptx is None and f"philox.cuh({line})" in log, log
