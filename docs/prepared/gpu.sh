@@ -1,6 +1,8 @@
-# Prepared for the next GPU session (written 2026-11-28, sessions 19 and 22): main against four prepared trees,
-# three processes each; the timeline (profile_step.py --timeline 50) of main and of each tree; the GPU tests,
-# 50 epochs and FID-MNIST of exp/g-adam3, and the GPU tests of Adam and the fused step in exp/l2-keep.
+# Prepared for the next GPU session (written 2026-11-28, sessions 19, 22 and 23): main against two prepared trees
+# of the step, three processes each, and against two trees of its kernels alone in one process each
+# (examples/compare_kernels.py: the same tiles, alternating rounds, the same bits or not); the timeline
+# (profile_step.py --timeline 50) of main and of each tree; the GPU tests, 50 epochs and FID-MNIST of exp/g-adam3,
+# and the GPU tests of Adam and the fused step in exp/l2-keep.
 # docs/prepared/exp-aside.mbox is three commits on main, each on the one before: its first and third are
 # exp/real-half and exp/g-adam3, which give the same numbers as each other (checked on the CPU), not main's.
 # docs/prepared/exp-prefetch.mbox is three commits on main: exp/l2-prefetch (the first two) and exp/l2-keep
@@ -11,10 +13,12 @@
 #   exp/l2-prefetch  main, each GEMM block and Adam asking L2 for their operands before the wait
 #   exp/l2-keep      + Adam's g, m and v the first lines L2 gives up, the parameters the last
 # Here, in the checkout: bash docs/prepared/gpu.sh prepare
-#   (the trees, from main and the two mboxes applied in a worktree of their own, into .variants/; MNIST, the
-#   classifier's cache and this script into .data/)
+#   (the trees, from main and the two mboxes applied in a worktree of their own, into .variants/, all five listed
+#   in .variants/trees and the three that benchmark.py times in .variants/order; MNIST, the classifier's cache and
+#   this script into .data/)
 # There, carrying [".data", ".variants"]:
-#   call 1: bash .data/gpu.sh compare   (timeout_s ~540: ~45 s of compilation, ~25 s a benchmark process, 15 of
+#   call 1: bash .data/gpu.sh compare   (timeout_s ~540: ~50 s of compilation, the five trees at once; ~15 s a
+#                                        compare_kernels.py process, 6 of them; ~25 s a benchmark process, 9 of
 #                                        them; then the timelines of main and exp/g-adam3, ~40 s each)
 #   call 2: bash .data/gpu.sh checks    (timeout_s ~330: ~45 s of GPU tests, ~20 s of Adam's and the fused
 #                                        step's, ~20 s of 50 epochs, ~20 s of FID, ~40 s a timeline; last, ~60 s
@@ -31,12 +35,16 @@ if [ "${1:-}" = prepare ]; then
   mkdir -p .data/cache && cp ../shared/data/mnist/*-ubyte.gz .data/ && cp docs/prepared/gpu.sh .data/gpu.sh || exit 1
   cp "${MINIGAN_CACHE:-$HOME/.cache/minigan}"/mnist-classifier-*.npz .data/cache/ 2>/dev/null ||
     ls .data/cache/mnist-classifier-*.npz > /dev/null || echo "gpu.sh: no classifier in .data/cache: FID retrains it" >&2
-  exec bash .ci/gpu-compare prepare main "$all~2" "$all" "$keep~1" "$keep"
+  bash .ci/gpu-compare prepare main "$all~2" "$all" "$keep~1" "$keep" || exit 1
+  # the kernel trees (exp/l2-prefetch, exp/l2-keep) are timed by compare_kernels.py against main's kernels, not
+  # by benchmark.py in processes of their own
+  mv .variants/order .variants/trees && head -n 3 .variants/trees > .variants/order
+  exit
 fi
 for v in /opt/*/.venv; do [ -x "$v/bin/python" ] && PATH=$v/bin:$PATH; done; export PATH
 t0=$SECONDS; O=/tmp/o-${1:-compare}; rm -rf "$O"; mkdir -p "$O"; stamp() { echo "$1: $((SECONDS - t0)) s" >> "$O/run.txt"; }
 cp .data/gpu.sh "$O/"
-read -r main real all prefetch keep < <(tr '\n' ' ' < .variants/order)
+read -r main real all prefetch keep < <(tr '\n' ' ' < .variants/trees)
 timeline() {
   (cd ".variants/$1" && PYTHONPATH=$PWD timeout 60 python examples/profile_step.py --timeline 50) > "$O/profile-$1.txt" 2>&1
   stamp "profile $1"
@@ -50,6 +58,28 @@ import cupy
 props = cupy.cuda.runtime.getDeviceProperties(0)
 print({k: props.get(k) for k in ("l2CacheSize", "persistingL2CacheMaxSize", "accessPolicyMaxWindowSize")},
       "persisting L2 limit:", cupy.cuda.runtime.deviceGetLimit(0x06))' >> "$O/gpu.txt" 2>&1
+    # every tree's kernels at once, so that each process below finds them in CuPy's cache
+    for t in "$main" "$real" "$all" "$prefetch" "$keep"; do
+      (cd ".variants/$t" && PYTHONPATH=$PWD timeout 150 python -c '
+from minigan import cupy_backend
+cupy_backend.compile_kernels()') > "$O/compile-$t.txt" 2>&1 &
+    done
+    wait
+    stamp compile
+    # the kernel trees against main's kernels (and exp/l2-keep against exp/l2-prefetch's, which it adds to), each in
+    # one process: the same step and tiles, alternating rounds, and whether the bits are main's; main against
+    # itself first, the spread of the method itself. A tree's tiles are its process's, so each comparison twice.
+    kernels() {
+      (cd ".variants/$1" && PYTHONPATH=$PWD timeout 60 python examples/compare_kernels.py "../$2" --rounds 15 --replays 400) >> "$O/kernels.txt" 2>&1
+      echo "exit status $? ($1 against $2)" >> "$O/kernels.txt"
+    }
+    kernels "$main" "$main"
+    for round in 1 2; do kernels "$main" "$prefetch"; kernels "$main" "$keep"; done
+    kernels "$prefetch" "$keep"
+    stamp kernels
+    # where compare_kernels.py did not run (its first GPU run), benchmark.py times the kernel trees too, as before
+    grep -q "^exit status 0 ($main against $main)" "$O/kernels.txt" || printf '%s\n' "$prefetch" "$keep" >> .variants/order
+    tar -czf "$OUT/compare.tgz" -C "$O" .
     OUT=$O LIMIT=100 STEPS=100 ROUNDS=3 LAUNCH=0 TESTS=0 GEMM=0 timeout 480 bash .ci/gpu-compare run >> "$O/run.txt" 2>&1
     stamp compare
     tar -czf "$OUT/compare.tgz" -C "$O" .
