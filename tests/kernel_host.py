@@ -65,8 +65,10 @@ class HostKernels:
     available = shutil.which("g++") is not None
 
     def __init__(self, folder=KERNELS):
-        """The kernels of ``folder``: the checkout's kernels/, or another tree's (examples/compare_kernels.py)."""
+        """The kernels of ``folder``: the checkout's kernels/, or another tree's (examples/compare_kernels.py),
+        built with that tree's tests/cuda_host.h where it has one (its kernels may call what only its own has)."""
         self.folder = folder
+        host = folder.parent / "tests" if (folder.parent / "tests" / "cuda_host.h").is_file() else ROOT / "tests"
         self.signatures = kernel_signatures(folder)
         self.build_dir = Path(tempfile.mkdtemp(prefix="minigan-kernels-"))
         lines = ['#include "cuda_host.h"'] + [f'#include "{folder / (f + ".cu")}"' for f in self.signatures]
@@ -83,7 +85,7 @@ class HostKernels:
         # a * b + c contracted into one fused multiply-add, as nvcc and NVRTC do by default (--fmad=true), where
         # the CPU has the instruction: the GEMMs then round as on a GPU, and the tolerances are tested for that
         subprocess.run(["g++", "-std=c++20", "-O2", "-march=native", "-ffp-contract=fast", "-shared", "-fPIC",
-                        "-pthread", "-w", f"-I{ROOT / 'tests'}", f"-I{folder}", "-o", str(library), str(source)],
+                        "-pthread", "-w", f"-I{host}", f"-I{folder}", "-o", str(library), str(source)],
                        check=True)
         self.library = ctypes.CDLL(str(library))
         self.kernels = {}

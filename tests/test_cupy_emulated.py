@@ -118,18 +118,22 @@ def test_gpu_benchmark_and_profile_on_the_emulated_gpu(emulated_gpu, monkeypatch
 
 def test_compare_kernels_steps_with_the_other_trees_kernels(emulated_gpu, tmp_path, capsys):
     """examples/compare_kernels.py: against this checkout's own kernels the two steps leave the same bits; against a
-    copy whose Adam takes half its step, the step called "other" ran the copy's kernels, and every array differs."""
+    copy whose Adam takes half its step, the step called "other" ran the copy's kernels, and every array differs.
+    (The copy's kernels use a name only its own tests/cuda_host.h defines: the emulator builds a tree's kernels with
+    the tree's host header.)"""
     import json
     import shutil
 
     from compare_kernels import main
-    from kernel_host import KERNELS
+    from kernel_host import KERNELS, ROOT
 
     halved = tmp_path / "kernels"
     shutil.copytree(KERNELS, halved)
     optim, update = (halved / "optim.cu").read_text(), "p -= m / (sqrtf(v) * c.inv_scale + c.eps_scaled);"
     assert optim.count(update) == 1
-    (halved / "optim.cu").write_text(optim.replace(update, "p -= 0.5f * m / (sqrtf(v) * c.inv_scale + c.eps_scaled);"))
+    (halved / "optim.cu").write_text(optim.replace(update, "p -= HALF * m / (sqrtf(v) * c.inv_scale + c.eps_scaled);"))
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "cuda_host.h").write_text((ROOT / "tests" / "cuda_host.h").read_text() + "#define HALF 0.5f\n")
     for other, same in ((KERNELS.parent, True), (tmp_path, False)):
         assert main([str(other), "--rounds", "1", "--replays", "1", "--batch", "16"]) == 0
         meta, this, theirs, ratio, bits = map(json.loads, capsys.readouterr().out.splitlines())
