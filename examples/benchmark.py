@@ -14,6 +14,11 @@ graph's capture and tuning) and, on CuPy, how many of the step's products chose 
 the graph's tuning tried and kept. On CuPy it also times minigan-cupy-layers, the same GAN
 through the layers on CuPy arrays (cuBLAS products, CuPy's array operations, no graph): the design the
 fused step replaces.
+
+--tiles FILE lets two processes (two trees, in .ci/gpu-compare) time their steps with the same GEMM tiles: the
+first, finding no FILE, writes its tiles there after its warm-up; the next takes them, for every product of its
+step that FILE names and that can run the tile there, and times and tunes only the others. Each process's tiles
+moved the step by up to ±8% (the README's **Speed**), more than most changes it compares.
 """
 
 import argparse
@@ -24,10 +29,12 @@ import platform
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 from minigan.backend import BackendError, get_backend
+from minigan.fileio import atomic_write_bytes
 from minigan.gan import GAN
 
 
@@ -48,6 +55,8 @@ def setup_minigan(args, real, fused=True):
     gan = GAN(backend, k=args.k, seed=0)
     if not fused:
         gan.fused = None
+    shared_tiles = fused and gan.fused is not None and args.tiles is not None
+    taken = gan.fused.take_tiles(read_tiles(args.tiles)) if shared_tiles and args.tiles.exists() else None
     batch = gan.batch_input(len(real))  # where the training loop gathers its batches: no copy per step
     batch[...] = backend.asarray(real)
     real = batch
@@ -66,10 +75,37 @@ def setup_minigan(args, real, fused=True):
         raise SystemExit("benchmark.py: error: minigan produced non-finite losses")
     if gan.fused is not None:  # how many of the step's products chose each tile shape
         meta["gemm_tiles"] = dict(collections.Counter(gan.fused.tiles.values()))
+        if shared_tiles:
+            if taken is None:
+                write_tiles(args.tiles, gan.fused.tiles)
+            meta["tiles"] = {"file": str(args.tiles), "taken": taken}  # taken None: written there
         kept = [t["ratio"] for t in gan.fused.trials if t["kept"]]  # the graph's tuning, at the second step
         meta["step_tuning"] = {"trials": len(gan.fused.trials), "kept": len(kept),
                                "graph_ratio": round(float(np.prod(kept)), 4)}  # tuned graph / untuned, as timed
     return meta, lambda: gan.train_step(real), backend.synchronize
+
+
+def write_tiles(path, tiles):
+    """The fused step's tiles ({(kernel, rows, cols, inner): tile}) as JSON lines, for --tiles in another process."""
+    lines = [json.dumps({"product": list(key), "tile": tile}) for key, tile in tiles.items()]
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+
+
+def read_tiles(path):
+    """write_tiles' file back; a file that is not one stops the benchmark with one line."""
+    try:
+        tiles = {}
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            name, rows, cols, inner = record["product"]
+            if not (isinstance(name, str) and all(type(n) is int for n in (rows, cols, inner))
+                    and isinstance(record["tile"], str)):
+                raise ValueError(line)
+            tiles[(name, rows, cols, inner)] = record["tile"]
+        return tiles
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"benchmark.py: error: --tiles {path}: not a file of tiles that benchmark.py wrote "
+                         f"({type(e).__name__})") from None
 
 
 def setup_torch(args, real):
@@ -141,6 +177,9 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--k", type=int, default=1)
     p.add_argument("--compare-torch", action="store_true", help="also time the PyTorch program, same run")
+    p.add_argument("--tiles", type=Path, metavar="FILE",
+                   help="the fused step's GEMM tiles: taken from FILE where it exists (for the products it names "
+                        "that can run them; the others are timed), else written there after the warm-up")
     args = p.parse_args(argv)
     if min(args.steps, args.warmup, args.repeats, args.batch - 1, args.k) < 1:
         p.error("--steps, --warmup, --repeats and --k must be at least 1, --batch at least 2")

@@ -304,6 +304,20 @@ class FusedStep:
         assert first[0] == key[0], (first, key)
         return tile if tile_fits(tile, splits) and self._scratch_fits(*key[1:3], splits, tile) else None
 
+    def take_tiles(self, tiles):
+        """Use ``tiles`` ({(kernel, rows, cols, inner): tile shape}, another step's ``self.tiles``) for the products
+        they name, where the tile can run the product here (this step's split count, scratch and tile shapes), so
+        that two steps can be timed with the same tiles; every other product is timed as usual. Returns how many
+        were taken. A product taken is not tried again by the graph's tuning."""
+        taken = 0
+        for key, tile in tiles.items():
+            _, rows, cols, inner = key
+            splits = split_k(rows, cols, inner, self.sms)
+            if tile in self.tile_choices and tile_fits(tile, splits) and self._scratch_fits(rows, cols, splits, tile):
+                self.tiles[key] = tile
+                taken += 1
+        return taken
+
     def _scratch_fits(self, rows, cols, splits, tile):
         partials, counters = split_scratch(rows, cols, splits, tile)
         have_partials, have_counters = self.scratch[self.on_side]

@@ -116,6 +116,38 @@ def test_gpu_benchmark_and_profile_on_the_emulated_gpu(emulated_gpu, monkeypatch
 
 
 
+def test_benchmark_processes_share_their_tiles_through_a_file(emulated_gpu, tmp_path):
+    """examples/benchmark.py --tiles: the first process writes its step's tiles there; the next takes each one that
+    can run its product (here every product but one named with no tile shape and one with a tile its split count
+    does not fit) and times only the others; a file that is not one stops it with one line."""
+    import argparse
+    import json
+
+    from benchmark import setup_minigan
+
+    from minigan.cupy_step import split_k, tile_fits
+
+    tiles = tmp_path / "tiles.jsonl"
+    args = argparse.Namespace(backend="cupy", k=1, warmup=1, tiles=tiles)
+    real = np.random.default_rng(0).random((16, 784), dtype=np.float32)
+    first, _, _ = setup_minigan(args, real)
+    records = [json.loads(line) for line in tiles.read_text().splitlines()]
+    assert first["tiles"] == {"file": str(tiles), "taken": None} and len(records) == 22
+    assert {record["tile"] for record in records} == {"32x32_4x4"}  # the emulated timer's ties: the first kept
+    sms = GAN(get_backend("cupy"), seed=0).fused.sms
+    unfit = next(i for i, r in enumerate(records) if not tile_fits("32x32_4x4_s4", split_k(*r["product"][1:], sms)))
+    for i, record in enumerate(records):
+        record["tile"] = "no such tile" if i == 0 else "32x32_4x4_s4" if i == unfit else "64x64_4x4"
+    tiles.write_text("".join(json.dumps(record) + "\n" for record in records))
+    second, _, _ = setup_minigan(args, real)
+    assert second["tiles"] == {"file": str(tiles), "taken": 20}
+    assert second["gemm_tiles"] == {"64x64_4x4": 20, "32x32_4x4": 2}  # the two left to timing
+    tiles.write_text('{"product": ["linear_forward", 16, 256], "tile": "64x64_4x4"}\n')
+    with pytest.raises(SystemExit, match=r"^benchmark.py: error: --tiles .*tiles.jsonl: not a file of tiles that "
+                                         r"benchmark.py wrote \(ValueError\)$"):
+        setup_minigan(args, real)
+
+
 def test_compare_kernels_steps_with_the_other_trees_kernels(emulated_gpu, tmp_path, capsys):
     """examples/compare_kernels.py: against this checkout's own kernels the two steps leave the same bits; against a
     copy whose Adam takes half its step, the step called "other" ran the copy's kernels, and every array differs.
