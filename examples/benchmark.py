@@ -74,11 +74,15 @@ def setup_minigan(args, real, fused=True):
     if not np.all(np.isfinite(backend.to_numpy(stats))):
         raise SystemExit("benchmark.py: error: minigan produced non-finite losses")
     if gan.fused is not None:  # how many of the step's products chose each tile shape
-        meta["gemm_tiles"] = dict(collections.Counter(gan.fused.tiles.values()))
-        if shared_tiles:
-            if taken is None:
+        products = set(gan.fused.products)
+        meta["gemm_tiles"] = dict(collections.Counter(gan.fused.tiles[key] for key in products))
+        if shared_tiles:  # the step's products whose tiles came from the file, and those it timed (and tuned)
+            written = taken is None
+            if written:
                 write_tiles(args.tiles, gan.fused.tiles)
-            meta["tiles"] = {"file": str(args.tiles), "taken": taken}  # taken None: written there
+                taken = set()
+            meta["tiles"] = {"file": str(args.tiles), "written": written, "taken": len(products & taken),
+                             "timed": len(products - taken)}
         kept = [t["ratio"] for t in gan.fused.trials if t["kept"]]  # the graph's tuning, at the second step
         meta["step_tuning"] = {"trials": len(gan.fused.trials), "kept": len(kept),
                                "graph_ratio": round(float(np.prod(kept)), 4)}  # tuned graph / untuned, as timed
@@ -183,6 +187,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     if min(args.steps, args.warmup, args.repeats, args.batch - 1, args.k) < 1:
         p.error("--steps, --warmup, --repeats and --k must be at least 1, --batch at least 2")
+    if args.tiles is not None and args.backend != "cupy":
+        print("benchmark.py: error: --tiles is the fused step's GEMM tiles: it needs --backend cupy", file=sys.stderr)
+        return 2
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # torch_gan.py
     real = np.random.default_rng(0).random((args.batch, 784), dtype=np.float32)
 

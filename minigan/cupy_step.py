@@ -307,15 +307,15 @@ class FusedStep:
     def take_tiles(self, tiles):
         """Use ``tiles`` ({(kernel, rows, cols, inner): tile shape}, another step's ``self.tiles``) for the products
         they name, where the tile can run the product here (this step's split count, scratch and tile shapes), so
-        that two steps can be timed with the same tiles; every other product is timed as usual. Returns how many
-        were taken. A product taken is not tried again by the graph's tuning."""
-        taken = 0
+        that two steps can be timed with the same tiles; every other product is timed as usual. Returns the set of
+        products taken. A product taken is not tried again by the graph's tuning."""
+        taken = set()
         for key, tile in tiles.items():
             _, rows, cols, inner = key
             splits = split_k(rows, cols, inner, self.sms)
             if tile in self.tile_choices and tile_fits(tile, splits) and self._scratch_fits(rows, cols, splits, tile):
                 self.tiles[key] = tile
-                taken += 1
+                taken.add(key)
         return taken
 
     def _scratch_fits(self, rows, cols, splits, tile):

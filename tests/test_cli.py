@@ -326,6 +326,12 @@ def test_benchmark_script_prints_its_json_lines():
     assert lines[3]["ratio_vs_fastest_torch"]["baseline"] == "torch-eager"
 
 
+def test_benchmark_tiles_are_the_gpu_steps_only(tmp_path):
+    assert one_line_error(run_cli("benchmark.py", "--tiles", tmp_path / "tiles.jsonl"), 2) == (
+        "benchmark.py: error: --tiles is the fused step's GEMM tiles: it needs --backend cupy")
+    assert not (tmp_path / "tiles.jsonl").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--n", "0"], "--n must be at least 1"),
     (["--out", "grid.jpg"], "must end in .png or .npy"),

@@ -132,15 +132,16 @@ def test_benchmark_processes_share_their_tiles_through_a_file(emulated_gpu, tmp_
     real = np.random.default_rng(0).random((16, 784), dtype=np.float32)
     first, _, _ = setup_minigan(args, real)
     records = [json.loads(line) for line in tiles.read_text().splitlines()]
-    assert first["tiles"] == {"file": str(tiles), "taken": None} and len(records) == 22
+    assert first["tiles"] == {"file": str(tiles), "written": True, "taken": 0, "timed": 22} and len(records) == 22
     assert {record["tile"] for record in records} == {"32x32_4x4"}  # the emulated timer's ties: the first kept
     sms = GAN(get_backend("cupy"), seed=0).fused.sms
     unfit = next(i for i, r in enumerate(records) if not tile_fits("32x32_4x4_s4", split_k(*r["product"][1:], sms)))
     for i, record in enumerate(records):
         record["tile"] = "no such tile" if i == 0 else "32x32_4x4_s4" if i == unfit else "64x64_4x4"
+    records.append({"product": ["linear_forward", 99, 9, 9], "tile": "64x64_4x4"})  # not the step's: not counted
     tiles.write_text("".join(json.dumps(record) + "\n" for record in records))
     second, _, _ = setup_minigan(args, real)
-    assert second["tiles"] == {"file": str(tiles), "taken": 20}
+    assert second["tiles"] == {"file": str(tiles), "written": False, "taken": 20, "timed": 2}
     assert second["gemm_tiles"] == {"64x64_4x4": 20, "32x32_4x4": 2}  # the two left to timing
     tiles.write_text('{"product": ["linear_forward", 16, 256], "tile": "64x64_4x4"}\n')
     with pytest.raises(SystemExit, match=r"^benchmark.py: error: --tiles .*tiles.jsonl: not a file of tiles that "

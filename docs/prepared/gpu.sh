@@ -1,5 +1,6 @@
 # Prepared for the next GPU session (written 2026-11-28, sessions 19, 22 and 23): main against two prepared trees
-# of the step, three processes each, and against two trees of its kernels alone in one process each
+# of the step, three processes each, each round's with main's GEMM tiles, and against two trees of its kernels
+# alone in one process each
 # (examples/compare_kernels.py: the same tiles, alternating rounds, the same bits or not); the timeline
 # (profile_step.py --timeline 50) of main and of each tree; the GPU tests, 50 epochs and FID-MNIST of exp/g-adam3,
 # and the GPU tests of Adam and the fused step in exp/l2-keep.
@@ -80,7 +81,9 @@ cupy_backend.compile_kernels()') > "$O/compile-$t.txt" 2>&1 &
     # where compare_kernels.py did not run (its first GPU run), benchmark.py times the kernel trees too, as before
     grep -q "^exit status 0 ($main against $main)" "$O/kernels.txt" || printf '%s\n' "$prefetch" "$keep" >> .variants/order
     tar -czf "$OUT/compare.tgz" -C "$O" .
-    OUT=$O LIMIT=100 STEPS=100 ROUNDS=3 LAUNCH=0 TESTS=0 GEMM=0 timeout 480 bash .ci/gpu-compare run >> "$O/run.txt" 2>&1
+    # the step trees, three rounds, each round's trees with main's tiles (TILES=1: benchmark.py --tiles), so that a
+    # round compares the trees and not the tiles each process's timings chose
+    OUT=$O LIMIT=100 STEPS=100 ROUNDS=3 TILES=1 LAUNCH=0 TESTS=0 GEMM=0 timeout 480 bash .ci/gpu-compare run >> "$O/run.txt" 2>&1
     stamp compare
     tar -czf "$OUT/compare.tgz" -C "$O" .
     for t in "$main" "$all"; do timeline "$t"; tar -czf "$OUT/compare.tgz" -C "$O" .; done ;;
