@@ -19,7 +19,7 @@ the other's time over this one's, of the medians and round by round, and how man
 whether the two left the same bits after the same steps (parameters, gradients, Adam's moments, running statistics,
 the step's losses) and, where not, the largest difference in each array that differs. A change that should not
 change a value (a cache hint, a prefetch) must show the same bits. Where CuPy, the GPU or one of the other's
-kernels is missing: a one-line error and exit status 1.
+kernels is missing: a one-line error and exit status 1 (2 where OTHER holds no kernels/linear.cu).
 """
 
 import argparse
