@@ -386,7 +386,6 @@ def test_resume_from_a_damaged_checkpoint_is_one_line(data_dir, tmp_path, damage
     assert "checkpoint.npz" in line
 
 
-
 def test_compile_benchmark_prints_its_json_lines_and_refuses_bad_arguments():
     """examples/bench_compile.py on two small families (NVRTC, no GPU): whole files against their parts."""
     from bench_compile import NVRTC
@@ -401,6 +400,7 @@ def test_compile_benchmark_prints_its_json_lines_and_refuses_bad_arguments():
     assert set(ratio["part_seconds"]) == {"data.cu", "step.cu"} and ratio["arch"] == "sm_90"
     one_line_error(run_cli("bench_compile.py", "--threads", 0), 1)
     one_line_error(run_cli("bench_compile.py", "--families", "nothing"), 1)
+
 
 def test_compare_kernels_refuses_a_folder_without_kernels_and_a_machine_without_a_gpu(tmp_path):
     """examples/compare_kernels.py: OTHER must hold kernels/linear.cu (or be such a folder); then, where CuPy or

@@ -216,6 +216,7 @@ def test_compile_kernels_notes_a_long_wait_once_and_a_failure_in_one_line(monkey
         cupy_backend.compile_kernels()
     assert str(error.value) == "kernels/linear.cu: 128x128_8x8: nvrtc: error: failed to compile the program"
 
+
 def test_kernel_source_holds_its_headers(tmp_path):
     """The source handed to CuPy holds kernels/'s headers themselves, so CuPy's kernel cache (keyed by the source
     and options) sees an edited header; and a compiler message inside a header names the header's line."""
