@@ -287,7 +287,7 @@ class FusedStep:
         if tile is None:
             tile = self.tiles[key] = self._first_batch_tile(key, splits) or (
                 self._fastest_tile(key, splits, args) if self.timer else DEFAULT_TILE)
-        assert self._scratch_fits(rows, cols, splits, tile), (key, splits, tile)
+        assert self._tile_runs(tile, rows, cols, splits), (key, splits, tile)
         launch_gemm(self.kernel, name, tile, rows, cols, splits, args)
 
     def _first_batch_tile(self, key, splits):
@@ -302,7 +302,7 @@ class FusedStep:
         first = self.first_products[len(self.products) - 1]
         tile = self.tiles[first]
         assert first[0] == key[0], (first, key)
-        return tile if tile_fits(tile, splits) and self._scratch_fits(*key[1:3], splits, tile) else None
+        return tile if self._tile_runs(tile, *key[1:3], splits) else None
 
     def take_tiles(self, tiles):
         """Use ``tiles`` ({(kernel, rows, cols, inner): tile shape}, another step's ``self.tiles``) for the products
@@ -313,12 +313,16 @@ class FusedStep:
         for key, tile in tiles.items():
             _, rows, cols, inner = key
             splits = split_k(rows, cols, inner, self.sms)
-            if tile in self.tile_choices and tile_fits(tile, splits) and self._scratch_fits(rows, cols, splits, tile):
+            if tile in self.tile_choices and self._tile_runs(tile, rows, cols, splits):
                 self.tiles[key] = tile
                 taken.add(key)
         return taken
 
-    def _scratch_fits(self, rows, cols, splits, tile):
+    def _tile_runs(self, tile, rows, cols, splits):
+        """Whether ``tile`` can run a (rows, cols) output in ``splits`` splits here: its groups and cluster fit the
+        split count (tile_fits), and its split-K scratch fits the current stream's."""
+        if not tile_fits(tile, splits):
+            return False
         partials, counters = split_scratch(rows, cols, splits, tile)
         have_partials, have_counters = self.scratch[self.on_side]
         return partials <= have_partials.size and counters <= have_counters.size
@@ -327,8 +331,7 @@ class FusedStep:
         """Time every tile shape that can run this product (all give the same bits, so the launches do no
         harm) and keep the fastest."""
         name, rows, cols, _ = key
-        candidates = [tile for tile in self.tile_choices
-                      if tile_fits(tile, splits) and self._scratch_fits(rows, cols, splits, tile)]
+        candidates = [tile for tile in self.tile_choices if self._tile_runs(tile, rows, cols, splits)]
         try:
             times = self.tile_times[key] = self._best_times(
                 {tile: lambda tile=tile: launch_gemm(self.kernel, name, tile, rows, cols, splits, args)

@@ -388,7 +388,7 @@ def timings(step, keys, split):
     """The tiles ``step`` times for ``keys`` (each split split[key]): TUNING_ROUNDS times every tile shape that
     can run it within the split-K scratch, sorted."""
     return sorted(tile for key in keys for tile in GEMM_TILES
-                  if tile_fits(tile, split[key]) and step._scratch_fits(*key[1:3], split[key], tile)
+                  if step._tile_runs(tile, *key[1:3], split[key])
                   for _ in range(TUNING_ROUNDS))
 
 
