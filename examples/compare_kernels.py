@@ -17,7 +17,7 @@ processes the step's time moves by several percent with the tiles each process's
 Prints JSON lines: the GPU and the tiles; each step's ms per step (the median of its rounds, and every round's);
 the other's time over this one's, of the medians and round by round, and how many rounds the other won; last,
 whether the two left the same bits after the same steps (parameters, gradients, Adam's moments, running statistics,
-the step's losses) and, where not, the largest difference in each array that differs. A change that should not
+the device counters, the step's losses: FusedStep.state_arrays) and, where not, the largest difference in each array that differs. A change that should not
 change a value (a cache hint, a prefetch) must show the same bits. Where CuPy, the GPU or one of the other's
 kernels is missing: a one-line error and exit status 1 (2 where OTHER holds no kernels/linear.cu).
 """
@@ -38,16 +38,6 @@ def kernels_folder(other):
     """The folder of the other tree's *.cu: OTHER/kernels in a checkout, else OTHER; None if it holds no linear.cu."""
     folder = other / "kernels" if (other / "kernels").is_dir() else other
     return folder.resolve() if (folder / "linear.cu").is_file() else None
-
-
-def trained_state(gan):
-    """{name: host copy} of every array a step changes that a later step reads."""
-    arrays = {"G.params": gan.G.params, "G.grads": gan.G.grads, "D.params": gan.D.params, "D.grads": gan.D.grads,
-              "opt_G.m": gan.opt_G.m, "opt_G.v": gan.opt_G.v, "opt_D.m": gan.opt_D.m, "opt_D.v": gan.opt_D.v}
-    for model_name, model in (("G", gan.G), ("D", gan.D)):
-        arrays.update({f"{model_name}.{name}": array for name, array in model.named_buffers()})
-    arrays["losses"] = gan.fused.stats
-    return {name: gan.backend.to_numpy(array) for name, array in arrays.items()}
 
 
 def main(argv=None):
@@ -87,7 +77,8 @@ def main(argv=None):
         for round_ in range(args.rounds):
             for name in ("this", "other") if round_ % 2 == 0 else ("other", "this"):
                 times[name].append(step_ms(cupy, gans[name], batches[name], args.replays))
-        states = {name: trained_state(gan) for name, gan in gans.items()}
+        states = {name: {key: backend.to_numpy(array) for key, array in gan.fused.state_arrays().items()}
+                  for name, gan in gans.items()}
     except BackendError as e:
         print(f"compare_kernels.py: error: {e}", file=sys.stderr)
         return 1

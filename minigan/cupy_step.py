@@ -574,14 +574,21 @@ class FusedStep:
                                   "trial": lambda: trial.launch(stream=self.stream)}, STEP_TUNING_REPLAYS)
         return times["trial"] / times["graph"]
 
-    def _state(self):
-        """(array, copy) of every array a step changes that a later step reads: the parameters, gradients,
+    def state_arrays(self):
+        """{name: array} of every array a step changes that a later step reads: the parameters, gradients,
         Adam's moments, BatchNorm's running statistics, the device counters and the losses."""
         gan = self.gan
-        arrays = [gan.G.params, gan.G.grads, gan.D.params, gan.D.grads, gan.opt_G.m, gan.opt_G.v, gan.opt_D.m,
-                  gan.opt_D.v, *(v for model in (gan.G, gan.D) for _, v in model.named_buffers()),
-                  self.step, self.t_G, self.t_D, self.stats]
-        return [(array, array.copy()) for array in arrays]
+        arrays = {"G.params": gan.G.params, "G.grads": gan.G.grads, "D.params": gan.D.params,
+                  "D.grads": gan.D.grads, "opt_G.m": gan.opt_G.m, "opt_G.v": gan.opt_G.v, "opt_D.m": gan.opt_D.m,
+                  "opt_D.v": gan.opt_D.v}
+        for model_name, model in (("G", gan.G), ("D", gan.D)):
+            arrays.update({f"{model_name}.{name}": array for name, array in model.named_buffers()})
+        arrays.update({"step": self.step, "t_G": self.t_G, "t_D": self.t_D, "losses": self.stats})
+        return arrays
+
+    def _state(self):
+        """(array, copy) of each of state_arrays()."""
+        return [(array, array.copy()) for array in self.state_arrays().values()]
 
     @staticmethod
     def _restore(state):
