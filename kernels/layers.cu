@@ -11,6 +11,9 @@
 // Launch: ceil(C / 8) blocks of 256 threads (minigan.cupy_step.BN_COLUMNS).
 #define BN_COLUMNS 8
 #define BN_LANES 32
+// The sums of products (a * b + c) are written as fused multiply-adds (fmaf), which is what nvcc makes of them
+// anyway (--fmad=true): the CPU build (tests/kernel_host.py, g++ -ffp-contract=fast) then rounds them as a GPU
+// does too, where g++ left the variance's squares uncontracted.
 // A thread keeps its first BN_CACHED rows in registers from one pass over the batch to the next (all of them
 // up to BN_LANES * BN_CACHED = 128 rows), so each input is read from memory once, not two or three times.
 // Everything else a thread reads (gamma, beta, the running statistics, the cached rows of every input) it loads
@@ -53,10 +56,13 @@ extern "C" __global__ void batchnorm_forward(float* Y, float* X_hat, float* inv_
     float squares = 0.0f;
 #pragma unroll
     for (int u = 0; u < BN_CACHED; ++u)
-        if (lane + u * BN_LANES < M) squares += (x[u] - mu) * (x[u] - mu);
+        if (lane + u * BN_LANES < M) {
+            float d = x[u] - mu;
+            squares = fmaf(d, d, squares);
+        }
     for (int m = lane + BN_CACHED * BN_LANES; inside && m < M; m += BN_LANES) {
         float d = X[(long long)m * C + c] - mu;
-        squares += d * d;
+        squares = fmaf(d, d, squares);
     }
     float var = sum_over_lanes(squares, partial) / M;
     if (!inside) return;
@@ -65,7 +71,7 @@ extern "C" __global__ void batchnorm_forward(float* Y, float* X_hat, float* inv_
         long long at = (long long)m * C + c;
         float x_hat = ((u < BN_CACHED ? x[u] : X[at]) - mu) * r;
         X_hat[at] = x_hat;
-        Y[at] = x_hat * g + b;
+        Y[at] = fmaf(x_hat, g, b);
     }
     if (lane == 0) {
         inv_std[c] = r;
@@ -95,13 +101,13 @@ extern "C" __global__ void batchnorm_leaky_backward(float* dpre, float* dgamma, 
         a[u] = row ? A[(long long)m * C + c] : 0.0f;
         if (m < M) {
             sum_dy += dy[u];
-            sum_dy_x_hat += dy[u] * x_hat[u];
+            sum_dy_x_hat = fmaf(dy[u], x_hat[u], sum_dy_x_hat);
         }
     }
     for (int m = lane + BN_CACHED * BN_LANES; inside && m < M; m += BN_LANES) {
         long long at = (long long)m * C + c;
         sum_dy += dY[at];
-        sum_dy_x_hat += dY[at] * X_hat[at];
+        sum_dy_x_hat = fmaf(dY[at], X_hat[at], sum_dy_x_hat);
     }
     sum_dy = sum_over_lanes(sum_dy, partial);
     sum_dy_x_hat = sum_over_lanes(sum_dy_x_hat, partial);
@@ -114,7 +120,7 @@ extern "C" __global__ void batchnorm_leaky_backward(float* dpre, float* dgamma, 
     for (int m = lane, u = 0; m < M; m += BN_LANES, ++u) {
         long long at = (long long)m * C + c;
         bool cached = u < BN_CACHED;
-        float dx = (((cached ? x_hat[u] : X_hat[at]) * sum_dy_x_hat + sum_dy) * (-1.0f / M) + (cached ? dy[u] : dY[at]))
+        float dx = fmaf(fmaf(cached ? x_hat[u] : X_hat[at], sum_dy_x_hat, sum_dy), -1.0f / M, cached ? dy[u] : dY[at])
                    * scale;
         dpre[at] = dx * ((cached ? a[u] : A[at]) > 0.0f ? 1.0f : slope);
     }
