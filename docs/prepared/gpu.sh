@@ -93,8 +93,9 @@ cupy_backend.compile_kernels()') > "$O/compile-$t.txt" 2>&1 &
     fi
     stamp kernels
     tar -czf "$OUT/compare.tgz" -C "$O" .
-    # the step trees, three rounds, each round's trees with main's tiles (TILES=1: benchmark.py --tiles), so that a
-    # round compares the trees and not the tiles each process's timings chose
+    # the step trees, three rounds (two where the kernel trees joined them), each round's trees with main's tiles
+    # (TILES=1: benchmark.py --tiles), so that a round compares the trees and not the tiles each process's timings
+    # chose
     OUT=$O LIMIT=100 STEPS=100 ROUNDS=$rounds TILES=1 LAUNCH=0 TESTS=0 GEMM=0 timeout 480 bash .ci/gpu-compare run >> "$O/run.txt" 2>&1
     stamp compare
     tar -czf "$OUT/compare.tgz" -C "$O" . ;;
