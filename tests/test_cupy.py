@@ -105,6 +105,14 @@ def test_fused_adam_matches_numpy():
     np.testing.assert_allclose(cupy.asnumpy(gpu.v), cpu.v, rtol=1e-5, atol=1e-30)
 
 
+def test_batchnorm_kernels_round_with_fused_multiply_adds_on_the_gpu():
+    """nvcc fuses BatchNorm's multiply-adds (kernels/layers.cu writes them as fmaf), so the GPU rounds the variance
+    to the last bit as the CPU build does (tests/test_fused_step.py)."""
+    from test_fused_step import check_batchnorm_rounds_with_fused_multiply_adds
+
+    check_batchnorm_rounds_with_fused_multiply_adds(cupy_backend.kernel, cupy)
+
+
 @pytest.mark.skipif(HAVE_GPU and cupy.__version__ == "emulated",
                     reason="the emulated GPU runs the kernels compiled for the CPU, not CuPy's modules")
 def test_a_gan_has_every_part_of_the_kernels_compiled_and_each_kernel_from_its_part():

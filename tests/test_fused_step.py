@@ -609,11 +609,11 @@ def test_batchnorm_kernels_on_ragged_shapes(host_kernels, rows, columns):
     np.testing.assert_allclose(dpre, dx * np.where(a > 0, 1, np.float32(0.2)), rtol=1e-4, atol=1e-5)
 
 
-def test_batchnorm_kernels_round_as_a_gpu(host_kernels):
-    """kernels/layers.cu adds its products as fused multiply-adds, as nvcc compiles them, so the CPU build rounds as
-    a GPU does: the variance of 128 rows (each of 32 lanes sums its 4 rows in order, then the lanes are added in
-    order) is the one exact fused multiply-adds give, to the last bit of 1 / sqrt(var + eps), and not the one that a
-    multiply rounded before its add gives (g++ compiled the squares so until 2026-11-28)."""
+def check_batchnorm_rounds_with_fused_multiply_adds(kernel, xp):
+    """kernels/layers.cu's batchnorm_forward, through ``kernel(family, name)`` on ``xp`` arrays (the host-compiled
+    kernels on NumPy, or CuPy's): the variance of 128 rows (each of 32 lanes sums its 4 rows in order, then the
+    lanes are added in order) is the one exact fused multiply-adds give, to the last bit of 1 / sqrt(var + eps),
+    and not the one that a multiply rounded before its add gives."""
     rows, columns, eps = 128, 256, np.float32(1e-5)
     x = (np.random.default_rng(rows).standard_normal((rows, columns)) * 2 + 1).astype(np.float32)
     a = np.maximum(x, np.float32(0.2) * x)
@@ -629,7 +629,6 @@ def test_batchnorm_kernels_round_as_a_gpu(host_kernels):
     for rows_u in lanes:
         sums = sums + rows_u
     mu = add_lanes(sums) / np.float32(rows)
-
     libm = ctypes.CDLL(ctypes.util.find_library("m"))
     libm.fmaf.restype, libm.fmaf.argtypes = ctypes.c_float, [ctypes.c_float] * 3
     fmaf = np.vectorize(libm.fmaf, otypes=[np.float32])  # a * b + c rounded once (C99's fmaf)
@@ -641,12 +640,20 @@ def test_batchnorm_kernels_round_as_a_gpu(host_kernels):
             squares = fmaf(d, d, squares) if fused else squares + d * d
         return np.float32(1) / np.sqrt(add_lanes(squares) / np.float32(rows) + eps)
 
-    out = [np.empty_like(a), np.empty_like(a), np.empty(columns, np.float32)]  # y, x_hat, inv_std
-    host_kernels("layers", "batchnorm_forward")((columns // BN_COLUMNS,), (256,), (
-        *out, a, np.ones(columns, np.float32), np.zeros(columns, np.float32), np.zeros(columns, np.float32),
-        np.ones(columns, np.float32), np.int32(rows), np.int32(columns), eps, np.float32(0.1)))
-    np.testing.assert_array_equal(out[2], inv_std(fused=True))
-    assert (out[2] != inv_std(fused=False)).any()  # the data tells the two apart
+    ones, zeros = xp.ones(columns, np.float32), xp.zeros(columns, np.float32)
+    out = [xp.empty(a.shape, np.float32), xp.empty(a.shape, np.float32), xp.empty(columns, np.float32)]
+    kernel("layers", "batchnorm_forward")((columns // BN_COLUMNS,), (256,), (
+        *out, xp.asarray(a), ones, zeros, zeros.copy(), ones.copy(), np.int32(rows), np.int32(columns), eps,
+        np.float32(0.1)))
+    np.testing.assert_array_equal(to_host(out[2]), inv_std(fused=True))
+    assert (to_host(out[2]) != inv_std(fused=False)).any()  # the data tells the two apart
+
+
+def test_batchnorm_kernels_round_as_a_gpu(host_kernels):
+    """kernels/layers.cu adds its products as fused multiply-adds, as nvcc compiles them, so the CPU build rounds as
+    a GPU does (g++ left the variance's squares a multiply and an add until 2026-11-28); tests/test_cupy.py checks
+    the same on a GPU."""
+    check_batchnorm_rounds_with_fused_multiply_adds(host_kernels, np)
 
 
 def test_layer_path_random_kernels_match_their_reference(host_kernels):
