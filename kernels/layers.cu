@@ -75,8 +75,9 @@ extern "C" __global__ void batchnorm_forward(float* Y, float* X_hat, float* inv_
     }
     if (lane == 0) {
         inv_std[c] = r;
-        running_mean[c] = mean_before * (1.0f - momentum) + momentum * mu;
-        running_var[c] = var_before * (1.0f - momentum) + (momentum * M / (M - 1)) * var;
+        // each sum of two products fused as nvcc fuses it alone, so that no context changes its rounding
+        running_mean[c] = fmaf(mean_before, 1.0f - momentum, momentum * mu);
+        running_var[c] = fmaf(var_before, 1.0f - momentum, (momentum * M / (M - 1)) * var);
     }
 }
 

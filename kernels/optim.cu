@@ -15,10 +15,14 @@ struct AdamConstants {
     float one_minus_beta1, beta2, one_minus_beta2, inv_scale, eps_scaled;
 };
 
+// Written as the fused multiply-adds a GPU runs. A sum of two products can be fused either way, and nvcc chose by
+// context: the quads below fused beta2 v and rounded (1 - beta2) g^2 first, the element-by-element path the
+// reverse, and a kernel with other loads around the same update (exp/l2-keep, run 20) gave other bits again.
+// Written out, the update is fused the same way in every kernel, and in the CPU build (tests/cuda_host.h).
 __device__ __forceinline__ void adam_update(float& p, float g, float& m, float& v, const AdamConstants& c) {
-    m = m + c.one_minus_beta1 * (g - m);
-    v = c.beta2 * v + c.one_minus_beta2 * (g * g);
-    p -= m / (sqrtf(v) * c.inv_scale + c.eps_scaled);
+    m = fmaf(c.one_minus_beta1, g - m, m);
+    v = fmaf(c.beta2, v, c.one_minus_beta2 * (g * g));
+    p -= m / fmaf(sqrtf(v), c.inv_scale, c.eps_scaled);
 }
 
 __device__ __forceinline__ bool quads_aligned(const float* p, const float* g, const float* m, const float* v) {

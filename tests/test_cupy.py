@@ -113,6 +113,15 @@ def test_batchnorm_kernels_round_with_fused_multiply_adds_on_the_gpu():
     check_batchnorm_rounds_with_fused_multiply_adds(cupy_backend.kernel, cupy)
 
 
+def test_adam_kernels_round_with_fused_multiply_adds_on_the_gpu():
+    """Adam's quads and its element-by-element path give the same bits on a GPU, those of kernels/optim.cu's fmaf
+    (nvcc fused the element path's beta2 v + (1 - beta2) g^2 the other way until 2026-11-28), as the CPU build
+    does (tests/test_fused_step.py)."""
+    from test_fused_step import check_adam_rounds_with_fused_multiply_adds
+
+    check_adam_rounds_with_fused_multiply_adds(cupy_backend.kernel, cupy)
+
+
 @pytest.mark.skipif(HAVE_GPU and cupy.__version__ == "emulated",
                     reason="the emulated GPU runs the kernels compiled for the CPU, not CuPy's modules")
 def test_a_gan_has_every_part_of_the_kernels_compiled_and_each_kernel_from_its_part():

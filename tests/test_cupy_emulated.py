@@ -163,9 +163,9 @@ def test_compare_kernels_steps_with_the_other_trees_kernels(emulated_gpu, tmp_pa
 
     halved = tmp_path / "kernels"
     shutil.copytree(KERNELS, halved)
-    optim, update = (halved / "optim.cu").read_text(), "p -= m / (sqrtf(v) * c.inv_scale + c.eps_scaled);"
+    optim, update = (halved / "optim.cu").read_text(), "p -= m / fmaf(sqrtf(v), c.inv_scale, c.eps_scaled);"
     assert optim.count(update) == 1
-    (halved / "optim.cu").write_text(optim.replace(update, "p -= HALF * m / (sqrtf(v) * c.inv_scale + c.eps_scaled);"))
+    (halved / "optim.cu").write_text(optim.replace(update, "p -= HALF * m / fmaf(sqrtf(v), c.inv_scale, c.eps_scaled);"))
     (tmp_path / "tests").mkdir()
     (tmp_path / "tests" / "cuda_host.h").write_text((ROOT / "tests" / "cuda_host.h").read_text() + "#define HALF 0.5f\n")
     for other, same in ((KERNELS.parent, True), (tmp_path, False)):

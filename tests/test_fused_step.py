@@ -609,13 +609,23 @@ def test_batchnorm_kernels_on_ragged_shapes(host_kernels, rows, columns):
     np.testing.assert_allclose(dpre, dx * np.where(a > 0, 1, np.float32(0.2)), rtol=1e-4, atol=1e-5)
 
 
+def fmaf(a, b, c):
+    """a * b + c rounded once, elementwise in float32: C99's fmaf from libm, as a GPU's fma.rn.f32."""
+    libm = ctypes.CDLL(ctypes.util.find_library("m"))
+    libm.fmaf.restype, libm.fmaf.argtypes = ctypes.c_float, [ctypes.c_float] * 3
+    return np.vectorize(libm.fmaf, otypes=[np.float32])(a, b, c)
+
+
 def check_batchnorm_rounds_with_fused_multiply_adds(kernel, xp):
     """kernels/layers.cu's batchnorm_forward, through ``kernel(family, name)`` on ``xp`` arrays (the host-compiled
     kernels on NumPy, or CuPy's): the variance of 128 rows (each of 32 lanes sums its 4 rows in order, then the
     lanes are added in order) is the one exact fused multiply-adds give, to the last bit of 1 / sqrt(var + eps),
-    and not the one that a multiply rounded before its add gives."""
-    rows, columns, eps = 128, 256, np.float32(1e-5)
-    x = (np.random.default_rng(rows).standard_normal((rows, columns)) * 2 + 1).astype(np.float32)
+    and not the one that a multiply rounded before its add gives; and each running statistic is its old value
+    times 1 - momentum fused with the new one's share, rounded before (the way nvcc fused it, written out)."""
+    rows, columns, eps, momentum = 128, 256, np.float32(1e-5), np.float32(0.1)
+    rng = np.random.default_rng(rows)
+    x = (rng.standard_normal((rows, columns)) * 2 + 1).astype(np.float32)
+    mean_before, var_before = rng.standard_normal(columns).astype(np.float32), rng.random(columns).astype(np.float32)
     a = np.maximum(x, np.float32(0.2) * x)
     lanes = a.reshape(4, 32, columns)  # lanes[u, l]: row l + 32 u, the u-th of lane l
 
@@ -629,24 +639,26 @@ def check_batchnorm_rounds_with_fused_multiply_adds(kernel, xp):
     for rows_u in lanes:
         sums = sums + rows_u
     mu = add_lanes(sums) / np.float32(rows)
-    libm = ctypes.CDLL(ctypes.util.find_library("m"))
-    libm.fmaf.restype, libm.fmaf.argtypes = ctypes.c_float, [ctypes.c_float] * 3
-    fmaf = np.vectorize(libm.fmaf, otypes=[np.float32])  # a * b + c rounded once (C99's fmaf)
 
-    def inv_std(fused):
+    def variance(fused):
         squares = np.zeros((32, columns), np.float32)
         for rows_u in lanes:
             d = rows_u - mu
             squares = fmaf(d, d, squares) if fused else squares + d * d
-        return np.float32(1) / np.sqrt(add_lanes(squares) / np.float32(rows) + eps)
+        return add_lanes(squares) / np.float32(rows)
 
+    var = variance(fused=True)
     ones, zeros = xp.ones(columns, np.float32), xp.zeros(columns, np.float32)
     out = [xp.empty(a.shape, np.float32), xp.empty(a.shape, np.float32), xp.empty(columns, np.float32)]
+    running_mean, running_var = xp.array(mean_before), xp.array(var_before)  # copies: the kernel updates them
     kernel("layers", "batchnorm_forward")((columns // BN_COLUMNS,), (256,), (
-        *out, xp.asarray(a), ones, zeros, zeros.copy(), ones.copy(), np.int32(rows), np.int32(columns), eps,
-        np.float32(0.1)))
-    np.testing.assert_array_equal(to_host(out[2]), inv_std(fused=True))
-    assert (to_host(out[2]) != inv_std(fused=False)).any()  # the data tells the two apart
+        *out, xp.asarray(a), ones, zeros, running_mean, running_var, np.int32(rows), np.int32(columns), eps, momentum))
+    np.testing.assert_array_equal(to_host(out[2]), np.float32(1) / np.sqrt(var + eps))
+    assert (to_host(out[2]) != np.float32(1) / np.sqrt(variance(fused=False) + eps)).any()  # the data tells them apart
+    keep, unbiased = np.float32(1) - momentum, momentum * np.float32(rows) / np.float32(rows - 1)
+    np.testing.assert_array_equal(to_host(running_mean), fmaf(mean_before, keep, momentum * mu))
+    np.testing.assert_array_equal(to_host(running_var), fmaf(var_before, keep, unbiased * var))
+    assert (to_host(running_var) != fmaf(unbiased, var, var_before * keep)).any()  # fused the other way
 
 
 def test_batchnorm_kernels_round_as_a_gpu(host_kernels):
@@ -669,42 +681,59 @@ def test_layer_path_random_kernels_match_their_reference(host_kernels):
         np.testing.assert_allclose(z, normals(99, offset, n), rtol=1e-5, atol=1e-5)
 
 
-def test_adam_kernels_update_four_at_a_time_as_one_at_a_time(host_kernels):
-    """kernels/optim.cu: Adam's quads (16-byte loads and stores) give the bits of the element-by-element path
-    (taken where a buffer is not 16-byte aligned, and past the last whole quad), within float32 rounding of
-    minigan.optim.Adam; the fused step's counted Adam strides over any grid to the same bits."""
+def check_adam_rounds_with_fused_multiply_adds(kernel, xp):
+    """kernels/optim.cu's adam_step, through ``kernel(family, name)`` on ``xp`` arrays: its quads (16-byte loads and
+    stores) and its element-by-element path (taken where a buffer is not 16-byte aligned, and past the last whole
+    quad) give, to the last bit, Adam written as fused multiply-adds: m + (1 - beta1)(g - m) fused,
+    beta2 v fused with (1 - beta2) g^2 rounded before, sqrt(v) inv_scale + eps_scaled fused. Neither the other
+    fusing of v's two products nor none at all gives those bits, and all are within float32 rounding of
+    minigan.optim.Adam. The fused step's counted Adam strides over any grid to the same bits."""
     from minigan.optim import Adam
 
     rng = np.random.default_rng(5)
     lr, (beta1, beta2), eps, t = 2e-4, (0.5, 0.999), 1e-8, 7
+    step_size = lr / (1 - beta1**t)
+    one_minus_beta1, beta2_, one_minus_beta2, inv_scale, eps_scaled = constants = (
+        np.float32(1 - beta1), np.float32(beta2), np.float32(1 - beta2),
+        np.float32(1 / (np.sqrt(1 - beta2**t) * step_size)), np.float32(eps / step_size))
     for n in (1, 6, 1003, 4099):  # 4099: 1025 quads, over the 512 threads of the counted kernel's grid below
         p, g = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
         m, v = rng.standard_normal(n).astype(np.float32) * 1e-2, rng.random(n).astype(np.float32) * 1e-3
+        m_next = fmaf(one_minus_beta1, g - m, m)
+        v_next = {"as written": fmaf(beta2_, v, one_minus_beta2 * (g * g)),
+                  "fused the other way": fmaf(one_minus_beta2, g * g, beta2_ * v),
+                  "not fused": beta2_ * v + one_minus_beta2 * (g * g)}
+        expected = [p - m_next / fmaf(np.sqrt(v_next["as written"]), inv_scale, eps_scaled), g, m_next,
+                    v_next["as written"]]
+        for shift in (0, 1):  # buffers 16-byte aligned (quads), then one float past (floats)
+            memory = [xp.full(n + shift + 4, 7.0, np.float32) for _ in range(4)]  # 7.0: beyond the buffers
+            state = [block[shift:shift + n] for block in memory]
+            for buffer, value in zip(state, (p, g, m, v)):
+                buffer[...] = xp.asarray(value)
+            kernel("optim", "adam_step")((-(-n // 4 // 256),), (256,), (*state, np.int64(n), *constants))
+            assert all((to_host(block[:shift]) == 7.0).all() and (to_host(block[shift + n:]) == 7.0).all()
+                       for block in memory)
+            for name, got, want in zip("pgmv", state, expected):
+                np.testing.assert_array_equal(to_host(got), want, err_msg=f"{name}, buffers shifted by {shift}")
+        if n > 1000:  # the data tells the roundings apart
+            assert all((v_next[other] != expected[3]).any() for other in ("fused the other way", "not fused"))
         reference = Adam(p.copy(), g.copy(), lr=lr, betas=(beta1, beta2), eps=eps)
         reference.m[...], reference.v[...], reference.t = m, v, t - 1
         reference.step()
-        step_size = lr / (1 - beta1**t)
-        constants = (np.float32(1 - beta1), np.float32(beta2), np.float32(1 - beta2),
-                     np.float32(1 / (np.sqrt(1 - beta2**t) * step_size)), np.float32(eps / step_size))
-        results = []
-        for shift in (0, 1):  # buffers 16-byte aligned (quads), then one float past (floats)
-            memory = [np.full(n + shift + 4, 7.0, np.float32) for _ in range(4)]  # 7.0: beyond the buffers
-            state = [block[shift:shift + n] for block in memory]
-            for buffer, value in zip(state, (p, g, m, v)):
-                buffer[...] = value
-            assert all(buffer.ctypes.data % 16 == 4 * shift for buffer in state)
-            host_kernels("optim", "adam_step")((-(-n // 4 // 256),), (256,), (*state, np.int64(n), *constants))
-            assert all((block[:shift] == 7.0).all() and (block[shift + n:] == 7.0).all() for block in memory)
-            results.append([buffer.copy() for buffer in state])
-        for name, quads, floats in zip("pgmv", *results):
-            np.testing.assert_array_equal(quads, floats, err_msg=name)
-        np.testing.assert_allclose(results[0][0], reference.params, rtol=1e-6, atol=1e-7)
-        np.testing.assert_allclose(results[0][2], reference.m, rtol=1e-6, atol=1e-12)
-        np.testing.assert_allclose(results[0][3], reference.v, rtol=1e-6, atol=1e-12)
+        np.testing.assert_allclose(expected[0], reference.params, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(expected[2], reference.m, rtol=1e-6, atol=1e-12)
+        np.testing.assert_allclose(expected[3], reference.v, rtol=1e-6, atol=1e-12)
         # the counted kernel: step t from the device counter t - 2 and t_offset 1, on too few threads for a quad each
-        state = [x.copy() for x in (p, g, m, v)]
-        host_kernels("optim", "adam_step_counted")((2,), (256,), (*state, np.int64(n), np.float64(lr), np.float64(beta1),
-                                                                   np.float64(beta2), np.float64(eps),
-                                                                   np.array([t - 2], np.int64), np.int32(1)))
-        for name, counted, direct in zip("pgmv", state, results[0]):
-            np.testing.assert_array_equal(counted, direct, err_msg=name)
+        state = [xp.array(x) for x in (p, g, m, v)]  # copies: the kernel updates them
+        kernel("optim", "adam_step_counted")((2,), (256,), (*state, np.int64(n), np.float64(lr), np.float64(beta1),
+                                                          np.float64(beta2), np.float64(eps),
+                                                          xp.asarray(np.array([t - 2], np.int64)), np.int32(1)))
+        for name, counted, want in zip("pgmv", state, expected):
+            np.testing.assert_array_equal(to_host(counted), want, err_msg=f"{name}, counted")
+
+
+def test_adam_kernels_round_as_a_gpu(host_kernels):
+    """kernels/optim.cu writes Adam's sums of products as the fused multiply-adds nvcc made of its quads, in both of
+    its paths, so the CPU build (which g++ left unfused until 2026-11-28) rounds as a GPU does, and the quads as the
+    element-by-element path does; tests/test_cupy.py checks the same on a GPU."""
+    check_adam_rounds_with_fused_multiply_adds(host_kernels, np)
