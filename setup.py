@@ -8,7 +8,8 @@ setup(
     # minigan/kernels/, so that an installed minigan finds them where no checkout is (minigan.cupy_backend.KERNELS).
     packages=find_packages(include=["minigan", "minigan.*"]) + ["minigan.kernels"],
     package_dir={"minigan.kernels": "kernels"},
-    package_data={"minigan.kernels": ["*.cu", "*.cuh"]},
+    # minigan/tiles/: the GEMM tiles measured fastest on a GPU, by its name (minigan.cupy_step.tile_table)
+    package_data={"minigan.kernels": ["*.cu", "*.cuh"], "minigan": ["tiles/*.jsonl"]},
     python_requires=">=3.9",
     install_requires=["numpy>=1.22", "matplotlib>=3.5"],
     extras_require={

@@ -15,10 +15,14 @@ the graph's tuning tried and kept. On CuPy it also times minigan-cupy-layers, th
 through the layers on CuPy arrays (cuBLAS products, CuPy's array operations, no graph): the design the
 fused step replaces.
 
---tiles FILE lets two processes (two trees, in .ci/gpu-compare) time their steps with the same GEMM tiles: the
-first, finding no FILE, writes its tiles there after its warm-up; the next takes them, for every product of its
-step that FILE names and that can run the tile there, and times and tunes only the others. Each process's tiles
-moved the step by up to ±8% (the README's **Speed**), more than most changes it compares.
+Without --tiles the step takes its GPU's tile table (minigan/tiles/, where one was measured for the device's
+name), as training does, and times and tunes only the products it does not name; "tiles" in minigan's line says
+which file and how many products it took and timed. --tiles FILE lets two processes (two trees, in
+.ci/gpu-compare) time their steps with the same GEMM tiles, the table's aside: the first, finding no FILE, times
+every product, and writes its tiles there after its warm-up (a tile table, if copied to minigan/tiles/); the next
+takes them, for every product of its step that FILE names and that can run the tile there, and times and tunes
+only the others. Each process's tiles moved the step by up to 15% on an H200 (runs 20 and 21 in docs/gpu-runs/),
+more than most changes it compares.
 """
 
 import argparse
@@ -34,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from minigan.backend import BackendError, get_backend
-from minigan.fileio import atomic_write_bytes
+from minigan.cupy_step import read_tiles, write_tiles
 from minigan.gan import GAN
 
 
@@ -56,7 +60,14 @@ def setup_minigan(args, real, fused=True):
     if not fused:
         gan.fused = None
     shared_tiles = fused and gan.fused is not None and args.tiles is not None
-    taken = gan.fused.take_tiles(read_tiles(args.tiles)) if shared_tiles and args.tiles.exists() else None
+    written = shared_tiles and not args.tiles.exists()
+    if shared_tiles:  # the file's tiles, or every product timed here: not the device's tile table
+        gan.fused.tiles.clear()
+        if not written:
+            try:
+                gan.fused.take_tiles(read_tiles(args.tiles))
+            except ValueError as e:
+                raise SystemExit(f"benchmark.py: error: --tiles {e}") from None
     batch = gan.batch_input(len(real))  # where the training loop gathers its batches: no copy per step
     batch[...] = backend.asarray(real)
     real = batch
@@ -76,40 +87,17 @@ def setup_minigan(args, real, fused=True):
     if gan.fused is not None:  # how many of the step's products chose each tile shape
         products = set(gan.fused.products)
         meta["gemm_tiles"] = dict(collections.Counter(gan.fused.tiles[key] for key in products))
-        if shared_tiles:  # the step's products whose tiles came from the file, and those it timed (and tuned)
-            written = taken is None
-            if written:
-                write_tiles(args.tiles, gan.fused.tiles)
-                taken = set()
-            meta["tiles"] = {"file": str(args.tiles), "written": written, "taken": len(products & taken),
-                             "timed": len(products - taken)}
+        # the step's products whose tiles came from the file (or the device's tile table), and those it timed
+        timed = {key for key in products if key in gan.fused.tile_times}
+        if written:
+            write_tiles(args.tiles, gan.fused.tiles)
+        table = args.tiles if shared_tiles else gan.fused.table
+        meta["tiles"] = {"file": table and str(table), "written": written, "taken": len(products - timed),
+                         "timed": len(timed)}
         kept = [t["ratio"] for t in gan.fused.trials if t["kept"]]  # the graph's tuning, at the second step
         meta["step_tuning"] = {"trials": len(gan.fused.trials), "kept": len(kept),
                                "graph_ratio": round(float(np.prod(kept)), 4)}  # tuned graph / untuned, as timed
     return meta, lambda: gan.train_step(real), backend.synchronize
-
-
-def write_tiles(path, tiles):
-    """The fused step's tiles ({(kernel, rows, cols, inner): tile}) as JSON lines, for --tiles in another process."""
-    lines = [json.dumps({"product": list(key), "tile": tile}) for key, tile in tiles.items()]
-    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
-
-
-def read_tiles(path):
-    """write_tiles' file back; a file that is not one stops the benchmark with one line."""
-    try:
-        tiles = {}
-        for line in path.read_text().splitlines():
-            record = json.loads(line)
-            name, rows, cols, inner = record["product"]
-            if not (isinstance(name, str) and all(type(n) is int for n in (rows, cols, inner))
-                    and isinstance(record["tile"], str)):
-                raise ValueError(line)
-            tiles[(name, rows, cols, inner)] = record["tile"]
-        return tiles
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
-        raise SystemExit(f"benchmark.py: error: --tiles {path}: not a file of tiles that benchmark.py wrote "
-                         f"({type(e).__name__})") from None
 
 
 def setup_torch(args, real):

@@ -407,10 +407,9 @@ class CupyBackend:
 
     @property
     def device(self):
-        cupy = self.xp
-        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
-        name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
-        return f"{name} (cupy {cupy.__version__})"
+        from minigan.cupy_step import device_name
+
+        return f"{device_name(self.xp)} (cupy {self.xp.__version__})"
 
     def asarray(self, a, dtype=None):
         return self.xp.asarray(a, dtype=dtype)
@@ -429,15 +428,23 @@ class CupyBackend:
 
     def fused_step(self, gan):
         """The whole step as our kernels (minigan/cupy_step.py), for the float32 recipe; None otherwise."""
-        from minigan.cupy_step import FusedStep
+        from minigan.cupy_step import FusedStep, device_name, read_tiles, tile_table
 
         if gan.dtype != np.float32:
             return None
         # where the GPU or the driver cannot launch dependent kernels (nor clusters), CuPy's own launch (and capture)
         dependent = dependent_launch_available(self.xp)
         compile_kernels(note=lambda text: print(f"minigan: {text}", file=sys.stderr, flush=True))
-        return FusedStep(gan, self.xp, dependent_kernel if dependent else kernel, clusters=dependent,
+        step = FusedStep(gan, self.xp, dependent_kernel if dependent else kernel, clusters=dependent,
                          capture=PriorityGraph if priority_graphs_available() else None)
+        table = tile_table(device_name(self.xp))
+        if table.exists():  # measured on this GPU: those products are neither timed nor tuned
+            try:
+                step.take_tiles(read_tiles(table))
+            except ValueError as e:
+                raise BackendError(f"the GPU's tile table {e}") from None
+            step.table = table
+        return step
 
     def upload_images(self, images):
         return self.xp.asarray(images)

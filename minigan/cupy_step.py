@@ -21,11 +21,15 @@ Random draws: the noise of D-iteration i is draw ``NOISE + i``; the dropout mask
 """
 
 import contextlib
+import json
+import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 
 from minigan.backend import same_array
+from minigan.fileio import atomic_write_bytes
 from minigan.layers import BatchNorm1d, Dropout, LeakyReLU, Linear
 
 ACT_NONE, ACT_LEAKY, ACT_LEAKY_DROPOUT, ACT_SIGMOID = 0, 1, 2, 3
@@ -53,6 +57,45 @@ TUNING_ROUNDS = 2  # each tile shape is timed this often, in interleaved rounds,
 # The first graph captured is tuned in the graph itself: each product's next STEP_TUNING_CANDIDATES tile shapes
 # within STEP_TUNING_SPREAD of its fastest alone are tried, each graph timed over STEP_TUNING_REPLAYS replays.
 STEP_TUNING_SPREAD, STEP_TUNING_CANDIDATES, STEP_TUNING_REPLAYS = 1.3, 4, 5
+
+# A device's tile table: each product's tile as measured fastest in the step's graph on that GPU, in write_tiles'
+# format, named after the device (tile_table). Its products are neither timed nor tuned: on an H200 the tuner's
+# choice moved the step by 15% from one process to the next (0.33-0.38 ms, runs 20 and 21, docs/gpu-history.md),
+# and one set of tiles, taken in six processes, gave 0.330-0.335 ms in each.
+TILE_TABLES = Path(__file__).parent / "tiles"
+
+
+def device_name(cupy):
+    """The name of CuPy's current device ("NVIDIA H200")."""
+    name = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"]
+    return name.decode() if isinstance(name, bytes) else name
+
+
+def tile_table(device_name):
+    """The path of the tile table of the GPU named ``device_name``: its words joined by '-' (NVIDIA-H200.jsonl)."""
+    return TILE_TABLES / (re.sub(r"[^A-Za-z0-9]+", "-", device_name).strip("-") + ".jsonl")
+
+
+def write_tiles(path, tiles):
+    """A step's tiles ({(kernel, rows, cols, inner): tile}) as JSON lines: a tile table, or benchmark.py --tiles."""
+    lines = [json.dumps({"product": list(key), "tile": tile}) for key, tile in tiles.items()]
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+
+
+def read_tiles(path):
+    """write_tiles' file back; a file that is not one raises ValueError, in one line that names it."""
+    try:
+        tiles = {}
+        for line in Path(path).read_text().splitlines():
+            record = json.loads(line)
+            name, rows, cols, inner = record["product"]
+            if not (isinstance(name, str) and all(type(n) is int for n in (rows, cols, inner))
+                    and isinstance(record["tile"], str)):
+                raise ValueError(line)
+            tiles[(name, rows, cols, inner)] = record["tile"]
+        return tiles
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a file of tiles that write_tiles wrote ({type(e).__name__})") from None
 
 
 def tile_shape(tile):
@@ -240,6 +283,7 @@ class FusedStep:
         blocks = SPLIT_BLOCKS_PER_SM * self.sms
         self.scratch = {side: (xp.empty(2 * blocks * 32 * 32, np.float32), xp.zeros(blocks, np.uint32))
                         for side in (False, True)}  # (partials, tile counters: zero between launches)
+        self.table = None  # the device's tile table, where the tiles were taken from one (CupyBackend.fused_step)
 
     def batch_input(self, n):
         """The rows of D's input that a step on n rows reads its batch from (GAN.batch_input)."""

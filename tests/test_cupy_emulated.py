@@ -12,7 +12,7 @@ from kernel_host import HostKernels
 from test_data import write_mnist
 
 from minigan import checkpoint as ckpt
-from minigan.backend import get_backend
+from minigan.backend import BackendError, get_backend
 from minigan.gan import GAN
 from minigan.train import RECIPE
 
@@ -145,8 +145,40 @@ def test_benchmark_processes_share_their_tiles_through_a_file(emulated_gpu, tmp_
     assert second["gemm_tiles"] == {"64x64_4x4": 20, "32x32_4x4": 2}  # the two left to timing
     tiles.write_text('{"product": ["linear_forward", 16, 256], "tile": "64x64_4x4"}\n')
     with pytest.raises(SystemExit, match=r"^benchmark.py: error: --tiles .*tiles.jsonl: not a file of tiles that "
-                                         r"benchmark.py wrote \(ValueError\)$"):
+                                         r"write_tiles wrote \(ValueError\)$"):
         setup_minigan(args, real)
+
+
+def test_a_gpu_with_a_tile_table_takes_its_tiles_and_times_none(emulated_gpu, tmp_path, monkeypatch):
+    """minigan/tiles/: where a table is named after the GPU, the step takes each product's tile from it, times and
+    tunes none of them, and benchmark.py says so; --tiles FILE sets the table aside (every product timed, then
+    written to FILE); a table that is not one stops the GAN's construction with one line naming it."""
+    import argparse
+
+    import bench_gemm
+    from benchmark import setup_minigan
+
+    from minigan import cupy_step
+
+    monkeypatch.setattr(cupy_step, "TILE_TABLES", tmp_path / "tables")
+    (tmp_path / "tables").mkdir()
+    table = cupy_step.tile_table("emulated GPU (the kernels compiled for the CPU)")
+    assert table == tmp_path / "tables" / "emulated-GPU-the-kernels-compiled-for-the-CPU.jsonl"
+    kinds = {"forward": "linear_forward", "weight": "linear_backward_weight", "input": "linear_backward_input"}
+    products = [(kinds[kind], rows, cols, inner) for kind, rows, cols, inner, _ in bench_gemm.products(16)]
+    cupy_step.write_tiles(table, {key: "64x64_4x4" for key in products})
+    real = np.random.default_rng(0).random((16, 784), dtype=np.float32)
+    meta, _, _ = setup_minigan(argparse.Namespace(backend="cupy", k=1, warmup=1, tiles=None), real)
+    assert meta["tiles"] == {"file": str(table), "written": False, "taken": 22, "timed": 0}
+    assert meta["gemm_tiles"] == {"64x64_4x4": 22} and meta["step_tuning"]["trials"] == 0
+    written = tmp_path / "tiles.jsonl"
+    meta, _, _ = setup_minigan(argparse.Namespace(backend="cupy", k=1, warmup=1, tiles=written), real)
+    assert meta["tiles"] == {"file": str(written), "written": True, "taken": 0, "timed": 22}
+    assert meta["gemm_tiles"] == {"32x32_4x4": 22}  # the emulated timer's ties, as without a table
+    table.write_text("not a tile\n")
+    with pytest.raises(BackendError, match=r"^the GPU's tile table .*emulated-GPU-the-kernels-compiled-for-the-CPU"
+                                           r".jsonl: not a file of tiles that write_tiles wrote \(JSONDecodeError\)$"):
+        GAN(get_backend("cupy"), seed=0)
 
 
 def test_compare_kernels_steps_with_the_other_trees_kernels(emulated_gpu, tmp_path, capsys):

@@ -737,3 +737,17 @@ def test_adam_kernels_round_as_a_gpu(host_kernels):
     its paths, so the CPU build (which g++ left unfused until 2026-11-28) rounds as a GPU does, and the quads as the
     element-by-element path does; tests/test_cupy.py checks the same on a GPU."""
     check_adam_rounds_with_fused_multiply_adds(host_kernels, np)
+
+def test_the_h200s_tile_table_names_every_product_of_the_step_with_a_tile_it_can_run():
+    """minigan/tiles/NVIDIA-H200.jsonl (the tiles run 20 measured fastest in the step's graph): one tile for each of
+    the 22 products of a step of batch 128, a tile the fused step has, whose groups and cluster fit the product's
+    split count on the H200's 132 SMs. (A tile it could not run would be timed instead, and the table's gain lost.)"""
+    import bench_gemm
+
+    from minigan.cupy_step import read_tiles, tile_table
+
+    table = read_tiles(tile_table("NVIDIA H200"))
+    kinds = {"forward": "linear_forward", "weight": "linear_backward_weight", "input": "linear_backward_input"}
+    assert set(table) == {(kinds[kind], rows, cols, inner) for kind, rows, cols, inner, _ in bench_gemm.products(128)}
+    for (_, rows, cols, inner), tile in table.items():
+        assert tile in GEMM_TILES + CLUSTER_TILES and tile_fits(tile, split_k(rows, cols, inner, 132)), (rows, tile)
