@@ -618,6 +618,51 @@ class FusedStep:
                                   "trial": lambda: trial.launch(stream=self.stream)}, STEP_TUNING_REPLAYS)
         return times["trial"] / times["graph"]
 
+    def search_tiles(self, n, rounds=5, replays=100, margin=0.01, report=lambda trial: None):
+        """A tile table searched in the graph of the step for n rows (examples/search_tiles.py): product by product
+        in launch order, every other tile shape that can run it, captured in the step and timed against the best
+        graph so far in ``rounds`` rounds of ``replays`` replays each, the order swapped every round. The trial is
+        kept where it ran faster in every round and by more than ``margin`` at the median: the tuner's single
+        ratio kept its noise as often as a gain (runs 18 and 19), and two steps with the same tiles came out 0.5%
+        apart in run 20. The timing replays are training steps; the state they trained is put back at the end. Returns
+        (the trials, each {"product", "tile", "ratios", "kept"}; the searched graph's time over the first one's,
+        round by round); the step then replays the searched graph, and ``self.tiles`` is the table. ``report``
+        is called with each trial as it ends, the tiles already updated where it was kept."""
+        saved = self._state()
+        graph, products = self._capture(n)
+        first = graph
+        trials = []
+        for key in dict.fromkeys(products):
+            _, rows, cols, inner = key
+            splits, best = split_k(rows, cols, inner, self.sms), self.tiles[key]
+            for tile in self.tile_choices:
+                if tile == best or not self._tile_runs(tile, rows, cols, splits):
+                    continue
+                self.tiles[key] = tile
+                trial, _ = self._capture(n)
+                ratios = self._round_ratios(trial, graph, rounds, replays)
+                kept = max(ratios) < 1 and sorted(ratios)[len(ratios) // 2] < 1 - margin
+                trials.append({"product": key, "tile": tile, "ratios": ratios, "kept": kept})
+                if kept:
+                    graph, best = trial, tile
+                self.tiles[key] = best
+                report(trials[-1])
+        overall = self._round_ratios(graph, first, rounds, replays)
+        self._restore(saved)
+        self._graphs[n] = graph
+        return trials, overall
+
+    def _round_ratios(self, trial, graph, rounds, replays):
+        """Graph ``trial``'s seconds per replay over ``graph``'s, in each of ``rounds`` rounds, which time the two
+        in turns and swap the order every round."""
+        launches = {"graph": lambda: graph.launch(stream=self.stream), "trial": lambda: trial.launch(stream=self.stream)}
+        ratios = []
+        for round_ in range(rounds):
+            order = ("graph", "trial") if round_ % 2 == 0 else ("trial", "graph")
+            seconds = {name: self.timer(launches[name], replays) for name in order}
+            ratios.append(seconds["trial"] / seconds["graph"])
+        return ratios
+
     def state_arrays(self):
         """{name: array} of every array a step changes that a later step reads: the parameters, gradients,
         Adam's moments, BatchNorm's running statistics, the device counters and the losses."""

@@ -461,3 +461,22 @@ def test_profile_timeline_without_torch_on_a_gpu_is_one_line():
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.strip() == ("profile_step.py: error: --timeline needs torch with CUDA (its profiler records "
                                    "the graph's kernels)")
+
+
+def test_search_tiles_refuses_bad_arguments_and_a_machine_without_a_gpu(tmp_path):
+    """examples/search_tiles.py: --out is required and --margin a fraction (argparse's usage line, status 2); then,
+    where CuPy or the GPU is missing, one line and exit status 1, as the other GPU programs."""
+    for args, message in (((), "the following arguments are required: --out"),
+                          (("--out", tmp_path / "t", "--margin", "1"), "--margin in [0, 1)")):
+        proc = run_cli("search_tiles.py", *args)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert message in proc.stderr.strip().splitlines()[-1]
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() > 0:
+            return  # (tests/test_cupy_emulated.py runs it on the emulated GPU)
+    except Exception:
+        pass
+    assert "--backend cupy needs" in one_line_error(run_cli("search_tiles.py", "--out", tmp_path / "t"), 1)
+    assert not (tmp_path / "t").exists()

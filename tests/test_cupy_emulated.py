@@ -181,6 +181,52 @@ def test_a_gpu_with_a_tile_table_takes_its_tiles_and_times_none(emulated_gpu, tm
         GAN(get_backend("cupy"), seed=0)
 
 
+def test_search_tiles_writes_the_table_it_found_on_the_emulated_gpu(emulated_gpu, tmp_path, capsys, monkeypatch):
+    """examples/search_tiles.py at batch 16, from a --start file of one tile everywhere (taken: nothing timed or
+    tuned), with another tile twice as fast in the graph: that one is kept on the products it can run, the others
+    stay, and --out is that table (the last line says so). Without --start, the tiles the first steps time and
+    tune are where it starts (every tile alike: nothing kept). A --start that is not a file of tiles stops it
+    with one line. (Two tile shapes, not sixteen: an emulated capture takes ~0.5 s, a trial one capture.)"""
+    import json
+
+    import bench_gemm
+    import search_tiles
+
+    from minigan import cupy_step
+    from minigan.cupy_step import DEFAULT_TILE, read_tiles, write_tiles
+
+    monkeypatch.setattr(cupy_step, "GEMM_TILES", (DEFAULT_TILE, "64x64_8x8"))
+    monkeypatch.setattr(cupy_step, "CLUSTER_TILES", ())
+
+    kinds = {"forward": "linear_forward", "weight": "linear_backward_weight", "input": "linear_backward_input"}
+    begin = tmp_path / "begin.jsonl"
+    write_tiles(begin, {(kinds[kind], *shape): DEFAULT_TILE for kind, *shape, _ in bench_gemm.products(16)})
+    emulated_gpu.graph_timings = {"64x64_8x8": 0.5}
+    out = tmp_path / "searched.jsonl"
+    assert search_tiles.main(["--out", str(out), "--start", str(begin), "--batch", "16", "--rounds", "2",
+                              "--replays", "1"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    start, trials, last = lines[0], lines[1:-1], lines[-1]
+    assert start["start"] == str(begin) and start["products"] == 22 and start["batch"] == 16
+    kept = {tuple(trial["product"]) for trial in trials if trial["kept"]}
+    assert kept and all(trial["tile"] == "64x64_8x8" for trial in trials if trial["kept"])
+    assert len(trials) == 22 and all(len(trial["ratios"]) == 2 for trial in trials) and last["kept"] == len(kept)
+    assert last["trials"] == len(trials) and last["searched_over_start"] < 1 and last["out"] == str(out)
+    table = read_tiles(out)
+    assert len(table) == 22 and {key for key, tile in table.items() if tile == "64x64_8x8"} == kept
+    assert set(table.values()) <= {"64x64_8x8", DEFAULT_TILE}
+    emulated_gpu.graph_timings = {}
+    assert search_tiles.main(["--out", str(tmp_path / "tuned.jsonl"), "--batch", "16", "--rounds", "1",
+                              "--replays", "1"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[0]["start"] == "timed and tuned" and lines[-1]["kept"] == 0 and lines[-1]["trials"] > 0
+    begin.write_text("no tiles\n")
+    assert search_tiles.main(["--out", str(out), "--start", str(begin), "--batch", "16"]) == 1
+    assert capsys.readouterr().err == (f"search_tiles.py: error: {begin}: not a file of tiles that write_tiles "
+                                       "wrote (JSONDecodeError)\n")
+    assert read_tiles(out) == table  # the searched table, untouched
+
+
 def test_compare_kernels_steps_with_the_other_trees_kernels(emulated_gpu, tmp_path, capsys):
     """examples/compare_kernels.py: against this checkout's own kernels the two steps leave the same bits; against a
     copy whose Adam takes half its step, the step called "other" ran the copy's kernels, and every array but the

@@ -515,6 +515,53 @@ def test_the_graph_tuner_keeps_a_tile_only_where_the_graph_runs_faster(host_kern
         assert set(tuned.tiles.values()) == {GEMM_TILES[0]}
 
 
+def test_the_tile_search_keeps_a_tile_only_where_the_graph_beats_the_margin_in_every_round(host_kernels):
+    """FusedStep.search_tiles (examples/search_tiles.py), from a step whose tiles were all taken (a tile table: none
+    timed or tuned) and with the stand-in timer: a tile that takes half a GEMM's time in the graph is kept on
+    exactly the products it can run; one that takes 0.97 of it, under 0.5% of the step, is within the 1% margin and
+    kept nowhere. Every other tile that can run a product is tried once. The trials' replays train, yet the
+    searched step gives the untimed step's bits: the state is put back. The step then replays the searched graph."""
+    import bench_gemm
+
+    n, rounds, fast, slight = 16, 3, "64x64_8x8", "64x64_4x4"  # slight is tried first (GEMM_TILES order)
+    cuda = FakeCuda(host_kernels, timings={}, graph_timings={fast: 0.5, slight: 0.97}, timed_replays=1)
+    gan, untimed_gan = fused_gan(1, seed=5), fused_gan(1, seed=5)
+    searched = FusedStep(gan, fake_cupy(cuda), cuda.kernel, timer=cuda.timer)
+    searched.tile_choices = GEMM_TILES[:4]  # (each trial is a capture: the test's time)
+    kinds = {"forward": "linear_forward", "weight": "linear_backward_weight", "input": "linear_backward_input"}
+    start = {(kinds[kind], rows, cols, inner): DEFAULT_TILE for kind, rows, cols, inner, _ in bench_gemm.products(n)}
+    assert searched.take_tiles(start) == set(start)
+    data = np.random.default_rng(4).random((3, n, 784), dtype=np.float32)
+    searched.train_step(data[0])  # eager, nothing timed
+    searched.train_step(data[1])  # captured, nothing to tune (no product timed)
+    assert not searched.tile_times and not searched.trials and cuda.graph_launches == 1
+    reported = []
+    trials, overall = searched.search_tiles(n, rounds=rounds, replays=2, margin=0.01, report=reported.append)
+    assert reported == trials and all(len(trial["ratios"]) == rounds for trial in trials)
+    assert cuda.timed_replays == 0 and cuda.graph_launches == 2  # one timing replayed a graph: a training step
+
+    def runs(tile, key):
+        return searched._tile_runs(tile, key[1], key[2], split_k(*key[1:], searched.sms))
+
+    can_run = {key for key in start if runs(fast, key)}
+    assert can_run and {key for key, tile in searched.tiles.items() if tile != DEFAULT_TILE} == can_run
+    assert {key: tile for key, tile in searched.tiles.items() if key in can_run} == dict.fromkeys(can_run, fast)
+    assert not [trial for trial in trials if trial["tile"] == slight and trial["kept"]]
+    assert any(trial["tile"] == slight and max(trial["ratios"]) < 1 for trial in trials)  # faster, within the margin
+    assert len(trials) == sum(sum(runs(tile, key) for tile in searched.tile_choices) - 1 for key in start)
+    assert max(overall) < 1 and all(trial["kept"] == (trial["tile"] == fast) for trial in trials)
+    untimed = FusedStep(untimed_gan, np, host_kernels)
+    for batch in data:
+        untimed.train_step(batch)
+    np.testing.assert_array_equal(searched.train_step(data[2]), untimed.stats)  # the searched graph, replayed
+    assert cuda.graph_launches == 3 and len(searched._graphs) == 1
+    for ours, theirs in ((gan.G, untimed_gan.G), (gan.D, untimed_gan.D)):
+        np.testing.assert_array_equal(ours.params, theirs.params)
+        for (name, a), (_, b) in zip(ours.named_buffers(), theirs.named_buffers()):
+            np.testing.assert_array_equal(a, b, err_msg=name)
+    np.testing.assert_array_equal(gan.opt_D.v, untimed_gan.opt_D.v)
+
+
 def test_step_noise_matches_its_reference_and_the_replay_sequence(host_kernels):
     from philox_reference import StepReplay, step_normals
 
