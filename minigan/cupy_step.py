@@ -71,9 +71,9 @@ def device_name(cupy):
     return name.decode() if isinstance(name, bytes) else name
 
 
-def tile_table(device_name):
-    """The path of the tile table of the GPU named ``device_name``: its words joined by '-' (NVIDIA-H200.jsonl)."""
-    return TILE_TABLES / (re.sub(r"[^A-Za-z0-9]+", "-", device_name).strip("-") + ".jsonl")
+def tile_table(name):
+    """The path of the tile table of the GPU called ``name``: its words joined by '-' (NVIDIA-H200.jsonl)."""
+    return TILE_TABLES / (re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-") + ".jsonl")
 
 
 def write_tiles(path, tiles):
