@@ -233,7 +233,8 @@ def test_captured_graph_replays_equal_eager_steps_and_draw_fresh_numbers():
     data = cupy.asarray(np.random.default_rng(6).random((3, 128, 784), dtype=np.float32))
     eager, graphed = GAN(get_backend("cupy"), seed=8), GAN(get_backend("cupy"), seed=8)
     eager.fused.use_graph, graphed.fused.use_graph = False, True
-    eager.fused.tiles.clear(), graphed.fused.tiles.clear()  # not the GPU's tile table: both time and tune their own
+    for gan in (eager, graphed):  # not the GPU's tile table: each times and tunes its own
+        gan.fused.tiles.clear()
     noises = []
     for batch in data:
         eager.train_step(batch)
@@ -249,6 +250,23 @@ def test_captured_graph_replays_equal_eager_steps_and_draw_fresh_numbers():
     np.testing.assert_array_equal(cupy.asnumpy(graphed.G.params), cupy.asnumpy(eager.G.params))
     np.testing.assert_array_equal(cupy.asnumpy(graphed.D.params), cupy.asnumpy(eager.D.params))
     assert not np.array_equal(noises[0], noises[1]) and not np.array_equal(noises[1], noises[2])
+
+
+def test_a_gpu_with_a_tile_table_takes_every_tile_of_it():
+    """minigan/tiles/: on a GPU that has a table (the H200), a step of batch 128 runs the table's tile on each of its
+    22 products, every one of which can run there, and times and tunes none."""
+    from minigan.cupy_step import device_name, read_tiles, tile_table
+
+    table = tile_table(device_name(cupy))
+    if not table.exists():
+        pytest.skip(f"no tile table for {device_name(cupy)} (minigan/tiles/)")
+    gan = GAN(get_backend("cupy"), seed=3)
+    batch = cupy.asarray(np.random.default_rng(3).random((128, 784), dtype=np.float32))
+    for _ in range(2):  # eager, then captured
+        gan.train_step(batch)
+    products = set(gan.fused.products)
+    assert gan.fused.table == table and not gan.fused.tile_times and not gan.fused.trials
+    assert {key: gan.fused.tiles[key] for key in products} == read_tiles(table) and len(products) == 22
 
 
 def test_profile_step_times_every_launch_of_a_step():
