@@ -1,6 +1,6 @@
 """Search a tile table for this GPU in the fused step's graph (needs CuPy and an NVIDIA GPU).
 
-    python examples/search_tiles.py --out tiles.jsonl [--start FILE] [--rounds 5] [--replays 100] [--margin 0.01]
+    python examples/search_tiles.py --out tiles.jsonl [--start FILE] [--rounds 5] [--replays 100] [--margin 0.005]
 
 The step starts from the GPU's tile table (minigan/tiles/), or from --start FILE (a table, or benchmark.py
 --tiles' file), or, where there is neither, from the tiles its first steps time and tune. Then, product by
@@ -32,7 +32,7 @@ def main(argv=None):
     p.add_argument("--start", type=Path, help="the tiles to start from (default: the GPU's tile table)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--replays", type=int, default=100, help="replays of each graph a round")
-    p.add_argument("--margin", type=float, default=0.01, help="how much faster a kept tile's median round is")
+    p.add_argument("--margin", type=float, default=0.005, help="how much faster a kept tile's median round is")
     p.add_argument("--batch", type=int, default=128)
     args = p.parse_args(argv)
     if min(args.rounds, args.replays, args.batch - 1) < 1 or not 0 <= args.margin < 1:

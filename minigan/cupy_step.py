@@ -618,13 +618,14 @@ class FusedStep:
                                   "trial": lambda: trial.launch(stream=self.stream)}, STEP_TUNING_REPLAYS)
         return times["trial"] / times["graph"]
 
-    def search_tiles(self, n, rounds=5, replays=100, margin=0.01, report=lambda trial: None):
+    def search_tiles(self, n, rounds=5, replays=100, margin=0.005, report=lambda trial: None):
         """A tile table searched in the graph of the step for n rows (examples/search_tiles.py): product by product
         in launch order, every other tile shape that can run it, captured in the step and timed against the best
         graph so far in ``rounds`` rounds of ``replays`` replays each, the order swapped every round. The trial is
         kept where it ran faster in every round and by more than ``margin`` at the median: the tuner's single
-        ratio kept its noise as often as a gain (runs 18 and 19), and two steps with the same tiles came out 0.5%
-        apart in run 20. The timing replays are training steps; the state they trained is put back at the end. Returns
+        ratio kept its noise as often as a gain (runs 18 and 19), and a round of compare_kernels.py's 400 replays
+        varied by ~0.15% in run 20 (a round here has 100). Both graphs run on this step's buffers, so the 0.5% by
+        which two GANs with the same tiles differed there is not between them. The timing replays are training steps; the state they trained is put back at the end. Returns
         (the trials, each {"product", "tile", "ratios", "kept"}; the searched graph's time over the first one's,
         round by round); the step then replays the searched graph, and ``self.tiles`` is the table. ``report``
         is called with each trial as it ends, the tiles already updated where it was kept."""
