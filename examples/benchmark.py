@@ -62,12 +62,10 @@ def setup_minigan(args, real, fused=True):
     shared_tiles = fused and gan.fused is not None and args.tiles is not None
     written = shared_tiles and not args.tiles.exists()
     if shared_tiles:  # the file's tiles, or every product timed here: not the device's tile table
-        gan.fused.tiles.clear()
-        if not written:
-            try:
-                gan.fused.take_tiles(read_tiles(args.tiles))
-            except ValueError as e:
-                raise SystemExit(f"benchmark.py: error: --tiles {e}") from None
+        try:
+            gan.fused.take_tiles({} if written else read_tiles(args.tiles))
+        except ValueError as e:
+            raise SystemExit(f"benchmark.py: error: --tiles {e}") from None
     batch = gan.batch_input(len(real))  # where the training loop gathers its batches: no copy per step
     batch[...] = backend.asarray(real)
     real = batch

@@ -47,7 +47,6 @@ def main(argv=None):
         fused = gan.fused
         start = str(fused.table) if fused.table else "timed and tuned"
         if args.start is not None:
-            fused.tiles.clear()
             fused.take_tiles(read_tiles(args.start))
             start = str(args.start)
         batch = gan.batch_input(args.batch)  # where the step reads its batch: no copy per step
@@ -57,13 +56,17 @@ def main(argv=None):
         print(json.dumps({"device": backend.device, "batch": args.batch, "k": 1, "start": start,
                           "products": len(set(fused.products))}), flush=True)
         products = list(dict.fromkeys(fused.products))
-        write_tiles(args.out, {key: fused.tiles[key] for key in products})
+
+        def write_table():  # the step's tiles as they stand, for its products
+            write_tiles(args.out, {key: fused.tiles[key] for key in products})
 
         def report(trial):  # each trial as it ends, and the table as it stands after a kept one
             print(json.dumps({**trial, "product": list(trial["product"]),
                               "ratios": [round(r, 4) for r in trial["ratios"]]}), flush=True)
             if trial["kept"]:
-                write_tiles(args.out, {key: fused.tiles[key] for key in products})
+                write_table()
+
+        write_table()
 
         trials, overall = fused.search_tiles(args.batch, args.rounds, args.replays, args.margin, report)
     except (BackendError, ValueError) as e:

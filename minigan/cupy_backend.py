@@ -440,10 +440,9 @@ class CupyBackend:
         table = tile_table(device_name(self.xp))
         if table.exists():  # measured on this GPU: those products are neither timed nor tuned
             try:
-                step.take_tiles(read_tiles(table))
+                step.take_tiles(read_tiles(table), table)
             except ValueError as e:
                 raise BackendError(f"the GPU's tile table {e}") from None
-            step.table = table
         return step
 
     def upload_images(self, images):

@@ -283,7 +283,7 @@ class FusedStep:
         blocks = SPLIT_BLOCKS_PER_SM * self.sms
         self.scratch = {side: (xp.empty(2 * blocks * 32 * 32, np.float32), xp.zeros(blocks, np.uint32))
                         for side in (False, True)}  # (partials, tile counters: zero between launches)
-        self.table = None  # the device's tile table, where the tiles were taken from one (CupyBackend.fused_step)
+        self.table = None  # the tile table the tiles were taken from, if any (take_tiles)
 
     def batch_input(self, n):
         """The rows of D's input that a step on n rows reads its batch from (GAN.batch_input)."""
@@ -348,11 +348,14 @@ class FusedStep:
         assert first[0] == key[0], (first, key)
         return tile if self._tile_runs(tile, *key[1:3], splits) else None
 
-    def take_tiles(self, tiles):
-        """Use ``tiles`` ({(kernel, rows, cols, inner): tile shape}, another step's ``self.tiles``) for the products
-        they name, where the tile can run the product here (this step's split count, scratch and tile shapes), so
-        that two steps can be timed with the same tiles; every other product is timed as usual. Returns the set of
-        products taken. A product taken is not tried again by the graph's tuning."""
+    def take_tiles(self, tiles, table=None):
+        """The step's tiles become ``tiles`` ({(kernel, rows, cols, inner): tile shape}: a tile table, another step's
+        ``self.tiles``) for the products they name, where the tile can run the product here (this step's split
+        count, scratch and tile shapes), so that two steps can be timed with the same tiles; any tiles it had are
+        dropped, and every other product is timed as usual. ``table``: the tile table they come from, if any.
+        Returns the set of products taken. A product taken is not tried again by the graph's tuning."""
+        self.tiles.clear()
+        self.table = table
         taken = set()
         for key, tile in tiles.items():
             _, rows, cols, inner = key
@@ -625,10 +628,11 @@ class FusedStep:
         kept where it ran faster in every round and by more than ``margin`` at the median: the tuner's single
         ratio kept its noise as often as a gain (runs 18 and 19), and a round of compare_kernels.py's 400 replays
         varied by ~0.15% in run 20 (a round here has 100). Both graphs run on this step's buffers, so the 0.5% by
-        which two GANs with the same tiles differed there is not between them. The timing replays are training steps; the state they trained is put back at the end. Returns
-        (the trials, each {"product", "tile", "ratios", "kept"}; the searched graph's time over the first one's,
-        round by round); the step then replays the searched graph, and ``self.tiles`` is the table. ``report``
-        is called with each trial as it ends, the tiles already updated where it was kept."""
+        which two GANs with the same tiles differed there is not between them. The timing replays are training
+        steps; the state they trained is put back at the end. Returns (the trials, each {"product", "tile",
+        "ratios", "kept"}; the searched graph's time over the first one's, round by round); the step then replays
+        the searched graph, and ``self.tiles`` is the table. ``report`` is called with each trial as it ends, the
+        tiles already updated where it was kept."""
         saved = self._state()
         graph, products = self._capture(n)
         first = graph
@@ -656,7 +660,8 @@ class FusedStep:
     def _round_ratios(self, trial, graph, rounds, replays):
         """Graph ``trial``'s seconds per replay over ``graph``'s, in each of ``rounds`` rounds, which time the two
         in turns and swap the order every round."""
-        launches = {"graph": lambda: graph.launch(stream=self.stream), "trial": lambda: trial.launch(stream=self.stream)}
+        launches = {"graph": lambda: graph.launch(stream=self.stream),
+                    "trial": lambda: trial.launch(stream=self.stream)}
         ratios = []
         for round_ in range(rounds):
             order = ("graph", "trial") if round_ % 2 == 0 else ("trial", "graph")

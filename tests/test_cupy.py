@@ -234,7 +234,7 @@ def test_captured_graph_replays_equal_eager_steps_and_draw_fresh_numbers():
     eager, graphed = GAN(get_backend("cupy"), seed=8), GAN(get_backend("cupy"), seed=8)
     eager.fused.use_graph, graphed.fused.use_graph = False, True
     for gan in (eager, graphed):  # not the GPU's tile table: each times and tunes its own
-        gan.fused.tiles.clear()
+        gan.fused.take_tiles({})
     noises = []
     for batch in data:
         eager.train_step(batch)
