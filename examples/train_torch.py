@@ -60,7 +60,7 @@ def main(argv=None):
         with torch.no_grad():
             save_grid(args.out / "samples" / f"epoch_{epoch:03d}.png", G(fixed_z).cpu().numpy())
         G.train()
-        write_metrics(args.out, history)
+        write_metrics(args.out / "metrics.jsonl", history)
         print(format_epoch(record, args.epochs), flush=True)
     G_minigan = make_generator(config["latent_dim"], np.random.default_rng(0))
     torch_gan.copy_to_minigan(G_minigan, G.cpu())

@@ -20,7 +20,6 @@ import json
 import math
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from minigan import checkpoint as ckpt
 from minigan.backend import BACKENDS, BackendError, get_backend
 from minigan.data import DataError, load_mnist
 from minigan.evaluate import EvaluationError
-from minigan.fileio import atomic_write_bytes
+from minigan.fileio import FileWriter, atomic_write_bytes
 from minigan.gan import GAN
 from minigan.images import save_grid
 
@@ -204,7 +203,7 @@ class Run:
                 self.perm, self.sums = arrays["perm"], xp.asarray(arrays["sums"])
         n = len(images)
         self.steps_per_epoch = -(-n // config["batch_size"])
-        self._writer, self._write_error = None, None
+        self.files = FileWriter()
 
     def checkpoint_arrays(self):
         arrays = ckpt.gan_arrays(self.gan)
@@ -217,43 +216,25 @@ class Run:
         return arrays
 
     def save_checkpoint(self, background=False):
-        """Write checkpoint.npz from a snapshot of the run; with ``background``, in a thread while training
-        goes on (the epoch-end checkpoint: ~0.1 s of file writing that a GPU epoch need not wait for)."""
+        """Write checkpoint.npz from a snapshot of the run; with ``background``, by the run's file writer while
+        training goes on (the epoch-end checkpoint), else before returning (a stop: nothing may be left)."""
         xp = self.backend.xp
         if not (bool(xp.isfinite(self.gan.G.params).all()) and bool(xp.isfinite(self.gan.D.params).all())):
             raise TrainingError(f"non-finite parameters at epoch {self.epoch + 1}; not saved; last good "
                                 f"checkpoint: {self.last_checkpoint()}")
         arrays = self.checkpoint_arrays()
-        self.wait_for_checkpoint()
-        path = self.run_dir / "checkpoint.npz"
+        self.files.put(self.run_dir / "checkpoint.npz", lambda path: ckpt.save_npz(path, arrays))
         if not background:
-            ckpt.save_npz(path, arrays)
-            return
+            self.wait_for_files()
 
-        def write():
-            try:
-                ckpt.save_npz(path, arrays)
-            except OSError as e:
-                self._write_error = e
-
-        self._writer = threading.Thread(target=write, name="checkpoint-writer")
-        self._writer.start()
-
-    def _join_writer(self):
-        if self._writer is not None:
-            self._writer.join()
-            self._writer = None
-
-    def wait_for_checkpoint(self):
-        """Finish a background checkpoint write; raise its error, if it had one."""
-        self._join_writer()
-        if self._write_error is not None:
-            error, self._write_error = self._write_error, None
-            raise error
+    def wait_for_files(self):
+        """Finish every file the writer holds; raise the error of a write that failed, if one did."""
+        self.files.wait()
+        self.files.raise_error()
 
     def last_checkpoint(self):
-        """The checkpoint on disk, described for a message, once a background write of it has finished."""
-        self._join_writer()
+        """The checkpoint on disk, described for a message, once the files being written are."""
+        self.files.wait()
         return ckpt.describe(self.run_dir / "checkpoint.npz")
 
     def check_finite(self, step_stats, upto):
@@ -270,8 +251,8 @@ class Run:
         """Train up to config["epochs"]; check ``stop`` (a StopFlag) after every step."""
         try:
             self._train(stop, progress_stream)
-        finally:  # whatever stopped training, a checkpoint being written is completed, not cut off
-            self._join_writer()
+        finally:  # whatever stopped training, the files being written are completed, not cut off
+            self.files.wait()
 
     def _train(self, stop, progress_stream):
         config, backend, xp = self.config, self.backend, self.backend.xp
@@ -312,12 +293,14 @@ class Run:
                       "images_per_s": round((n - first_step * bs) / max(seconds, 1e-9), 1)}
             self.history.append(record)
             self.epoch, self.step = self.epoch + 1, 0
-            save_grid(self.run_dir / "samples" / f"epoch_{self.epoch:03d}.png",
-                      backend.to_numpy(self.gan.generate(self.fixed_z)))
+            samples = backend.to_numpy(self.gan.generate(self.fixed_z))
+            self.files.put(self.run_dir / "samples" / f"epoch_{self.epoch:03d}.png",
+                           lambda path: save_grid(path, samples))
             self.save_checkpoint(background=True)
-            write_metrics(self.run_dir, self.history)
+            history = list(self.history)
+            self.files.put(self.run_dir / "metrics.jsonl", lambda path: write_metrics(path, history))
             self.log(format_epoch(record, config["epochs"]))
-        self.wait_for_checkpoint()
+        self.wait_for_files()
         self.save_generator()
 
     def save_generator(self):
@@ -326,9 +309,9 @@ class Run:
         ckpt.save_npz(self.run_dir / "generator.npz", arrays)
 
 
-def write_metrics(run_dir, history):
+def write_metrics(path, history):
     """metrics.jsonl from the whole history (rewritten, so a resumed run never repeats a line)."""
-    atomic_write_bytes(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history).encode())
+    atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in history).encode())
 
 
 def format_epoch(r, epochs):

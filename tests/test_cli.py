@@ -6,6 +6,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -357,17 +358,105 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path):
     assert (tmp_path / "a.bin").read_bytes() == b"x" and len(list(tmp_path.iterdir())) == 1
 
 
+def test_the_file_writer_writes_in_order_and_only_the_newest_of_a_file_not_yet_begun(tmp_path):
+    from minigan.fileio import FileWriter
+
+    files, begun, go_on, done = FileWriter(), threading.Event(), threading.Event(), []
+
+    def held(path):
+        begun.set()
+        assert go_on.wait(30)
+        done.append(path)
+
+    files.put("a", held)
+    assert begun.wait(30)
+    for path, version in [("b", 1), ("c", 1), ("b", 2)]:
+        files.put(path, lambda path, version=version: done.append((path, version)))
+    go_on.set()
+    files.wait()
+    assert done == ["a", ("b", 2), ("c", 1)]
+    files.put("a", lambda path: done.append(path))  # a file already written is written again
+    files.wait()
+    assert done[-1] == "a"
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"), ValueError("a bug in a write")])
+def test_the_file_writer_raises_a_failed_write_and_drops_what_it_held(error):
+    from minigan.fileio import FileWriter
+
+    files, go_on, done = FileWriter(), threading.Event(), []
+
+    def fails(path):
+        assert go_on.wait(30)
+        raise error
+
+    files.put("a", fails)
+    files.put("b", done.append)
+    go_on.set()
+    files.wait()  # returns: nothing is left held
+    assert done == []
+    with pytest.raises(type(error), match=str(error.args[-1])):
+        files.put("c", done.append)
+    files.put("c", done.append)  # raised once; the writer goes on
+    files.wait()
+    assert done == ["c"]
+
+
 def test_a_failed_background_checkpoint_write_is_not_lost(data_dir, tmp_path, monkeypatch):
-    """The epoch-end checkpoint is written in a thread; its error still stops the run."""
+    """The epoch-end checkpoint is written by the file writer's thread; its error still stops the run."""
     run = make_run(data_dir, tmp_path / "r", 3)
+    failed = threading.Event()
+    real_step = run.gan.train_step
 
     def disk_full(path, arrays):
+        failed.set()
         raise OSError(28, "No space left on device", str(path))
 
+    def step_after_the_failure(real):  # epoch 2 starts once epoch 1's checkpoint has failed
+        if run.epoch == 1:
+            assert failed.wait(30)
+        return real_step(real)
+
     monkeypatch.setattr(ckpt, "save_npz", disk_full)
+    monkeypatch.setattr(run.gan, "train_step", step_after_the_failure)
     with pytest.raises(OSError, match="No space left"):
         run.train()
-    assert run.epoch <= 2  # stopped at the next checkpoint, not after all epochs
+    assert run.epoch == 2  # stopped at the next epoch's end, not after all epochs
+
+
+def test_training_does_not_wait_for_a_slow_disk(data_dir, tmp_path, monkeypatch):
+    """Every epoch trains while epoch 1's checkpoint is still being written; then the newest checkpoint is
+    written, once, and every epoch's sample grid and metrics line are there."""
+    run_dir = tmp_path / "r"
+    run = make_run(data_dir, run_dir, 3)
+    logged, disk_free = [], threading.Event()
+    written = []
+    save_npz = ckpt.save_npz
+
+    def slow_save(path, arrays):
+        written.append((Path(path).name, int(arrays["epoch"])))
+        assert disk_free.wait(30)
+        save_npz(path, arrays)
+
+    monkeypatch.setattr(ckpt, "save_npz", slow_save)
+    run.log = logged.append
+    trainer = threading.Thread(target=run.train)
+    trainer.start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(logged) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # all three epochs trained while epoch 1's checkpoint was held up
+        assert len(logged) == 3 and written == [("checkpoint.npz", 1)]
+    finally:
+        disk_free.set()
+    trainer.join(30)
+    assert not trainer.is_alive()
+    # epoch 2's checkpoint was superseded before it was begun
+    assert written == [("checkpoint.npz", 1), ("checkpoint.npz", 3), ("generator.npz", 3)]
+    assert int(final_arrays(run_dir)["epoch"]) == 3
+    assert sorted(p.name for p in (run_dir / "samples").iterdir()) == [f"epoch_00{i}.png" for i in (1, 2, 3)]
+    assert [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "missing"])
