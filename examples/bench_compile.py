@@ -9,7 +9,6 @@ Prints one JSON line per way (seconds), the ratio, and each part's own seconds. 
 in its cache on disk, so only a machine's first run, or the first after an edit of kernels/, waits for this.
 """
 
-import argparse
 import concurrent.futures
 import ctypes
 import ctypes.util
@@ -23,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from minigan import cupy_backend  # noqa: E402
+from minigan.cli import ArgumentParser  # noqa: E402
 
 
 def nvrtc_library():
@@ -83,7 +83,7 @@ def timed_compile(family, part, arch):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", default="sm_90", help="NVRTC's -arch (sm_90: Hopper machine code, as CuPy builds)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for the parts")
     parser.add_argument("--families", nargs="+", metavar="FAMILY", help="only these kernels/<FAMILY>.cu (all)")

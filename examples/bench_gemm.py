@@ -13,11 +13,12 @@ any measured) to cuBLAS. --only, --tile and --splits narrow it to one product, t
 a run short enough for a profiler (.ci/gpu-checks runs Nsight Compute on one, where it is installed).
 """
 
-import argparse
 import json
 import sys
 
 import numpy as np
+
+from minigan.cli import ArgumentParser
 
 
 def products(n=128):
@@ -45,7 +46,7 @@ def products(n=128):
 def parse_args(argv):
     from minigan.cupy_step import CLUSTER_TILES, GEMM_TILES, MAX_SPLITS
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs=4, metavar=("KIND", "ROWS", "COLS", "INNER"),
                         help="one product: forward, weight or input, and its output's rows and cols, inner size")
     parser.add_argument("--tile", choices=GEMM_TILES + CLUSTER_TILES,

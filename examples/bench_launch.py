@@ -18,12 +18,13 @@ streams' priorities save (needs CuPy and an NVIDIA GPU).
 Prints one JSON line per figure.
 """
 
-import argparse
 import json
 import statistics
 import sys
 
 import numpy as np
+
+from minigan.cli import ArgumentParser
 
 
 def chain_us_per_launch(cupy, launch, blocks, launches, replays):
@@ -60,7 +61,7 @@ def step_ms(cupy, gan, real, replays):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--launches", type=int, default=32)
     p.add_argument("--replays", type=int, default=200)
     p.add_argument("--rounds", type=int, default=5)

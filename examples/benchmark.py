@@ -25,7 +25,6 @@ only the others. Each process's tiles moved the step by up to 15% on an H200 (ru
 more than most changes it compares.
 """
 
-import argparse
 import collections
 import json
 import os
@@ -38,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from minigan.backend import BackendError, get_backend
+from minigan.cli import ArgumentParser
 from minigan.cupy_step import read_tiles, write_tiles
 from minigan.gan import GAN
 
@@ -159,7 +159,7 @@ def setup_torch_cuda_graph(args, real):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
     p.add_argument("--steps", type=int, default=50, help="timed steps per repeat (default 50)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")

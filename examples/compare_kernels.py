@@ -22,7 +22,6 @@ change a value (a cache hint, a prefetch) must show the same bits. Where CuPy, t
 kernels is missing: a one-line error and exit status 1 (2 where OTHER holds no kernels/linear.cu).
 """
 
-import argparse
 import collections
 import functools
 import json
@@ -33,6 +32,8 @@ from pathlib import Path
 import numpy as np
 from bench_launch import step_ms
 
+from minigan.cli import ArgumentParser
+
 
 def kernels_folder(other):
     """The folder of the other tree's *.cu: OTHER/kernels in a checkout, else OTHER; None if it holds no linear.cu."""
@@ -41,7 +42,7 @@ def kernels_folder(other):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("other", type=Path, help="another checkout of minigan, or its kernels/ folder")
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--replays", type=int, default=200, help="steps a round")

@@ -22,7 +22,6 @@ summary adds the replays' median period and span, and each stream's sum of those
 launches that lengthen the step in the graph can be told from those that lengthen it only alone.
 """
 
-import argparse
 import collections
 import json
 import os
@@ -32,6 +31,8 @@ import sys
 import tempfile
 
 import numpy as np
+
+from minigan.cli import ArgumentParser
 
 
 def replay_ms(gan, real, replays=200):
@@ -181,7 +182,7 @@ def rounded(figures):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--k", type=int, default=1)
     p.add_argument("--timeline", type=int, default=0, metavar="N",

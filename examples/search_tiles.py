@@ -17,7 +17,6 @@ the name minigan.cupy_step.tile_table gives the GPU, becomes the step's default 
 Where CuPy or the GPU is missing, or --start is not a file of tiles: a one-line error and exit status 1.
 """
 
-import argparse
 import json
 import statistics
 import sys
@@ -25,9 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+from minigan.cli import ArgumentParser
+
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True, help="where to write the searched tile table")
     p.add_argument("--start", type=Path, help="the tiles to start from (default: the GPU's tile table)")
     p.add_argument("--rounds", type=int, default=5)

@@ -8,18 +8,16 @@ torchvision. The run folder has the same layout as minigan's (metrics.jsonl, sam
 minigan's format), so examples/evaluate.py and examples/plots.py work on it unchanged.
 """
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-import torch_gan
 from minigan import checkpoint as ckpt
-from minigan.data import load_mnist, to_unit_interval
+from minigan.cli import ArgumentParser
+from minigan.data import DataError, load_mnist, to_unit_interval
 from minigan.fileio import atomic_write_bytes
 from minigan.gan import make_generator
 from minigan.images import save_grid
@@ -27,15 +25,35 @@ from minigan.train import RECIPE, format_epoch, write_metrics
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="train_torch.py", description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", type=Path)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--epochs", type=int, default=50)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", help="torch's device (default cuda where torch sees a GPU, else cpu)")
     args = p.parse_args(argv)
+    if args.epochs < 1:
+        p.error(f"--epochs must be at least 1, got {args.epochs}")
+    try:
+        return train(args)
+    except ImportError as e:
+        print(f"train_torch.py: error: it trains the PyTorch program, which needs torch ({e})", file=sys.stderr)
+        return 1
+    except (DataError, OSError) as e:
+        print(f"train_torch.py: error: {e}", file=sys.stderr)
+        return 1
+
+
+def train(args):
+    images = to_unit_interval(load_mnist(args.data_dir)[0])
+    import torch
+
+    import torch_gan
+
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     config = {**RECIPE, "epochs": args.epochs, "implementation": f"torch {torch.__version__} {args.device}"}
     torch.manual_seed(config["seed"])
-    images = torch.from_numpy(to_unit_interval(load_mnist(args.data_dir)[0])).to(args.device)
+    images = torch.from_numpy(images).to(args.device)
     n, bs = len(images), config["batch_size"]
     G, D = torch_gan.Generator().to(args.device), torch_gan.Discriminator().to(args.device)
     opt_G, opt_D = torch_gan.make_optimizers(G, D, config["lr"], config["beta1"])

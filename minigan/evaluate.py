@@ -216,15 +216,15 @@ def generate(G, latent_dim, n, backend, seed=0, batch=2000):
 
 def main(argv=None):
     """``examples/evaluate.py``: print the metrics of a checkpoint's generator as one JSON line."""
-    import argparse
     import sys
 
     from minigan.backend import BACKENDS, BackendError, get_backend
+    from minigan.cli import ArgumentParser
     from minigan.data import DataError
     from minigan.sample import load_generator
 
     prog = "evaluate.py"
-    p = argparse.ArgumentParser(prog=prog, description="FID-MNIST, mode coverage, precision/recall of a generator.")
+    p = ArgumentParser(prog=prog, description="FID-MNIST, mode coverage, precision/recall of a generator.")
     p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.npz, generator.npz or a run folder")
     p.add_argument("--n", type=int, default=10000, help="generated images (default 10000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")

@@ -77,7 +77,10 @@ def write_plots(run_dir, backend=None):
     run_dir = Path(run_dir)
     metrics = run_dir / "metrics.jsonl"
     if metrics.exists():
-        history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        try:
+            history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{metrics}: not one JSON object a line ({e})") from None
         if history:
             plot_losses(history, run_dir / "losses.png")
     animate_samples(sorted((run_dir / "samples").glob("epoch_*.png")), run_dir / "samples.gif")

@@ -5,7 +5,6 @@ gets a grid, 8 per row; ending in ``.npy`` gets the N images as uint8 (N, 784). 
 (running BatchNorm statistics), as for the training run's sample grids.
 """
 
-import argparse
 import io
 import sys
 from pathlib import Path
@@ -14,18 +13,10 @@ import numpy as np
 
 from minigan import checkpoint as ckpt
 from minigan.backend import BACKENDS, BackendError, get_backend
+from minigan.cli import ArgumentParser, UsageError
 from minigan.fileio import atomic_write_bytes
 from minigan.gan import make_generator
 from minigan.images import save_grid
-
-
-class UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UsageError(message)
 
 
 def load_generator(path, backend):
@@ -47,7 +38,7 @@ def to_uint8(images):
 
 def main(argv=None):
     prog = "sample.py"
-    p = _Parser(prog=prog, description="Sample images from a trained minigan generator.")
+    p = ArgumentParser(prog=prog, description="Sample images from a trained minigan generator.")
     p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.npz, generator.npz or a run folder")
     p.add_argument("--n", type=int, default=64, help="number of images (default 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")

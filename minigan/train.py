@@ -15,7 +15,6 @@ with one line on stderr and a non-zero exit status: 2 for bad arguments, 1 for o
 128 + signal number after SIGINT/SIGTERM (the current step is finished and a checkpoint written first).
 """
 
-import argparse
 import json
 import math
 import signal
@@ -27,6 +26,7 @@ import numpy as np
 
 from minigan import checkpoint as ckpt
 from minigan.backend import BACKENDS, BackendError, get_backend
+from minigan.cli import ArgumentParser, UsageError
 from minigan.data import DataError, load_mnist
 from minigan.evaluate import EvaluationError
 from minigan.fileio import FileWriter, atomic_write_bytes
@@ -40,10 +40,6 @@ DEFAULT_EPOCHS = 50
 FIXED_NOISE = 32
 
 
-class UsageError(Exception):
-    """A bad command line; reported in one line with exit status 2."""
-
-
 class TrainingError(Exception):
     """Training cannot go on (non-finite values); reported in one line with exit status 1."""
 
@@ -54,13 +50,8 @@ class Interrupted(Exception):
         self.signum = signum
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, not argparse's usage block
-        raise UsageError(message)
-
-
 def build_parser():
-    p = _Parser(prog="train_mnist.py", description="Train the MLP GAN of Goodfellow et al. (2014) on MNIST.")
+    p = ArgumentParser(prog="train_mnist.py", description="Train the MLP GAN of Goodfellow et al. (2014) on MNIST.")
     p.add_argument("--backend", default="numpy", help=f"one of {', '.join(BACKENDS)} (default numpy)")
     p.add_argument("--epochs", type=int, help=f"total epochs (default {DEFAULT_EPOCHS})")
     p.add_argument("--batch-size", type=int, help="images per step (default 128)")

@@ -459,6 +459,37 @@ def test_training_does_not_wait_for_a_slow_disk(data_dir, tmp_path, monkeypatch)
     assert [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
+PROGRAMS = sorted(p.name for p in (ROOT / "examples").glob("*.py") if p.name != "torch_gan.py")  # a module
+
+
+@pytest.mark.parametrize("script", PROGRAMS)
+def test_every_program_refuses_an_unknown_argument_in_one_line(script):
+    line = one_line_error(run_cli(script, "--no-such-flag"), 2)
+    assert line.startswith(f"{script}: error: ")
+
+
+def test_plots_draws_a_run_and_refuses_a_folder_that_is_not_one_in_one_line(data_dir, tmp_path):
+    run_dir = tmp_path / "r"
+    make_run(data_dir, run_dir, 1).train()
+    proc = run_cli("plots.py", run_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert all((run_dir / name).stat().st_size > 0 for name in ("losses.png", "samples.gif", "interpolation.png"))
+    (tmp_path / "empty").mkdir()
+    assert "checkpoint.npz" in one_line_error(run_cli("plots.py", tmp_path / "empty"), 1)
+    (run_dir / "metrics.jsonl").write_text('{"epoch": 1, "loss_D": 0.5}\n{"epoch": 2, "lo')
+    assert "metrics.jsonl" in one_line_error(run_cli("plots.py", run_dir), 1)
+
+
+def test_train_torch_without_torch_or_data_is_one_line(data_dir, tmp_path):
+    hidden = tmp_path / "hidden" / "torch"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text('raise ImportError("No module named \'torch\'")\n')
+    proc = run_cli("train_torch.py", "--data-dir", data_dir, "--out", tmp_path / "t", pythonpath=[hidden.parent])
+    assert "needs torch" in one_line_error(proc, 1)
+    proc = run_cli("train_torch.py", "--data-dir", tmp_path / "nothing", "--out", tmp_path / "t")
+    assert "MNIST files not found" in one_line_error(proc, 1)
+
+
 @pytest.mark.parametrize("damage", ["truncate", "flip", "missing"])
 def test_resume_from_a_damaged_checkpoint_is_one_line(data_dir, tmp_path, damage):
     make_run(data_dir, tmp_path / "r", 1).train()
