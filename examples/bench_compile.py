@@ -89,13 +89,13 @@ def main(argv=None):
     parser.add_argument("--families", nargs="+", metavar="FAMILY", help="only these kernels/<FAMILY>.cu (all)")
     args = parser.parse_args(argv)
     if NVRTC is None:
-        raise SystemExit("bench_compile.py: no NVRTC library (pip install nvidia-cuda-nvrtc)")
+        raise SystemExit("bench_compile.py: error: no NVRTC library (pip install nvidia-cuda-nvrtc)")
     if args.threads < 1:
-        raise SystemExit("bench_compile.py: --threads must be at least 1")
+        parser.error("--threads must be at least 1")
     families = sorted(path.stem for path in cupy_backend.KERNELS.glob("*.cu"))
     unknown = sorted(set(args.families or ()) - set(families))
     if unknown:
-        raise SystemExit(f"bench_compile.py: no kernels/{unknown[0]}.cu (the families: {', '.join(families)})")
+        parser.error(f"no kernels/{unknown[0]}.cu (the families: {', '.join(families)})")
     families = sorted(args.families or families)
     parts = [(family, part) for family in families for part in cupy_backend.module_parts(family)]
 

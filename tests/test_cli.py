@@ -518,8 +518,8 @@ def test_compile_benchmark_prints_its_json_lines_and_refuses_bad_arguments():
     assert whole["files"] == 2 and parts["parts"] == 2 and parts["threads"] == 2
     assert whole["seconds"] > 0 and parts["seconds"] >= parts["longest_part_seconds"] > 0
     assert set(ratio["part_seconds"]) == {"data.cu", "step.cu"} and ratio["arch"] == "sm_90"
-    one_line_error(run_cli("bench_compile.py", "--threads", 0), 1)
-    one_line_error(run_cli("bench_compile.py", "--families", "nothing"), 1)
+    one_line_error(run_cli("bench_compile.py", "--threads", 0), 2)
+    one_line_error(run_cli("bench_compile.py", "--families", "nothing"), 2)
 
 
 def test_compare_kernels_refuses_a_folder_without_kernels_and_a_machine_without_a_gpu(tmp_path):
