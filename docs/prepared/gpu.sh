@@ -7,7 +7,7 @@
 #   4. the tree's tile search from main's table (~120 s: it has 23 products, 3 of them new or of new shapes);
 #   5. main with its table against the tree with the searched one, in alternating processes, three each (~50 s);
 #   6. benchmark.py --compare-torch, main (~20 s);
-#   7. the tree's GPU tests (~60 s), and main's 50 epochs once more (~25 s).
+#   7. the tree's GPU tests with its searched table (~60 s), and main's 50 epochs once more (~25 s).
 # Here, in the checkout: bash docs/prepared/gpu.sh prepare   (MNIST, the classifier's cache, this script, the
 #   tree exp/real-half-2 as files in .data/tree (from docs/prepared/exp-real-half-2.mbox on HEAD where the branch
 #   is missing), and the commits prepared into .data/)
@@ -66,6 +66,8 @@ done
 save
 in_main timeout 60 python examples/benchmark.py --backend cupy --compare-torch > "$O/benchmark.txt" 2>&1
 echo "exit status $?" >> "$O/benchmark.txt"; stamp benchmark; save
+# the tree's table tests then name its own 23 products, as its searched table does
+[ -s "$O/tree-searched.jsonl" ] && cp "$O/tree-searched.jsonl" "$T/minigan/tiles/NVIDIA-H200.jsonl"
 in_tree timeout 120 python -m pytest -q -s -p no:cacheprovider -m gpu tests/test_cupy.py > "$O/pytest-tree.txt" 2>&1
 echo "exit status $?" >> "$O/pytest-tree.txt"; stamp "pytest tree"; save
 train50 2
