@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader, or a run killed mid-write, sees the old file or the new one, never half."""
+"""Atomic file writes (a reader, or a run killed mid-write, sees the old file or the new one, never half), and a
+thread that writes a run's files while training goes on."""
 
 import os
 import tempfile
