@@ -43,6 +43,14 @@ def products(n=128):
     return sorted(set(out))
 
 
+KERNELS = {"forward": "linear_forward", "weight": "linear_backward_weight", "input": "linear_backward_input"}
+
+
+def step_products(n=128):
+    """products(n) keyed as the fused step keys them, (kernel, rows, cols, inner): its tiles, a tile table."""
+    return [(KERNELS[kind], rows, cols, inner) for kind, rows, cols, inner, _ in products(n)]
+
+
 def parse_args(argv):
     from minigan.cupy_step import CLUSTER_TILES, GEMM_TILES, MAX_SPLITS
 

@@ -95,7 +95,7 @@ def test_gpu_benchmark_and_profile_on_the_emulated_gpu(emulated_gpu, monkeypatch
     # product has more tiles than that), and kept none
     trials = 22 * cupy_step.STEP_TUNING_CANDIDATES
     assert lines[0]["step_tuning"] == {"trials": trials, "kept": 0, "graph_ratio": 1.0}
-    kinds = {"linear_forward": "forward", "linear_backward_weight": "weight", "linear_backward_input": "input"}
+    kinds = {name: kind for kind, name in bench_gemm.KERNELS.items()}
     launched, launch_gemm = set(), cupy_step.launch_gemm
 
     def recorded(kernel, name, tile, rows, cols, splits, args):  # (kind, rows, cols, inner, activation)
@@ -164,9 +164,7 @@ def test_a_gpu_with_a_tile_table_takes_its_tiles_and_times_none(emulated_gpu, tm
     (tmp_path / "tables").mkdir()
     table = cupy_step.tile_table("emulated GPU (the kernels compiled for the CPU)")
     assert table == tmp_path / "tables" / "emulated-GPU-the-kernels-compiled-for-the-CPU.jsonl"
-    kinds = {"forward": "linear_forward", "weight": "linear_backward_weight", "input": "linear_backward_input"}
-    products = [(kinds[kind], rows, cols, inner) for kind, rows, cols, inner, _ in bench_gemm.products(16)]
-    cupy_step.write_tiles(table, {key: "64x64_4x4" for key in products})
+    cupy_step.write_tiles(table, dict.fromkeys(bench_gemm.step_products(16), "64x64_4x4"))
     real = np.random.default_rng(0).random((16, 784), dtype=np.float32)
     meta, _, _ = setup_minigan(argparse.Namespace(backend="cupy", k=1, warmup=1, tiles=None), real)
     assert meta["tiles"] == {"file": str(table), "written": False, "taken": 22, "timed": 0}
@@ -198,9 +196,8 @@ def test_search_tiles_writes_the_table_it_found_on_the_emulated_gpu(emulated_gpu
     monkeypatch.setattr(cupy_step, "GEMM_TILES", (DEFAULT_TILE, "64x64_8x8"))
     monkeypatch.setattr(cupy_step, "CLUSTER_TILES", ())
 
-    kinds = {"forward": "linear_forward", "weight": "linear_backward_weight", "input": "linear_backward_input"}
     begin = tmp_path / "begin.jsonl"
-    write_tiles(begin, {(kinds[kind], *shape): DEFAULT_TILE for kind, *shape, _ in bench_gemm.products(16)})
+    write_tiles(begin, dict.fromkeys(bench_gemm.step_products(16), DEFAULT_TILE))
     emulated_gpu.graph_timings = {"64x64_8x8": 0.5}
     out = tmp_path / "searched.jsonl"
     assert search_tiles.main(["--out", str(out), "--start", str(begin), "--batch", "16", "--rounds", "2",

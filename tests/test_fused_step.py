@@ -528,8 +528,7 @@ def test_the_tile_search_keeps_a_tile_only_where_the_graph_beats_the_margin_in_e
     gan, untimed_gan = fused_gan(1, seed=5), fused_gan(1, seed=5)
     searched = FusedStep(gan, fake_cupy(cuda), cuda.kernel, timer=cuda.timer)
     searched.tile_choices = GEMM_TILES[:4]  # (each trial is a capture: the test's time)
-    kinds = {"forward": "linear_forward", "weight": "linear_backward_weight", "input": "linear_backward_input"}
-    start = {(kinds[kind], rows, cols, inner): DEFAULT_TILE for kind, rows, cols, inner, _ in bench_gemm.products(n)}
+    start = dict.fromkeys(bench_gemm.step_products(n), DEFAULT_TILE)
     assert searched.take_tiles(start) == set(start)
     data = np.random.default_rng(4).random((3, n, 784), dtype=np.float32)
     searched.train_step(data[0])  # eager, nothing timed
@@ -794,7 +793,6 @@ def test_the_h200s_tile_table_names_every_product_of_the_step_with_a_tile_it_can
     from minigan.cupy_step import read_tiles, tile_table
 
     table = read_tiles(tile_table("NVIDIA H200"))
-    kinds = {"forward": "linear_forward", "weight": "linear_backward_weight", "input": "linear_backward_input"}
-    assert set(table) == {(kinds[kind], rows, cols, inner) for kind, rows, cols, inner, _ in bench_gemm.products(128)}
+    assert set(table) == set(bench_gemm.step_products(128))
     for (_, rows, cols, inner), tile in table.items():
         assert tile in GEMM_TILES + CLUSTER_TILES and tile_fits(tile, split_k(rows, cols, inner, 132)), (rows, tile)
