@@ -61,7 +61,8 @@ STEP_TUNING_SPREAD, STEP_TUNING_CANDIDATES, STEP_TUNING_REPLAYS = 1.3, 4, 5
 # A device's tile table: each product's tile as measured fastest in the step's graph on that GPU, in write_tiles'
 # format, named after the device (tile_table). Its products are neither timed nor tuned: on an H200 the tuner's
 # choice moved the step by 15% from one process to the next (0.33-0.38 ms, runs 20 and 21, docs/gpu-history.md),
-# and one set of tiles gave 0.330-0.335 ms in each of five processes (main's step, or a tree with its speed).
+# one set of tiles gave 0.330-0.335 ms in each of five processes, and the H200's table, searched in the graph
+# (examples/search_tiles.py), 0.316-0.320 ms in each of seven (run 22).
 TILE_TABLES = Path(__file__).parent / "tiles"
 
 
