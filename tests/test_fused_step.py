@@ -4,6 +4,7 @@ here; tests/test_cupy.py repeats the step checks on a real GPU."""
 
 import ctypes
 import ctypes.util
+import functools
 import types
 
 import numpy as np
@@ -655,11 +656,16 @@ def test_batchnorm_kernels_on_ragged_shapes(host_kernels, rows, columns):
     np.testing.assert_allclose(dpre, dx * np.where(a > 0, 1, np.float32(0.2)), rtol=1e-4, atol=1e-5)
 
 
-def fmaf(a, b, c):
-    """a * b + c rounded once, elementwise in float32: C99's fmaf from libm, as a GPU's fma.rn.f32."""
+@functools.cache
+def _libm_fmaf():
     libm = ctypes.CDLL(ctypes.util.find_library("m"))
     libm.fmaf.restype, libm.fmaf.argtypes = ctypes.c_float, [ctypes.c_float] * 3
-    return np.vectorize(libm.fmaf, otypes=[np.float32])(a, b, c)
+    return np.vectorize(libm.fmaf, otypes=[np.float32])
+
+
+def fmaf(a, b, c):
+    """a * b + c rounded once, elementwise in float32: C99's fmaf from libm, as a GPU's fma.rn.f32."""
+    return _libm_fmaf()(a, b, c)
 
 
 def check_batchnorm_rounds_with_fused_multiply_adds(kernel, xp):
@@ -784,10 +790,12 @@ def test_adam_kernels_round_as_a_gpu(host_kernels):
     element-by-element path does; tests/test_cupy.py checks the same on a GPU."""
     check_adam_rounds_with_fused_multiply_adds(host_kernels, np)
 
+
 def test_the_h200s_tile_table_names_every_product_of_the_step_with_a_tile_it_can_run():
-    """minigan/tiles/NVIDIA-H200.jsonl (the tiles run 20 measured fastest in the step's graph): one tile for each of
-    the 22 products of a step of batch 128, a tile the fused step has, whose groups and cluster fit the product's
-    split count on the H200's 132 SMs. (A tile it could not run would be timed instead, and the table's gain lost.)"""
+    """minigan/tiles/NVIDIA-H200.jsonl (the tiles examples/search_tiles.py found fastest in the step's graph, run 22):
+    one tile for each of the 22 products of a step of batch 128, a tile the fused step has, whose groups and cluster
+    fit the product's split count on the H200's 132 SMs. (A tile it could not run would be timed instead, and the
+    table's gain lost.)"""
     import bench_gemm
 
     from minigan.cupy_step import read_tiles, tile_table
