@@ -1,4 +1,5 @@
-# Prepared for the next GPU session (written 2026-11-28, session 26): one call of ~420 s.
+# Prepared for the next GPU session (written 2026-11-28, session 26; step 7's timelines added in session 27): one
+#   call of ~450 s.
 #   1. main's kernels and the tree's (exp/real-half-2, in .data/tree) compiled at once (~20 s);
 #   2. main's GPU tests (~60 s): the searched tile table in effect;
 #   3. main's 50 epochs, evaluated (~25 s): the epoch-end files now written by minigan.fileio.FileWriter, so the
@@ -7,7 +8,8 @@
 #   4. the tree's tile search from main's table (~120 s: it has 23 products, 3 of them new or of new shapes);
 #   5. main with its table against the tree with the searched one, in alternating processes, three each (~50 s);
 #   6. benchmark.py --compare-torch, main (~20 s);
-#   7. the tree's GPU tests with its searched table (~60 s), and main's 50 epochs once more (~25 s).
+#   7. the step's timeline in the graph (profile_step.py --timeline 50), main's and the tree's, each with its own
+#      table (~30 s); the tree's GPU tests with its searched table (~60 s), and main's 50 epochs once more (~25 s).
 # Here, in the checkout: bash docs/prepared/gpu.sh prepare   (MNIST, the classifier's cache, this script, the
 #   tree exp/real-half-2 as files in .data/tree (from docs/prepared/exp-real-half-2.mbox on HEAD where the branch
 #   is missing), and the commits prepared into .data/)
@@ -68,6 +70,11 @@ in_main timeout 60 python examples/benchmark.py --backend cupy --compare-torch >
 echo "exit status $?" >> "$O/benchmark.txt"; stamp benchmark; save
 # the tree's table tests then name its own 23 products, as its searched table does
 [ -s "$O/tree-searched.jsonl" ] && cp "$O/tree-searched.jsonl" "$T/minigan/tiles/NVIDIA-H200.jsonl"
+# where each launch's time goes in the graph with today's tiles (the last timelines are run 20's, with tuned tiles)
+in_main timeout 60 python examples/profile_step.py --timeline 50 > "$O/profile-main.txt" 2>&1
+echo "exit status $?" >> "$O/profile-main.txt"; stamp "profile main"
+in_tree timeout 60 python examples/profile_step.py --timeline 50 > "$O/profile-tree.txt" 2>&1
+echo "exit status $?" >> "$O/profile-tree.txt"; stamp "profile tree"; save
 in_tree timeout 120 python -m pytest -q -s -p no:cacheprovider -m gpu tests/test_cupy.py > "$O/pytest-tree.txt" 2>&1
 echo "exit status $?" >> "$O/pytest-tree.txt"; stamp "pytest tree"; save
 train50 2
