@@ -1,26 +1,26 @@
-# Prepared for the next GPU session (written 2026-11-28, session 26; step 7's timelines added in session 27): one
-#   call of ~450 s.
-#   1. main's kernels and the tree's (exp/real-half-2, in .data/tree) compiled at once (~20 s);
-#   2. main's GPU tests (~60 s): the searched tile table in effect;
-#   3. main's 50 epochs, evaluated (~25 s): the epoch-end files now written by minigan.fileio.FileWriter, so the
-#      wall time after start-up should be the epochs' own time plus the training thread's work at each epoch's end
-#      (the grid's pass of G, the snapshot's copies to the host), whatever the disk does;
-#   4. the tree's tile search from main's table (~120 s: it has 23 products, 3 of them new or of new shapes);
-#   5. main with its table against the tree with the searched one, in alternating processes, three each (~50 s);
-#   6. benchmark.py --compare-torch, main (~20 s);
-#   7. the step's timeline in the graph (profile_step.py --timeline 50), main's and the tree's, each with its own
-#      table (~30 s); the tree's GPU tests with its searched table (~60 s), and main's 50 epochs once more (~25 s).
+# Prepared for the next GPU session (written 2026-11-28, session 27): one call of ~450 s.
+#   1. main's kernels and the tree's (exp/d-pass, in .data/tree) compiled at once (~20 s);
+#   2. the tree's GPU tests (~60 s), d_pass against the separate launches bit for bit among them;
+#   3. the step's timeline in the graph (profile_step.py --timeline 50), the tree's and main's (~30 s);
+#   4. main against the tree, each with its own table (the tree's: main's tiles on its 14 products), in alternating
+#      processes, three rounds (~50 s);
+#   5. benchmark.py --compare-torch, the tree and main (~40 s);
+#   6. the tree's tile search from its table (~70 s), then main against the searched tree, two rounds (~35 s);
+#   7. main's GPU tests (~60 s): the searched tile table and the file writer on a GPU;
+#   8. 50 epochs of main and of the tree, evaluated (~50 s): d_pass gives the same bits, so every loss of every epoch
+#      should be the same in both (and run 22's, FID-MNIST 14.74);
+#   9. if time is left, compute-sanitizer's racecheck and memcheck over two steps of the tree.
 # Here, in the checkout: bash docs/prepared/gpu.sh prepare   (MNIST, the classifier's cache, this script, the
-#   tree exp/real-half-2 as files in .data/tree (from docs/prepared/exp-real-half-2.mbox on HEAD where the branch
-#   is missing), and the commits prepared into .data/)
-# There, carrying [".data"]: bash .data/gpu.sh   (timeout_s ~540; each step's files are in $OUT/next.tgz as soon
+#   tree exp/d-pass as files in .data/tree (from docs/prepared/exp-d-pass.mbox on HEAD where the branch is
+#   missing), and the commits prepared into .data/)
+# There, carrying [".data"]: bash .data/gpu.sh   (timeout_s ~560; each step's files are in $OUT/next.tgz as soon
 #   as it ends, so a call cut short keeps what it did)
 set -u
-TREE=exp/real-half-2
+TREE=exp/d-pass
 if [ "${1:-}" = prepare ]; then
   if ! git rev-parse -q --verify "$TREE" > /dev/null; then  # a fresh clone: the tree from its patches
     rm -rf /tmp/tree-wt && git worktree add -q --detach /tmp/tree-wt HEAD &&
-      git -C /tmp/tree-wt am -q -3 "$PWD/docs/prepared/exp-real-half-2.mbox" &&
+      git -C /tmp/tree-wt am -q -3 "$PWD/docs/prepared/exp-d-pass.mbox" &&
       git branch "$TREE" "$(git -C /tmp/tree-wt rev-parse HEAD)" || exit 1
     git worktree remove --force /tmp/tree-wt
   fi
@@ -39,11 +39,22 @@ stamp() { echo "$1: $((SECONDS - t0)) s" >> "$O/run.txt"; }
 save() { tar -czf "$OUT/next.tgz" -C "$O" .; }
 in_main() { (cd "$MAIN" && PYTHONPATH=$MAIN "$@"); }
 in_tree() { (cd "$T" && PYTHONPATH=$T "$@"); }
-train50() {  # $1: the run's name
-  in_main timeout 40 python examples/train_mnist.py --backend cupy --data-dir "$MAIN/.data" --out "/tmp/r50-$1" > "$O/train-cupy-50-$1.txt" 2>&1
+train50() {  # $1: main or tree
+  in_$1 timeout 40 python examples/train_mnist.py --backend cupy --data-dir "$MAIN/.data" --out "/tmp/r50-$1" > "$O/train-cupy-50-$1.txt" 2>&1
   stamp "train $1"
-  in_main timeout 40 python examples/evaluate.py --checkpoint "/tmp/r50-$1" --data-dir "$MAIN/.data" --backend cupy --out "$O/evaluation-$1.json" > "$O/evaluate-$1.txt" 2>&1
+  in_$1 timeout 40 python examples/evaluate.py --checkpoint "/tmp/r50-$1" --data-dir "$MAIN/.data" --backend cupy --out "$O/evaluation-$1.json" > "$O/evaluate-$1.txt" 2>&1
   cp "/tmp/r50-$1/metrics.jsonl" "$O/metrics-$1.jsonl"; stamp "evaluate $1"; save
+}
+ab() {  # $1: the tree's table, $2: rounds, $3: the file
+  for round in $(seq "$2"); do
+    echo "== main, round $round" >> "$O/$3"
+    in_main timeout 40 python examples/benchmark.py --backend cupy --steps 100 --tiles minigan/tiles/NVIDIA-H200.jsonl >> "$O/$3" 2>&1
+    echo "exit status $?" >> "$O/$3"
+    echo "== tree, round $round" >> "$O/$3"
+    in_tree timeout 40 python examples/benchmark.py --backend cupy --steps 100 --tiles "$1" >> "$O/$3" 2>&1
+    echo "exit status $?" >> "$O/$3"; stamp "$3 round $round"
+  done
+  save
 }
 cp .data/gpu.sh .data/commit.txt "$O/"
 mkdir -p /tmp/mc && cp .data/cache/*.npz /tmp/mc/ 2>/dev/null
@@ -51,30 +62,37 @@ nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv > "$O/gpu.
 compile='from minigan import cupy_backend; cupy_backend.compile_kernels()'
 in_main timeout 150 python -c "$compile" > "$O/compile-main.txt" 2>&1 & in_tree timeout 150 python -c "$compile" > "$O/compile-tree.txt" 2>&1; wait
 stamp compile
+in_tree timeout 150 python -m pytest -q -s -p no:cacheprovider -m gpu tests/test_cupy.py > "$O/pytest-tree.txt" 2>&1
+echo "exit status $?" >> "$O/pytest-tree.txt"; stamp "pytest tree"; save
+in_tree timeout 60 python examples/profile_step.py --timeline 50 > "$O/profile-tree.txt" 2>&1
+echo "exit status $?" >> "$O/profile-tree.txt"; stamp "profile tree"
+in_main timeout 60 python examples/profile_step.py --timeline 50 > "$O/profile-main.txt" 2>&1
+echo "exit status $?" >> "$O/profile-main.txt"; stamp "profile main"; save
+ab minigan/tiles/NVIDIA-H200.jsonl 3 ab.txt
+in_tree timeout 60 python examples/benchmark.py --backend cupy --compare-torch > "$O/benchmark-tree.txt" 2>&1
+echo "exit status $?" >> "$O/benchmark-tree.txt"; stamp "benchmark tree"
+in_main timeout 60 python examples/benchmark.py --backend cupy --compare-torch > "$O/benchmark-main.txt" 2>&1
+echo "exit status $?" >> "$O/benchmark-main.txt"; stamp "benchmark main"; save
+in_tree timeout 150 python examples/search_tiles.py --out "$O/tree-searched.jsonl" > "$O/search-tree.txt" 2>&1
+echo "exit status $?" >> "$O/search-tree.txt"; stamp "search tree"; save
+[ -s "$O/tree-searched.jsonl" ] && ab "$O/tree-searched.jsonl" 2 ab-searched.txt
 in_main timeout 120 python -m pytest -q -s -p no:cacheprovider -m gpu tests/test_cupy.py > "$O/pytest-main.txt" 2>&1
 echo "exit status $?" >> "$O/pytest-main.txt"; stamp "pytest main"; save
-train50 1
-cp /tmp/r50-1/samples/epoch_050.png "$O/epoch_050.png"
-in_tree timeout 200 python examples/search_tiles.py --out "$O/tree-searched.jsonl" > "$O/search-tree.txt" 2>&1
-echo "exit status $?" >> "$O/search-tree.txt"; stamp "search tree"; save
-for round in 1 2 3; do
-  echo "== main, round $round" >> "$O/ab.txt"
-  in_main timeout 40 python examples/benchmark.py --backend cupy --steps 100 --tiles minigan/tiles/NVIDIA-H200.jsonl >> "$O/ab.txt" 2>&1
-  echo "exit status $?" >> "$O/ab.txt"
-  echo "== tree, round $round" >> "$O/ab.txt"
-  in_tree timeout 40 python examples/benchmark.py --backend cupy --steps 100 --tiles "$O/tree-searched.jsonl" >> "$O/ab.txt" 2>&1
-  echo "exit status $?" >> "$O/ab.txt"; stamp "a/b round $round"
+train50 main
+train50 tree
+cp /tmp/r50-tree/samples/epoch_050.png "$O/epoch_050-tree.png"; save
+# last, if time is left: compute-sanitizer's racecheck and memcheck over two steps of the tree at batch 128 (the
+# table's batch: no tile timed). d_pass's shared memory is new: its chunks, parked sums and outputs share one array.
+sanitize='import cupy, numpy as np
+from minigan.backend import get_backend
+from minigan.gan import GAN
+gan = GAN(get_backend("cupy"), seed=1)
+real = cupy.asarray(np.random.default_rng(0).random((128, 784), dtype=np.float32))
+for _ in range(2):
+    gan.train_step(real)
+cupy.cuda.Device().synchronize()
+print("d_pass", gan.fused.d_pass)'
+for tool in racecheck memcheck; do
+  in_tree timeout 150 compute-sanitizer --tool $tool python -c "$sanitize" > "$O/sanitize-$tool.txt" 2>&1
+  echo "exit status $?" >> "$O/sanitize-$tool.txt"; stamp "$tool"; save
 done
-save
-in_main timeout 60 python examples/benchmark.py --backend cupy --compare-torch > "$O/benchmark.txt" 2>&1
-echo "exit status $?" >> "$O/benchmark.txt"; stamp benchmark; save
-# the tree's table tests then name its own 23 products, as its searched table does
-[ -s "$O/tree-searched.jsonl" ] && cp "$O/tree-searched.jsonl" "$T/minigan/tiles/NVIDIA-H200.jsonl"
-# where each launch's time goes in the graph with today's tiles (the last timelines are run 20's, with tuned tiles)
-in_main timeout 60 python examples/profile_step.py --timeline 50 > "$O/profile-main.txt" 2>&1
-echo "exit status $?" >> "$O/profile-main.txt"; stamp "profile main"
-in_tree timeout 60 python examples/profile_step.py --timeline 50 > "$O/profile-tree.txt" 2>&1
-echo "exit status $?" >> "$O/profile-tree.txt"; stamp "profile tree"; save
-in_tree timeout 120 python -m pytest -q -s -p no:cacheprovider -m gpu tests/test_cupy.py > "$O/pytest-tree.txt" 2>&1
-echo "exit status $?" >> "$O/pytest-tree.txt"; stamp "pytest tree"; save
-train50 2
