@@ -92,7 +92,8 @@ for _ in range(2):
     gan.train_step(real)
 cupy.cuda.Device().synchronize()
 print("d_pass", gan.fused.d_pass)'
+SAN=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)
 for tool in racecheck memcheck; do
-  in_tree timeout 150 compute-sanitizer --tool $tool python -c "$sanitize" > "$O/sanitize-$tool.txt" 2>&1
+  in_tree timeout 150 "${SAN:-compute-sanitizer}" --tool $tool --error-exitcode 9 python -c "$sanitize" > "$O/sanitize-$tool.txt" 2>&1
   echo "exit status $?" >> "$O/sanitize-$tool.txt"; stamp "$tool"; save
 done
