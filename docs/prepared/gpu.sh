@@ -1,6 +1,7 @@
 # Prepared for the next GPU session (written 2026-11-28, session 27): one call of ~450 s.
 #   1. main's kernels and the tree's (exp/d-pass, in .data/tree) compiled at once (~20 s);
-#   2. the tree's GPU tests (~60 s), d_pass against the separate launches bit for bit among them;
+#   2. the gate, d_pass against the separate launches bit for bit on this GPU (~20 s): where it fails, only main's
+#      steps below run; then the tree's GPU tests (~60 s);
 #   3. the step's timeline in the graph (profile_step.py --timeline 50), the tree's and main's (~30 s);
 #   4. main against the tree, each with its own table (the tree's: main's tiles on its 14 products), in alternating
 #      processes, three rounds (~50 s);
@@ -62,25 +63,29 @@ nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv > "$O/gpu.
 compile='from minigan import cupy_backend; cupy_backend.compile_kernels()'
 in_main timeout 150 python -c "$compile" > "$O/compile-main.txt" 2>&1 & in_tree timeout 150 python -c "$compile" > "$O/compile-tree.txt" 2>&1; wait
 stamp compile
-in_tree timeout 150 python -m pytest -q -s -p no:cacheprovider -m gpu tests/test_cupy.py > "$O/pytest-tree.txt" 2>&1
-echo "exit status $?" >> "$O/pytest-tree.txt"; stamp "pytest tree"; save
-in_tree timeout 60 python examples/profile_step.py --timeline 50 > "$O/profile-tree.txt" 2>&1
-echo "exit status $?" >> "$O/profile-tree.txt"; stamp "profile tree"
+# the gate: d_pass against the separate launches, bit for bit, on this GPU. Where it fails (or hangs), the tree's
+# timings would mean nothing: only main's steps run, and the call keeps its time for them
+in_tree timeout 90 python -m pytest -q -s -p no:cacheprovider -m gpu tests/test_cupy.py -k d_pass > "$O/pytest-tree-d-pass.txt" 2>&1
+gate=$?; echo "exit status $gate" >> "$O/pytest-tree-d-pass.txt"; stamp "pytest tree d_pass"; save
+tree() { [ "$gate" = 0 ]; }
+tree && { in_tree timeout 150 python -m pytest -q -s -p no:cacheprovider -m gpu tests/test_cupy.py > "$O/pytest-tree.txt" 2>&1
+  echo "exit status $?" >> "$O/pytest-tree.txt"; stamp "pytest tree"; save
+  in_tree timeout 60 python examples/profile_step.py --timeline 50 > "$O/profile-tree.txt" 2>&1
+  echo "exit status $?" >> "$O/profile-tree.txt"; stamp "profile tree"; }
 in_main timeout 60 python examples/profile_step.py --timeline 50 > "$O/profile-main.txt" 2>&1
 echo "exit status $?" >> "$O/profile-main.txt"; stamp "profile main"; save
-ab minigan/tiles/NVIDIA-H200.jsonl 3 ab.txt
-in_tree timeout 60 python examples/benchmark.py --backend cupy --compare-torch > "$O/benchmark-tree.txt" 2>&1
-echo "exit status $?" >> "$O/benchmark-tree.txt"; stamp "benchmark tree"
+tree && ab minigan/tiles/NVIDIA-H200.jsonl 3 ab.txt
+tree && { in_tree timeout 60 python examples/benchmark.py --backend cupy --compare-torch > "$O/benchmark-tree.txt" 2>&1
+  echo "exit status $?" >> "$O/benchmark-tree.txt"; stamp "benchmark tree"; }
 in_main timeout 60 python examples/benchmark.py --backend cupy --compare-torch > "$O/benchmark-main.txt" 2>&1
 echo "exit status $?" >> "$O/benchmark-main.txt"; stamp "benchmark main"; save
-in_tree timeout 150 python examples/search_tiles.py --out "$O/tree-searched.jsonl" > "$O/search-tree.txt" 2>&1
-echo "exit status $?" >> "$O/search-tree.txt"; stamp "search tree"; save
-[ -s "$O/tree-searched.jsonl" ] && ab "$O/tree-searched.jsonl" 2 ab-searched.txt
+tree && { in_tree timeout 150 python examples/search_tiles.py --out "$O/tree-searched.jsonl" > "$O/search-tree.txt" 2>&1
+  echo "exit status $?" >> "$O/search-tree.txt"; stamp "search tree"; save; }
+tree && [ -s "$O/tree-searched.jsonl" ] && ab "$O/tree-searched.jsonl" 2 ab-searched.txt
 in_main timeout 120 python -m pytest -q -s -p no:cacheprovider -m gpu tests/test_cupy.py > "$O/pytest-main.txt" 2>&1
 echo "exit status $?" >> "$O/pytest-main.txt"; stamp "pytest main"; save
 train50 main
-train50 tree
-cp /tmp/r50-tree/samples/epoch_050.png "$O/epoch_050-tree.png"; save
+tree && { train50 tree; cp /tmp/r50-tree/samples/epoch_050.png "$O/epoch_050-tree.png"; save; }
 # last, if time is left: compute-sanitizer's racecheck and memcheck over two steps of the tree at batch 128 (the
 # table's batch: no tile timed). d_pass's shared memory is new: its chunks, parked sums and outputs share one array.
 sanitize='import cupy, numpy as np
@@ -94,6 +99,7 @@ cupy.cuda.Device().synchronize()
 print("d_pass", gan.fused.d_pass)'
 SAN=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)
 for tool in racecheck memcheck; do
+  tree || break
   in_tree timeout 150 "${SAN:-compute-sanitizer}" --tool $tool --error-exitcode 9 python -c "$sanitize" > "$O/sanitize-$tool.txt" 2>&1
   echo "exit status $?" >> "$O/sanitize-$tool.txt"; stamp "$tool"; save
 done
