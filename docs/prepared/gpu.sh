@@ -1,92 +1,129 @@
-# Prepared for the next GPU session (written 2026-11-28, session 27): one call of ~450 s.
-#   1. main's kernels and the tree's (exp/d-pass, in .data/tree) compiled at once (~20 s);
-#   2. the gate, d_pass against the separate launches bit for bit on this GPU (~20 s): where it fails, only main's
-#      steps below run; then the tree's GPU tests (~60 s);
-#   3. the step's timeline in the graph (profile_step.py --timeline 50), the tree's and main's (~30 s);
-#   4. main against the tree, each with its own table (the tree's: main's tiles on its 14 products), in alternating
-#      processes, three rounds (~50 s);
-#   5. benchmark.py --compare-torch, the tree and main (~40 s);
-#   6. the tree's tile search from its table (~70 s), then main against the searched tree, two rounds (~35 s);
-#   7. main's GPU tests (~60 s): the searched tile table and the file writer on a GPU;
-#   8. 50 epochs of main and of the tree, evaluated (~50 s): d_pass gives the same bits, so every loss of every epoch
-#      should be the same in both (and run 22's, FID-MNIST 14.74);
-#   9. if time is left, compute-sanitizer's racecheck and memcheck over two steps of the tree.
-# Here, in the checkout: bash docs/prepared/gpu.sh prepare   (MNIST, the classifier's cache, this script, the
-#   tree exp/d-pass as files in .data/tree (from docs/prepared/exp-d-pass.mbox on HEAD where the branch is
-#   missing), and the commits prepared into .data/)
+# Prepared for the next GPU session (written 2026-11-29, session 29): one call of ~500 s, two trees.
+#   tree: exp/d-pass (D's passes in one launch each); plus: exp/d-pass-plus (the same, and D's first weight
+#   gradient in two launches, the real rows' beside G's forward pass, and G's last input gradient in the G step's
+#   pass).
+#   1. main's kernels and both trees' compiled at once (~20 s);
+#   2. the gates, each tree's step against the separate launches bit for bit on this GPU (~20 s each): a tree whose
+#      gate fails (or hangs) is left out of every step below;
+#   3. the step's timeline in the graph (profile_step.py --timeline 50) of each tree and of main (~13 s each);
+#   4. main against the trees, each with its own table (the trees': main's tiles on their 14 and 13 products), in
+#      alternating processes, three rounds (~75 s); the faster tree by its median, "best", goes on;
+#   5. benchmark.py --compare-torch, best and main (~40 s);
+#   6. best's GPU tests, then main's (~60 s each): main's have not run with the searched tile table or the file writer;
+#   7. best's tile search from its table (~70 s), then main against the searched best, two rounds (~35 s);
+#   8. 50 epochs of main and of best, evaluated (~50 s): both give main's bits, so every loss of every epoch should be
+#      the same in both (and run 22's, FID-MNIST 14.74);
+#   9. if time is left, compute-sanitizer's racecheck and memcheck over two steps of best.
+# Here, in the checkout: bash docs/prepared/gpu.sh prepare   (MNIST, the classifier's cache, this script, the trees as
+#   files in .data/tree and .data/plus (from docs/prepared/exp-d-pass.mbox, and exp-d-pass-plus.mbox on top, where
+#   the branches are missing), and the commits prepared into .data/)
 # There, carrying [".data"]: bash .data/gpu.sh   (timeout_s ~560; each step's files are in $OUT/next.tgz as soon
 #   as it ends, so a call cut short keeps what it did)
 set -u
-TREE=exp/d-pass
+TREES="tree plus"
+branch_of() { case $1 in tree) echo exp/d-pass;; plus) echo exp/d-pass-plus;; esac; }
 if [ "${1:-}" = prepare ]; then
-  if ! git rev-parse -q --verify "$TREE" > /dev/null; then  # a fresh clone: the tree from its patches
-    rm -rf /tmp/tree-wt && git worktree add -q --detach /tmp/tree-wt HEAD &&
-      git -C /tmp/tree-wt am -q -3 "$PWD/docs/prepared/exp-d-pass.mbox" &&
-      git branch "$TREE" "$(git -C /tmp/tree-wt rev-parse HEAD)" || exit 1
-    git worktree remove --force /tmp/tree-wt
-  fi
+  base=HEAD
+  for name in $TREES; do
+    b=$(branch_of $name)
+    if ! git rev-parse -q --verify "$b" > /dev/null; then  # a fresh clone: the tree from its patches
+      rm -rf /tmp/tree-wt && git worktree add -q --detach /tmp/tree-wt "$base" &&
+        git -C /tmp/tree-wt am -q -3 "$PWD/docs/prepared/exp-${b#exp/}.mbox" &&
+        git branch "$b" "$(git -C /tmp/tree-wt rev-parse HEAD)" || exit 1
+      git worktree remove --force /tmp/tree-wt
+    fi
+    base=$b  # the plus patch goes on the tree's
+    rm -rf ".data/$name" && mkdir -p ".data/$name" && git archive "$b" | tar -x -C ".data/$name" || exit 1
+  done
   mkdir -p .data/cache && cp ../shared/data/mnist/*-ubyte.gz .data/ && cp docs/prepared/gpu.sh .data/gpu.sh &&
-    rm -rf .data/tree && mkdir .data/tree && git archive "$TREE" | tar -x -C .data/tree &&
-    { git log --oneline -1; git log --oneline -1 "$TREE"; } > .data/commit.txt || exit 1
+    { git log --oneline -1; for name in $TREES; do git log --oneline -1 "$(branch_of $name)"; done; } > .data/commit.txt ||
+    exit 1
   cp "${MINIGAN_CACHE:-$HOME/.cache/minigan}"/mnist-classifier-*.npz .data/cache/ 2>/dev/null ||
     ls .data/cache/mnist-classifier-*.npz > /dev/null || echo "gpu.sh: no classifier in .data/cache: FID retrains it" >&2
   exit
 fi
 for v in /opt/*/.venv; do [ -x "$v/bin/python" ] && PATH=$v/bin:$PATH; done; export PATH
-t0=$SECONDS; MAIN=$PWD; T=$PWD/.data/tree
+t0=$SECONDS; MAIN=$PWD
 export MINIGAN_CACHE=/tmp/mc MINIGAN_DATA=$PWD/.data
 O=/tmp/o-next; rm -rf "$O"; mkdir -p "$O"
 stamp() { echo "$1: $((SECONDS - t0)) s" >> "$O/run.txt"; }
 save() { tar -czf "$OUT/next.tgz" -C "$O" .; }
-in_main() { (cd "$MAIN" && PYTHONPATH=$MAIN "$@"); }
-in_tree() { (cd "$T" && PYTHONPATH=$T "$@"); }
-train50() {  # $1: main or tree
-  in_$1 timeout 40 python examples/train_mnist.py --backend cupy --data-dir "$MAIN/.data" --out "/tmp/r50-$1" > "$O/train-cupy-50-$1.txt" 2>&1
+in_() { local at=$MAIN; [ "$1" = main ] || at=$MAIN/.data/$1; shift; (cd "$at" && PYTHONPATH=$at "$@"); }
+train50() {  # $1: main or a tree
+  in_ $1 timeout 40 python examples/train_mnist.py --backend cupy --data-dir "$MAIN/.data" --out "/tmp/r50-$1" > "$O/train-cupy-50-$1.txt" 2>&1
   stamp "train $1"
-  in_$1 timeout 40 python examples/evaluate.py --checkpoint "/tmp/r50-$1" --data-dir "$MAIN/.data" --backend cupy --out "$O/evaluation-$1.json" > "$O/evaluate-$1.txt" 2>&1
+  in_ $1 timeout 40 python examples/evaluate.py --checkpoint "/tmp/r50-$1" --data-dir "$MAIN/.data" --backend cupy --out "$O/evaluation-$1.json" > "$O/evaluate-$1.txt" 2>&1
   cp "/tmp/r50-$1/metrics.jsonl" "$O/metrics-$1.jsonl"; stamp "evaluate $1"; save
 }
-ab() {  # $1: the tree's table, $2: rounds, $3: the file
-  for round in $(seq "$2"); do
-    echo "== main, round $round" >> "$O/$3"
-    in_main timeout 40 python examples/benchmark.py --backend cupy --steps 100 --tiles minigan/tiles/NVIDIA-H200.jsonl >> "$O/$3" 2>&1
-    echo "exit status $?" >> "$O/$3"
-    echo "== tree, round $round" >> "$O/$3"
-    in_tree timeout 40 python examples/benchmark.py --backend cupy --steps 100 --tiles "$1" >> "$O/$3" 2>&1
-    echo "exit status $?" >> "$O/$3"; stamp "$3 round $round"
-  done
-  save
+bench() {  # $1: main or a tree, $2: its table, $3: the file
+  echo "== $1" >> "$O/$3"
+  in_ $1 timeout 40 python examples/benchmark.py --backend cupy --steps 100 --tiles "$2" >> "$O/$3" 2>&1
+  echo "exit status $?" >> "$O/$3"
 }
 cp .data/gpu.sh .data/commit.txt "$O/"
 mkdir -p /tmp/mc && cp .data/cache/*.npz /tmp/mc/ 2>/dev/null
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv > "$O/gpu.txt" 2>&1
 compile='from minigan import cupy_backend; cupy_backend.compile_kernels()'
-in_main timeout 150 python -c "$compile" > "$O/compile-main.txt" 2>&1 & in_tree timeout 150 python -c "$compile" > "$O/compile-tree.txt" 2>&1; wait
+for name in main $TREES; do in_ $name timeout 150 python -c "$compile" > "$O/compile-$name.txt" 2>&1 & done; wait
 stamp compile
-# the gate: d_pass against the separate launches, bit for bit, on this GPU. Where it fails (or hangs), the tree's
-# timings would mean nothing: only main's steps run, and the call keeps its time for them
-in_tree timeout 90 python -m pytest -q -s -p no:cacheprovider -m gpu tests/test_cupy.py -k d_pass > "$O/pytest-tree-d-pass.txt" 2>&1
-gate=$?; echo "exit status $gate" >> "$O/pytest-tree-d-pass.txt"; stamp "pytest tree d_pass"; save
-tree() { [ "$gate" = 0 ]; }
-tree && { in_tree timeout 150 python -m pytest -q -s -p no:cacheprovider -m gpu tests/test_cupy.py > "$O/pytest-tree.txt" 2>&1
-  echo "exit status $?" >> "$O/pytest-tree.txt"; stamp "pytest tree"; save
-  in_tree timeout 60 python examples/profile_step.py --timeline 50 > "$O/profile-tree.txt" 2>&1
-  echo "exit status $?" >> "$O/profile-tree.txt"; stamp "profile tree"; }
-in_main timeout 60 python examples/profile_step.py --timeline 50 > "$O/profile-main.txt" 2>&1
-echo "exit status $?" >> "$O/profile-main.txt"; stamp "profile main"; save
-tree && ab minigan/tiles/NVIDIA-H200.jsonl 3 ab.txt
-tree && { in_tree timeout 60 python examples/benchmark.py --backend cupy --compare-torch > "$O/benchmark-tree.txt" 2>&1
-  echo "exit status $?" >> "$O/benchmark-tree.txt"; stamp "benchmark tree"; }
-in_main timeout 60 python examples/benchmark.py --backend cupy --compare-torch > "$O/benchmark-main.txt" 2>&1
-echo "exit status $?" >> "$O/benchmark-main.txt"; stamp "benchmark main"; save
-tree && { in_tree timeout 150 python examples/search_tiles.py --out "$O/tree-searched.jsonl" > "$O/search-tree.txt" 2>&1
-  echo "exit status $?" >> "$O/search-tree.txt"; stamp "search tree"; save; }
-tree && [ -s "$O/tree-searched.jsonl" ] && ab "$O/tree-searched.jsonl" 2 ab-searched.txt
-in_main timeout 120 python -m pytest -q -s -p no:cacheprovider -m gpu tests/test_cupy.py > "$O/pytest-main.txt" 2>&1
-echo "exit status $?" >> "$O/pytest-main.txt"; stamp "pytest main"; save
+# the gates: each tree's passes against the separate launches, bit for bit, on this GPU. A tree that fails (or hangs)
+# would time something else than main's arithmetic: it is left out, and the call keeps its time for the rest
+ok=""
+for name in $TREES; do
+  in_ $name timeout 90 python -m pytest -q -s -p no:cacheprovider -m gpu tests/test_cupy.py -k d_pass > "$O/pytest-$name-d-pass.txt" 2>&1
+  status=$?; echo "exit status $status" >> "$O/pytest-$name-d-pass.txt"; stamp "pytest $name d_pass"
+  [ "$status" = 0 ] && ok="$ok $name"
+done
+save
+for name in $ok main; do
+  in_ $name timeout 60 python examples/profile_step.py --timeline 50 > "$O/profile-$name.txt" 2>&1
+  echo "exit status $?" >> "$O/profile-$name.txt"; stamp "profile $name"
+done
+save
+for round in 1 2 3; do
+  bench main minigan/tiles/NVIDIA-H200.jsonl ab.txt
+  for name in $ok; do bench $name minigan/tiles/NVIDIA-H200.jsonl ab.txt; done
+  stamp "ab round $round"
+done
+save
+# the tree with the lowest median over the rounds goes on (none: main's steps only)
+best=$(python - "$O/ab.txt" <<'EOF'
+import json, statistics, sys
+times, name = {}, None
+for line in open(sys.argv[1]):
+    if line.startswith("== "):
+        name = line[3:].strip()
+    elif line.startswith("{") and name != "main":
+        row = json.loads(line)
+        if row.get("impl") == "minigan-cupy":
+            times.setdefault(name, []).append(row["ms_per_step"])
+print(min(times, key=lambda n: statistics.median(times[n])) if times else "")
+EOF
+)
+echo "best: ${best:-none}" >> "$O/run.txt"
+for name in $best main; do
+  in_ $name timeout 60 python examples/benchmark.py --backend cupy --compare-torch > "$O/benchmark-$name.txt" 2>&1
+  echo "exit status $?" >> "$O/benchmark-$name.txt"; stamp "benchmark $name"
+done
+save
+for name in $best main; do
+  in_ $name timeout 150 python -m pytest -q -s -p no:cacheprovider -m gpu tests/test_cupy.py > "$O/pytest-$name.txt" 2>&1
+  echo "exit status $?" >> "$O/pytest-$name.txt"; stamp "pytest $name"; save
+done
+if [ -n "$best" ]; then
+  in_ $best timeout 150 python examples/search_tiles.py --out "$O/$best-searched.jsonl" > "$O/search-$best.txt" 2>&1
+  echo "exit status $?" >> "$O/search-$best.txt"; stamp "search $best"; save
+  if [ -s "$O/$best-searched.jsonl" ]; then
+    for round in 1 2; do
+      bench main minigan/tiles/NVIDIA-H200.jsonl ab-searched.txt; bench $best "$O/$best-searched.jsonl" ab-searched.txt
+      stamp "ab-searched round $round"
+    done
+    save
+  fi
+fi
 train50 main
-tree && { train50 tree; cp /tmp/r50-tree/samples/epoch_050.png "$O/epoch_050-tree.png"; save; }
-# last, if time is left: compute-sanitizer's racecheck and memcheck over two steps of the tree at batch 128 (the
+[ -n "$best" ] && { train50 $best; cp "/tmp/r50-$best/samples/epoch_050.png" "$O/epoch_050-$best.png"; save; }
+# last, if time is left: compute-sanitizer's racecheck and memcheck over two steps of best at batch 128 (the
 # table's batch: no tile timed). d_pass's shared memory is new: its chunks, parked sums and outputs share one array.
 sanitize='import cupy, numpy as np
 from minigan.backend import get_backend
@@ -99,7 +136,7 @@ cupy.cuda.Device().synchronize()
 print("d_pass", gan.fused.d_pass)'
 SAN=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)
 for tool in racecheck memcheck; do
-  tree || break
-  in_tree timeout 150 "${SAN:-compute-sanitizer}" --tool $tool --error-exitcode 9 python -c "$sanitize" > "$O/sanitize-$tool.txt" 2>&1
+  [ -n "$best" ] || break
+  in_ $best timeout 150 "${SAN:-compute-sanitizer}" --tool $tool --error-exitcode 9 python -c "$sanitize" > "$O/sanitize-$tool.txt" 2>&1
   echo "exit status $?" >> "$O/sanitize-$tool.txt"; stamp "$tool"; save
 done
