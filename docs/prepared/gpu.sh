@@ -1,7 +1,7 @@
 # Prepared for the next GPU session (written 2026-11-29, session 29): one call of ~500 s, two trees.
 #   tree: exp/d-pass (D's passes in one launch each); plus: exp/d-pass-plus (the same, and D's first weight
-#   gradient in two launches, the real rows' beside G's forward pass, and G's last input gradient in the G step's
-#   pass).
+#   gradient in two launches, the real rows' beside G's forward pass, G's last input gradient in the G step's pass,
+#   and the pass's cluster barriers in halves).
 #   1. main's kernels and both trees' compiled at once (~20 s);
 #   2. the gates, each tree's step against the separate launches bit for bit on this GPU (~20 s each): a tree whose
 #      gate fails (or hangs) is left out of every step below;
