@@ -55,6 +55,11 @@ train50() {  # $1: main or a tree
   in_ $1 timeout 40 python examples/evaluate.py --checkpoint "/tmp/r50-$1" --data-dir "$MAIN/.data" --backend cupy --out "$O/evaluation-$1.json" > "$O/evaluate-$1.txt" 2>&1
   cp "/tmp/r50-$1/metrics.jsonl" "$O/metrics-$1.jsonl"; stamp "evaluate $1"; save
 }
+logged() {  # $1: a file in $O, $2: the stamp, then main or a tree and its command: its output and exit status
+  local file=$1 label=$2 status; shift 2
+  in_ "$@" > "$O/$file" 2>&1; status=$?
+  echo "exit status $status" >> "$O/$file"; stamp "$label"; return $status
+}
 bench() {  # $1: main or a tree, $2: its table, $3: the file
   echo "== $1" >> "$O/$3"
   in_ $1 timeout 40 python examples/benchmark.py --backend cupy --steps 100 --tiles "$2" >> "$O/$3" 2>&1
@@ -70,14 +75,12 @@ stamp compile
 # would time something else than main's arithmetic: it is left out, and the call keeps its time for the rest
 ok=""
 for name in $TREES; do
-  in_ $name timeout 90 python -m pytest -q -s -p no:cacheprovider -m gpu tests/test_cupy.py -k d_pass > "$O/pytest-$name-d-pass.txt" 2>&1
-  status=$?; echo "exit status $status" >> "$O/pytest-$name-d-pass.txt"; stamp "pytest $name d_pass"
-  [ "$status" = 0 ] && ok="$ok $name"
+  logged pytest-$name-d-pass.txt "pytest $name d_pass" $name timeout 90 python -m pytest -q -s -p no:cacheprovider \
+    -m gpu tests/test_cupy.py -k d_pass && ok="$ok $name"
 done
 save
 for name in $ok main; do
-  in_ $name timeout 60 python examples/profile_step.py --timeline 50 > "$O/profile-$name.txt" 2>&1
-  echo "exit status $?" >> "$O/profile-$name.txt"; stamp "profile $name"
+  logged profile-$name.txt "profile $name" $name timeout 60 python examples/profile_step.py --timeline 50
 done
 save
 for round in 1 2 3; do
@@ -102,17 +105,16 @@ EOF
 )
 echo "best: ${best:-none}" >> "$O/run.txt"
 for name in $best main; do
-  in_ $name timeout 60 python examples/benchmark.py --backend cupy --compare-torch > "$O/benchmark-$name.txt" 2>&1
-  echo "exit status $?" >> "$O/benchmark-$name.txt"; stamp "benchmark $name"
+  logged benchmark-$name.txt "benchmark $name" $name timeout 60 python examples/benchmark.py --backend cupy --compare-torch
 done
 save
 for name in $best main; do
-  in_ $name timeout 150 python -m pytest -q -s -p no:cacheprovider -m gpu tests/test_cupy.py > "$O/pytest-$name.txt" 2>&1
-  echo "exit status $?" >> "$O/pytest-$name.txt"; stamp "pytest $name"; save
+  logged pytest-$name.txt "pytest $name" $name timeout 150 python -m pytest -q -s -p no:cacheprovider -m gpu tests/test_cupy.py
+  save
 done
 if [ -n "$best" ]; then
-  in_ $best timeout 150 python examples/search_tiles.py --out "$O/$best-searched.jsonl" > "$O/search-$best.txt" 2>&1
-  echo "exit status $?" >> "$O/search-$best.txt"; stamp "search $best"; save
+  logged search-$best.txt "search $best" $best timeout 150 python examples/search_tiles.py --out "$O/$best-searched.jsonl"
+  save
   if [ -s "$O/$best-searched.jsonl" ]; then
     for round in 1 2; do
       bench main minigan/tiles/NVIDIA-H200.jsonl ab-searched.txt; bench $best "$O/$best-searched.jsonl" ab-searched.txt
@@ -137,6 +139,7 @@ print("d_pass", gan.fused.d_pass)'
 SAN=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)
 for tool in racecheck memcheck; do
   [ -n "$best" ] || break
-  in_ $best timeout 150 "${SAN:-compute-sanitizer}" --tool $tool --error-exitcode 9 python -c "$sanitize" > "$O/sanitize-$tool.txt" 2>&1
-  echo "exit status $?" >> "$O/sanitize-$tool.txt"; stamp "$tool"; save
+  logged sanitize-$tool.txt $tool $best timeout 150 "${SAN:-compute-sanitizer}" --tool $tool --error-exitcode 9 \
+    python -c "$sanitize"
+  save
 done
