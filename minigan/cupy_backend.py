@@ -185,6 +185,7 @@ def compile_kernels(note=None, note_after=2.0, kernels=KERNELS):
 # cuda.h's CUlaunchAttribute (an id, then a 64-byte union at offset 8) and CUlaunchConfig, for
 # cuLaunchKernelEx, which CuPy does not wrap, and the flags of the graph calls below; tests/test_kernels.py
 # holds them to cuda.h.
+CU_LAUNCH_ATTRIBUTE_COOPERATIVE = 2
 CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION = 4
 CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6
 CU_STREAM_CAPTURE_MODE_RELAXED = 2
@@ -262,23 +263,30 @@ class DependentLaunch:
     kernels it depends on still run, and wait in kernels/dependent_launch.cuh's after_previous_kernels()
     until those have finished. Stream capture keeps that as the graph's programmatic edges.
     ``kernel(grid, block, args, cluster=c)`` launches the blocks in thread block clusters of c along z.
-    ``programmatic=False``: the launch waits for the kernels before it as CuPy's does (clusters only)."""
+    ``programmatic=False``: the launch waits for the kernels before it as CuPy's does (clusters only).
+    ``cooperative=True``: every block of the grid is resident at once (kernels/step.cu's grid_barrier), and
+    none is in a cluster."""
 
-    def __init__(self, raw_kernel, programmatic=True):
+    def __init__(self, raw_kernel, programmatic=True, cooperative=False):
         import cupy
 
         self.cupy, self.cu_function = cupy, raw_kernel.kernel.ptr  # the cupy.RawKernel's CUfunction
+        second = CU_LAUNCH_ATTRIBUTE_COOPERATIVE if cooperative else CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
         attributes = (LaunchAttribute * 2)(LaunchAttribute(id=CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION),
-                                           LaunchAttribute(id=CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION))
+                                           LaunchAttribute(id=second))
         attributes[0].value[0] = int(programmatic)  # programmaticStreamSerializationAllowed
-        self.attributes, self._driver = attributes, launch_ex_driver()
+        attributes[1].value[0] = int(cooperative)  # cooperative (else clusterDim.x, set at each launch)
+        self.attributes, self.cooperative, self._driver = attributes, cooperative, launch_ex_driver()
 
     def __call__(self, grid, block, args, cluster=1):
+        if self.cooperative and cluster != 1:
+            raise ValueError("a cooperative launch has no clusters")
         grid, block = (tuple(grid) + (1, 1))[:3], (tuple(block) + (1, 1))[:3]
         values, params = kernel_params(args)  # params points into values, alive until the call returns
-        self.attributes[1].value[:3] = (1, 1, cluster)  # clusterDim x, y, z
+        if not self.cooperative:
+            self.attributes[1].value[:3] = (1, 1, cluster)  # clusterDim x, y, z
         config = LaunchConfig(*grid, *block, 0, self.cupy.cuda.get_current_stream().ptr, self.attributes,
-                              2 if cluster > 1 else 1)
+                              2 if cluster > 1 or self.cooperative else 1)
         driver_call(self._driver, "cuLaunchKernelEx", ctypes.byref(config), self.cu_function, params, None)
 
 

@@ -324,6 +324,23 @@ def test_bench_launch_counts_every_launch_both_ways(capsys):
     assert {"step_ratio_dependent_vs_cupy", "step_ratio_priorities_vs_one"} <= lines[-1].keys()
 
 
+@pytest.mark.skipif(HAVE_GPU and cupy.__version__ == "emulated",
+                    reason="the emulated GPU runs its blocks one after another: no cooperative launch")
+def test_bench_grid_sync_orders_every_piece_each_way(capsys):
+    """examples/bench_grid_sync.py: the chain of launches, and the cooperative launches with their grid barriers
+    (unless the driver refused them, which it prints), captured alone and beside a side stream, each left the counts
+    that the order of its pieces gives (else it stops with an error), and it prints each design's slope."""
+    from bench_grid_sync import DESIGNS, main
+
+    assert main(["--blocks", "8", "--work", "4", "--pieces", "3", "--replays", "3", "--rounds", "1"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    print("\n".join(json.dumps(line) for line in lines))
+    graphs = {(line["design"], line["pieces"], line["side"]) for line in lines if "us_per_replay" in line or "error" in line}
+    assert graphs == {(design, pieces, side) for design in DESIGNS for pieces in (1, 3) for side in (False, True)}
+    assert {(line["design"], line["side"]) for line in lines if "us_per_boundary" in line} == {("launches", False),
+                                                                                             ("launches", True)}
+
+
 def test_compare_kernels_against_a_copy_of_the_kernels_leaves_the_same_bits(tmp_path, capsys):
     """examples/compare_kernels.py against a copy of this checkout's kernels/ (its own modules, compiled from the
     same source): the two steps, replayed in turns with the same tiles, leave the same bits."""

@@ -236,6 +236,33 @@ def test_host_launch_refuses_what_a_gpu_would_misread(host_kernels):
 GEMM_SHAPES = [(1, 1, 1), (37, 70, 129), (64, 64, 16), (130, 1, 65), (36, 68, 132)]  # the last: float4 loads
 
 
+def test_the_grid_barrier_orders_the_probes_pieces(host_kernels):
+    """kernels/step.cu's grid_sync_probe (examples/bench_grid_sync.py) on the CPU: 5 pieces in one launch, a grid
+    barrier between each two, on 8 blocks that run at once (here a cluster's, on a GPU a cooperative launch's), leave
+    the counts that a chain of 5 launches of one piece leaves, and that the order of the pieces gives; twice in a row,
+    as a graph's replays, the barrier's count goes on from where it was."""
+    from bench_grid_sync import expected_counts
+
+    probe, blocks, threads = host_kernels("step", "grid_sync_probe"), 8, 32
+
+    def run(launches, grid, cluster):
+        count, sink, arrived = np.zeros((2, blocks * threads), np.uint32), np.zeros(blocks * threads, np.float32), \
+            np.zeros(1, np.uint32)
+        for first, pieces in launches:
+            probe(grid, (threads,), (count, sink, arrived, np.int32(first), np.int32(pieces), np.int32(3)),
+                  cluster=cluster)
+        return count, int(arrived[0])
+
+    for launches in ([(0, 5)], [(0, 5), (0, 5)]):
+        expected = np.array(expected_counts(launches), np.uint32)[:, None]
+        chain, _ = run([(first + p, 1) for first, pieces in launches for p in range(pieces)], (blocks,), 1)
+        np.testing.assert_array_equal(chain, np.broadcast_to(expected, chain.shape))
+        barriers, arrived = run(launches, (1, 1, blocks), blocks)
+        np.testing.assert_array_equal(barriers, np.broadcast_to(expected, barriers.shape))
+        assert arrived == 4 * blocks * len(launches)  # 4 barriers a launch, every block at each
+    assert expected_counts([(0, 5)]) == [4, 5] and expected_counts([(0, 5), (0, 5)]) == [8, 9]
+
+
 def test_the_emulated_threads_keep_room_on_their_stacks(host_kernels):
     """Each emulated CUDA thread is a fiber with a stack of its own (tests/cuda_host.h), an inaccessible page
     below it: after every tile shape of every GEMM kernel, split and not, the deepest of them has used less

@@ -264,28 +264,31 @@ def test_launch_structs_match_cuda_h(tmp_path):
     """cuLaunchKernelEx's arguments as minigan.cupy_backend lays them out in ctypes, against cuda.h's own."""
     import ctypes
 
-    from minigan.cupy_backend import (CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
+    from minigan.cupy_backend import (CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION, CU_LAUNCH_ATTRIBUTE_COOPERATIVE,
                                       CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION, CU_STREAM_CAPTURE_MODE_RELAXED,
                                       CUDA_GRAPH_INSTANTIATE_FLAG_USE_NODE_PRIORITY, LaunchAttribute, LaunchConfig)
 
     probe = tmp_path / "layout.c"
     probe.write_text("#include <cuda.h>\n#include <stddef.h>\n#include <stdio.h>\nint main(void) {\n"
-                     '  printf("%zu %zu %zu %zu %zu %zu %zu %zu %zu %d %d %d %d\\n", sizeof(CUlaunchAttribute),\n'
+                     '  printf("%zu %zu %zu %zu %zu %zu %zu %zu %zu %zu %d %d %d %d %d\\n", sizeof(CUlaunchAttribute),\n'
                      "         offsetof(CUlaunchAttribute, value),\n"
                      "         offsetof(CUlaunchAttributeValue, programmaticStreamSerializationAllowed),\n"
+                     "         offsetof(CUlaunchAttributeValue, cooperative),\n"
                      "         offsetof(CUlaunchAttributeValue, clusterDim.x), offsetof(CUlaunchAttributeValue, clusterDim.z),\n"
                      "         sizeof(CUlaunchConfig), offsetof(CUlaunchConfig, hStream),\n"
                      "         offsetof(CUlaunchConfig, attrs), offsetof(CUlaunchConfig, numAttrs),\n"
                      "         (int)CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION, (int)CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,\n"
+                     "         (int)CU_LAUNCH_ATTRIBUTE_COOPERATIVE,\n"
                      "         (int)CU_STREAM_CAPTURE_MODE_RELAXED, (int)CUDA_GRAPH_INSTANTIATE_FLAG_USE_NODE_PRIORITY);\n}\n")
     subprocess.run(["gcc", f"-I{CUDA_H.parent}", "-o", str(tmp_path / "layout"), str(probe)], check=True)
     c = [int(w) for w in subprocess.run([str(tmp_path / "layout")], capture_output=True, text=True,
                                         check=True).stdout.split()]
-    # DependentLaunch writes value[0] (programmatic serialization), value[0..2] (the cluster's x, y, z): ints
-    ours = [ctypes.sizeof(LaunchAttribute), LaunchAttribute.value.offset, 0, 0, 8, ctypes.sizeof(LaunchConfig),
+    # DependentLaunch writes value[0] (programmatic serialization, cooperative), value[0..2] (the cluster's x, y,
+    # z): ints
+    ours = [ctypes.sizeof(LaunchAttribute), LaunchAttribute.value.offset, 0, 0, 0, 8, ctypes.sizeof(LaunchConfig),
             LaunchConfig.hStream.offset, LaunchConfig.attrs.offset, LaunchConfig.numAttrs.offset,
             CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION, CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
-            CU_STREAM_CAPTURE_MODE_RELAXED, CUDA_GRAPH_INSTANTIATE_FLAG_USE_NODE_PRIORITY]
+            CU_LAUNCH_ATTRIBUTE_COOPERATIVE, CU_STREAM_CAPTURE_MODE_RELAXED, CUDA_GRAPH_INSTANTIATE_FLAG_USE_NODE_PRIORITY]
     assert c == ours
 
 
@@ -352,11 +355,16 @@ def test_dependent_launch_hands_the_driver_its_attributes(monkeypatch):
     cupy_backend.DependentLaunch(raw)((3, 2, 4), (128,), args)
     cupy_backend.DependentLaunch(raw)((3, 2, 4), (128,), args, cluster=4)
     cupy_backend.DependentLaunch(raw, programmatic=False)((3, 2, 8), (64,), args, cluster=8)
-    pss, cluster = (cupy_backend.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
-                    cupy_backend.CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION)
+    cooperative = cupy_backend.DependentLaunch(raw, cooperative=True)
+    cooperative((64,), (256,), args)
+    with pytest.raises(ValueError, match="a cooperative launch has no clusters"):
+        cooperative((64,), (256,), args, cluster=8)
+    pss, cluster, coop = (cupy_backend.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+                          cupy_backend.CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION, cupy_backend.CU_LAUNCH_ATTRIBUTE_COOPERATIVE)
     assert seen == [((3, 2, 4), 128, 0x5EED, 0xF00, [(pss, [1, 0, 0])]),
                     ((3, 2, 4), 128, 0x5EED, 0xF00, [(pss, [1, 0, 0]), (cluster, [1, 1, 4])]),
-                    ((3, 2, 8), 64, 0x5EED, 0xF00, [(pss, [0, 0, 0]), (cluster, [1, 1, 8])])]
+                    ((3, 2, 8), 64, 0x5EED, 0xF00, [(pss, [0, 0, 0]), (cluster, [1, 1, 8])]),
+                    ((64, 1, 1), 256, 0x5EED, 0xF00, [(pss, [1, 0, 0]), (coop, [1, 0, 0])])]
 
 
 def test_a_driver_without_cuLaunchKernelEx_means_cupys_own_launch_and_capture(monkeypatch):

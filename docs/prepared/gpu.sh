@@ -1,4 +1,4 @@
-# Prepared for the next GPU session (written 2026-11-29, session 29): one call of ~500 s, two trees.
+# Prepared for the next GPU session (written 2026-11-29, sessions 29 and 30): one call of ~510 s, two trees.
 #   tree: exp/d-pass (D's passes in one launch each); plus: exp/d-pass-plus (the same, and D's first weight
 #   gradient in two launches, the real rows' beside G's forward pass, G's last input gradient in the G step's pass,
 #   and the pass's cluster barriers in halves).
@@ -8,7 +8,7 @@
 #   3. the step's timeline in the graph (profile_step.py --timeline 50) of each tree and of main (~13 s each);
 #   4. main against the trees, each with its own table (the trees': main's tiles on their 14 and 13 products), in
 #      alternating processes, three rounds (~75 s); the faster tree by its median, "best", goes on;
-#   5. benchmark.py --compare-torch, best and main (~40 s);
+#   5. benchmark.py --compare-torch, best and main (~40 s); bench_grid_sync.py, the probe for a G pass (~10 s);
 #   6. best's GPU tests, then main's (~60 s each): main's have not run with the searched tile table or the file writer;
 #   7. best's tile search from its table (~70 s), then main against the searched best, two rounds (~35 s);
 #   8. 50 epochs of main and of best, evaluated (~50 s): both give main's bits, so every loss of every epoch should be
@@ -107,6 +107,7 @@ echo "best: ${best:-none}" >> "$O/run.txt"
 for name in $best main; do
   logged benchmark-$name.txt "benchmark $name" $name timeout 60 python examples/benchmark.py --backend cupy --compare-torch
 done
+logged grid-sync.txt "grid sync" main timeout 60 python examples/bench_grid_sync.py
 save
 for name in $best main; do
   logged pytest-$name.txt "pytest $name" $name timeout 150 python -m pytest -q -s -p no:cacheprovider -m gpu tests/test_cupy.py
