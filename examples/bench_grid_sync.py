@@ -42,7 +42,8 @@ def expected_counts(pieces_launched):
 
 
 class Probe:
-    """The graphs of one design: ``pieces`` pieces on ``blocks`` blocks, ``side`` with the side stream's chain."""
+    """Each design's graphs on ``blocks`` blocks, captured and replayed on a stream of their own (and its side
+    stream)."""
 
     def __init__(self, cupy, launchers, blocks, work):
         self.cupy, self.launchers, self.blocks, self.work = cupy, launchers, blocks, work
