@@ -66,7 +66,7 @@ class Probe:
     def graph(self, design, pieces, side):
         """The captured graph, its buffers and the side stream's, and what one replay launches on each."""
         cupy = self.cupy
-        main_buffers, side_buffers = self.buffers(), self.buffers()
+        main_buffers, side_buffers = self.buffers(), self.buffers() if side else None
         main_launches, side_launches = self.pieces_of(design, pieces), self.pieces_of("launches", pieces)
         with self.stream:
             for first, number in main_launches:  # loaded before the capture (and the counts' first state known)
