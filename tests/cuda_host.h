@@ -1,10 +1,11 @@
 // Runs CUDA kernels on the CPU, for tests on machines without a GPU (tests/kernel_host.py builds it).
-// One fiber (a ucontext with a stack of its own) per CUDA thread of a block, all on one OS thread; blocks
-// run one after another, in a scrambled order. The threads of a block run in turn (in an order scrambled anew
-// at every barrier), each until it reaches __syncthreads or its end, and none passes a __syncthreads before
-// all have reached it. __shared__ is function-static storage of the OS thread (thread_local). (With an
-// OS thread per CUDA thread, until 2026-11-28, most of the tests' time went to waking 64-256 threads on 2
-// cores at every barrier.)
+// One fiber (a ucontext with a stack of its own) per CUDA thread of a block, all on one OS thread; the blocks
+// are shared out among an OS thread per CPU core, each taking the next in a scrambled order. The threads of a
+// block run in turn (in an order scrambled anew at every barrier), each until it reaches __syncthreads or its
+// end, and none passes a __syncthreads before all have reached it. __shared__ is function-static storage of the
+// OS thread (thread_local). (With an OS thread per CUDA thread, until 2026-11-28, most of the tests' time went to
+// waking 64-256 threads on 2 cores at every barrier; with the blocks one after another on one OS thread, until
+// 2026-11-29, the tests' emulated kernels used one core of CI's two.)
 // A launch in clusters of blocks along z (launch's `cluster`) runs each cluster's blocks at once, each block
 // on an OS thread of its own, so each has its shared memory: cluster_sync() waits for every thread of the
 // cluster, and cluster_peer() reads a peer block's shared memory, at the same offset in that OS thread's
@@ -216,8 +217,17 @@ void launch(dim3 grid, dim3 block, unsigned int cluster, Body body) {
     auto scrambled = [](unsigned int i, unsigned int n) {
         return (unsigned int)(((unsigned long long)i * 1000003ull) % n);
     };
-    if (cluster == 1) {
-        for (unsigned int i = 0; i < blocks; ++i) run_block(scrambled(i, blocks), 0);
+    if (cluster == 1) {  // the blocks shared out among the CPU's cores, each taking the next one not yet taken
+        unsigned int workers = std::min(blocks, std::max(1u, std::thread::hardware_concurrency()));
+        for (unsigned int t = 0; t < workers * threads; ++t) fiber_stack(t);
+        std::atomic<unsigned int> next{0};
+        auto work = [&](unsigned int worker) {
+            for (unsigned int i; (i = next.fetch_add(1)) < blocks;) run_block(scrambled(i, blocks), worker * threads);
+        };
+        std::vector<std::thread> others;
+        for (unsigned int worker = 1; worker < workers; ++worker) others.emplace_back(work, worker);
+        work(0);
+        for (auto& other : others) other.join();
         return;
     }
     unsigned int clusters = blocks / cluster, per_z = grid.x * grid.y;
