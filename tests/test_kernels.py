@@ -35,12 +35,9 @@ def test_there_are_kernels():
 
 @pytest.mark.skipif(NVCC is None, reason="no CUDA compiler (nvcc) on this machine")
 @pytest.mark.parametrize("source", SOURCES, ids=[p.name for p in SOURCES])
-def test_kernel_compiles(source, tmp_path):
+def test_kernel_compiles(source):
     """nvcc --ptx for Hopper (sm_90), as CuPy's NVRTC would compile it on the H100/H200; warnings are errors."""
-    proc = subprocess.run([NVCC, "--ptx", "-arch=sm_90", "--std=c++17", "-Werror", "all-warnings",
-                           "-o", str(tmp_path / "out.ptx"), str(source)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    ptx = (tmp_path / "out.ptx").read_text()
+    ptx = nvcc_ptx(source)
     names = kernel_names(source)
     assert names
     for name in names:
@@ -55,12 +52,26 @@ def test_kernel_compiles(source, tmp_path):
     assert not local, local
 
 
+# (--split-compile 0: the compilers' optimizations on every core, which leaves the machine code as it was)
+@functools.cache
+def nvcc_ptx(source):
+    """nvcc's PTX of ``source`` for Hopper, warnings as errors."""
+    with tempfile.TemporaryDirectory() as folder:
+        ptx = Path(folder) / "out.ptx"
+        proc = subprocess.run([NVCC, "--ptx", "-arch=sm_90", "--std=c++17", "-Werror", "all-warnings",
+                               "--split-compile", "0", "-o", str(ptx), str(source)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        return ptx.read_text()
+
+
 @functools.cache
 def ptxas_report(source):
-    """What ptxas says (-v) of each kernel of ``source`` compiled to machine code for Hopper."""
+    """What ptxas says (-v) of each kernel of ``source`` compiled to machine code for Hopper (nvcc_ptx's PTX)."""
     with tempfile.TemporaryDirectory() as folder:
-        proc = subprocess.run([NVCC, "-cubin", "-arch=sm_90", "--std=c++17", "-Xptxas", "-v",
-                               "-o", str(Path(folder) / "out.cubin"), str(source)], capture_output=True, text=True)
+        (Path(folder) / "in.ptx").write_text(nvcc_ptx(source))
+        proc = subprocess.run([NVCC, "-cubin", "-arch=sm_90", "-Xptxas", "-v", "--split-compile", "0",
+                               "-o", str(Path(folder) / "out.cubin"), str(Path(folder) / "in.ptx")],
+                              capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     return proc.stderr
 
