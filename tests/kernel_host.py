@@ -8,6 +8,7 @@ the code that launches kernels on the GPU (minigan/cupy_step.py) runs unchanged 
 """
 
 import ctypes
+import hashlib
 import re
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ KERNELS = ROOT / "kernels"
 SIGNATURE = re.compile(r'extern "C" __global__ void\s+(?:__launch_bounds__\(([^)]*)\)\s+)?(\w+)\(([^)]*)\)', re.S)
 MAX_THREADS, MAX_GRID = 1024, (2**31 - 1, 65535, 65535)  # per block, and blocks per grid dimension, as CUDA's
 MAX_CLUSTER = 8  # blocks per cluster, CUDA's portable most
+BUILT = {}  # {digest of the files a build reads: its library}
 CTYPES = [("unsigned long long", ctypes.c_ulonglong), ("long long", ctypes.c_longlong),
           ("unsigned int", ctypes.c_uint), ("int", ctypes.c_int), ("float", ctypes.c_float),
           ("double", ctypes.c_double)]
@@ -82,12 +84,17 @@ class HostKernels:
         source = self.build_dir / "kernels_host.cpp"
         source.write_text("\n".join(lines) + "\n")
         library = self.build_dir / "kernels_host.so"
-        # a * b + c contracted into one fused multiply-add, as nvcc and NVRTC do by default (--fmad=true), where
-        # the CPU has the instruction: the GEMMs then round as on a GPU, and the tolerances are tested for that
-        subprocess.run(["g++", "-std=c++20", "-O2", "-march=native", "-ffp-contract=fast", "-shared", "-fPIC",
-                        "-pthread", "-w", f"-I{host}", f"-I{folder}", "-o", str(library), str(source)],
-                       check=True)
-        self.library = ctypes.CDLL(str(library))
+        # built once a process from the same files (each test module makes its own HostKernels)
+        read = [source, host / "cuda_host.h", *sorted(folder.iterdir())]
+        digest = hashlib.sha256(b"".join(path.read_bytes() for path in read if path.is_file())).hexdigest()
+        if digest not in BUILT:
+            # a * b + c contracted into one fused multiply-add, as nvcc and NVRTC do by default (--fmad=true), where
+            # the CPU has the instruction: the GEMMs then round as on a GPU, and the tolerances are tested for that
+            subprocess.run(["g++", "-std=c++20", "-O2", "-march=native", "-ffp-contract=fast", "-shared", "-fPIC",
+                            "-pthread", "-w", f"-I{host}", f"-I{folder}", "-o", str(library), str(source)],
+                           check=True)
+            BUILT[digest] = library
+        self.library = ctypes.CDLL(str(BUILT[digest]))
         self.kernels = {}
         for kernels in self.signatures.values():
             for name, args, max_threads in kernels:
