@@ -325,7 +325,7 @@ def test_bench_launch_counts_every_launch_both_ways(capsys):
 
 
 @pytest.mark.skipif(HAVE_GPU and cupy.__version__ == "emulated",
-                    reason="the emulated GPU runs its blocks one after another: no cooperative launch")
+                    reason="the probe launches through the driver (cuLaunchKernelEx), which the emulated GPU has not")
 def test_bench_grid_sync_orders_every_piece_each_way(capsys):
     """examples/bench_grid_sync.py: the chain of launches, and the cooperative launches with their grid barriers
     (unless the driver refused them, which it prints), captured alone and beside a side stream, each left the counts
