@@ -1,5 +1,6 @@
-"""docs/maths.md points at the functions that implement each formula and the tests that check it:
-every such reference must exist, so the page cannot silently drift from the code."""
+"""The pages point at the code: docs/maths.md at the functions that implement each formula and the tests that
+check it, README.md and docs/cupy-backend.md at files and kernels. Every such reference must exist, so the pages
+cannot silently drift from the code."""
 
 import ast
 import re
@@ -50,3 +51,38 @@ def test_every_layer_and_loss_is_on_the_maths_page_and_has_its_maths_in_the_docs
     for fn in ("bce_forward", "bce_backward", "cross_entropy_forward", "cross_entropy_backward"):
         assert f"minigan/losses.py::{fn}`" in text
     assert ".. math::" in losses.__doc__ and ".. math::" in losses.cross_entropy_forward.__doc__
+
+
+def named_paths(text):
+    """The repository paths a page names in backticks (`examples/x.py --flag` names examples/x.py)."""
+    paths = set()
+    for span in re.findall(r"`([^`\n]+)`", text):
+        for token in span.split():
+            match = re.match(r"((?:minigan|kernels|examples|tests|docs|\.ci)/[\w./-]*[\w/])", token)
+            if match and "*" not in token and "<" not in token:
+                paths.add(match.group(1))
+    return paths
+
+
+def test_every_file_the_readme_and_the_gpu_page_name_exists():
+    """README.md and docs/cupy-backend.md point readers at files; moving or renaming one must mend the pages.
+    `minigan/kernels/` is the installed wheel's copy of kernels/, which a checkout does not have."""
+    for page in ("README.md", "docs/cupy-backend.md"):
+        paths = named_paths((ROOT / page).read_text()) - {"minigan/kernels/"}
+        assert len(paths) > 25, page
+        missing = sorted(p for p in paths if not (ROOT / p).exists())
+        assert not missing, f"{page} names files that do not exist: {missing}"
+
+
+def test_every_kernel_the_readme_table_names_is_defined_in_its_file():
+    """The README's table of kernels by file: each name in a row is a kernel or function of that row's files."""
+    rows = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `kernels/")]
+    assert len(rows) >= 5
+    missing = []
+    for row in rows:
+        files_cell, names_cell = row.split("|")[1:3]
+        source = "".join((ROOT / f).read_text() for f in re.findall(r"`(kernels/[\w.]+)`", files_cell))
+        for name in re.findall(r"`(\w+)(?:\(\))?`", names_cell):
+            if not re.search(rf"\b(void|float|struct)\s+(__launch_bounds__\([^)]*\)\s+)?{name}\s*\(", source):
+                missing.append(name)
+    assert not missing, f"README.md's kernel table names what its files do not define: {missing}"
