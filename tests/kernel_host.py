@@ -22,7 +22,7 @@ KERNELS = ROOT / "kernels"
 SIGNATURE = re.compile(r'extern "C" __global__ void\s+(?:__launch_bounds__\(([^)]*)\)\s+)?(\w+)\(([^)]*)\)', re.S)
 MAX_THREADS, MAX_GRID = 1024, (2**31 - 1, 65535, 65535)  # per block, and blocks per grid dimension, as CUDA's
 MAX_CLUSTER = 8  # blocks per cluster, CUDA's portable most
-BUILT = {}  # {digest of the files a build reads: its library}
+BUILT = {}  # {digest of the source a build compiles and the files it reads: the library, loaded}
 CTYPES = [("unsigned long long", ctypes.c_ulonglong), ("long long", ctypes.c_longlong),
           ("unsigned int", ctypes.c_uint), ("int", ctypes.c_int), ("float", ctypes.c_float),
           ("double", ctypes.c_double)]
@@ -72,7 +72,6 @@ class HostKernels:
         self.folder = folder
         host = folder.parent / "tests" if (folder.parent / "tests" / "cuda_host.h").is_file() else ROOT / "tests"
         self.signatures = kernel_signatures(folder)
-        self.build_dir = Path(tempfile.mkdtemp(prefix="minigan-kernels-"))
         lines = ['#include "cuda_host.h"'] + [f'#include "{folder / (f + ".cu")}"' for f in self.signatures]
         for kernels in self.signatures.values():
             for name, args, _ in kernels:
@@ -81,20 +80,24 @@ class HostKernels:
                 lines.append(f'extern "C" void host_{name}(unsigned gx, unsigned gy, unsigned gz, unsigned bx, '
                              f"unsigned cluster, {params}) "
                              f"{{ launch(dim3(gx, gy, gz), dim3(bx), cluster, [&] {{ {name}({call}); }}); }}")
-        source = self.build_dir / "kernels_host.cpp"
-        source.write_text("\n".join(lines) + "\n")
-        library = self.build_dir / "kernels_host.so"
+        source = "\n".join(lines) + "\n"
         # built once a process from the same files (each test module makes its own HostKernels)
-        read = [source, host / "cuda_host.h", *sorted(folder.iterdir())]
-        digest = hashlib.sha256(b"".join(path.read_bytes() for path in read if path.is_file())).hexdigest()
+        read = [host / "cuda_host.h", *sorted(folder.iterdir())]
+        digest = hashlib.sha256(source.encode() + b"".join(path.read_bytes() for path in read if path.is_file()))
+        digest = digest.hexdigest()
         if digest not in BUILT:
-            # a * b + c contracted into one fused multiply-add, as nvcc and NVRTC do by default (--fmad=true), where
-            # the CPU has the instruction: the GEMMs then round as on a GPU, and the tolerances are tested for that
-            subprocess.run(["g++", "-std=c++20", "-O2", "-march=native", "-ffp-contract=fast", "-shared", "-fPIC",
-                            "-pthread", "-w", f"-I{host}", f"-I{folder}", "-o", str(library), str(source)],
-                           check=True)
-            BUILT[digest] = library
-        self.library = ctypes.CDLL(str(BUILT[digest]))
+            with tempfile.TemporaryDirectory(prefix="minigan-kernels-") as build_dir:
+                source_file, library = Path(build_dir) / "kernels_host.cpp", Path(build_dir) / "kernels_host.so"
+                source_file.write_text(source)
+                # a * b + c contracted into one fused multiply-add, as nvcc and NVRTC do by default (--fmad=true),
+                # where the CPU has the instruction: the GEMMs then round as on a GPU, and the tolerances are
+                # tested for that
+                subprocess.run(["g++", "-std=c++20", "-O2", "-march=native", "-ffp-contract=fast", "-shared", "-fPIC",
+                                "-pthread", "-w", f"-I{host}", f"-I{folder}", "-o", str(library), str(source_file)],
+                               check=True)
+                # loaded before its folder goes: a library mapped into the process outlives its file
+                BUILT[digest] = ctypes.CDLL(str(library))
+        self.library = BUILT[digest]
         self.kernels = {}
         for kernels in self.signatures.values():
             for name, args, max_threads in kernels:
