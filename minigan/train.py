@@ -15,6 +15,7 @@ with one line on stderr and a non-zero exit status: 2 for bad arguments, 1 for o
 128 + signal number after SIGINT/SIGTERM (the current step is finished and a checkpoint written first).
 """
 
+import functools
 import json
 import math
 import signal
@@ -284,12 +285,12 @@ class Run:
                       "images_per_s": round((n - first_step * bs) / max(seconds, 1e-9), 1)}
             self.history.append(record)
             self.epoch, self.step = self.epoch + 1, 0
-            samples = backend.to_numpy(self.gan.generate(self.fixed_z))
+            # what each file holds is bound now: the writer may get to it epochs later, and a lambda would then
+            # read this loop's names as they are by then (a later epoch's samples in this epoch's grid)
             self.files.put(self.run_dir / "samples" / f"epoch_{self.epoch:03d}.png",
-                           lambda path: save_grid(path, samples))
+                           functools.partial(save_grid, images=backend.to_numpy(self.gan.generate(self.fixed_z))))
             self.save_checkpoint(background=True)
-            history = list(self.history)
-            self.files.put(self.run_dir / "metrics.jsonl", lambda path: write_metrics(path, history))
+            self.files.put(self.run_dir / "metrics.jsonl", functools.partial(write_metrics, history=list(self.history)))
             self.log(format_epoch(record, config["epochs"]))
         self.wait_for_files()
         self.save_generator()

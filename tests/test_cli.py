@@ -426,12 +426,19 @@ def test_a_failed_background_checkpoint_write_is_not_lost(data_dir, tmp_path, mo
 
 def test_training_does_not_wait_for_a_slow_disk(data_dir, tmp_path, monkeypatch):
     """Every epoch trains while epoch 1's checkpoint is still being written; then the newest checkpoint is
-    written, once, and every epoch's sample grid and metrics line are there."""
+    written, once, and every epoch's sample grid (of that epoch's samples, though written epochs later) and
+    metrics line are there."""
+    from minigan.images import image_grid, png_bytes
+
     run_dir = tmp_path / "r"
     run = make_run(data_dir, run_dir, 3)
     logged, disk_free = [], threading.Event()
-    written = []
-    save_npz = ckpt.save_npz
+    written, samples = [], []
+    save_npz, generate = ckpt.save_npz, run.gan.generate
+
+    def recorded_generate(z):
+        samples.append(np.array(generate(z)))
+        return samples[-1]
 
     def slow_save(path, arrays):
         written.append((Path(path).name, int(arrays["epoch"])))
@@ -439,6 +446,7 @@ def test_training_does_not_wait_for_a_slow_disk(data_dir, tmp_path, monkeypatch)
         save_npz(path, arrays)
 
     monkeypatch.setattr(ckpt, "save_npz", slow_save)
+    monkeypatch.setattr(run.gan, "generate", recorded_generate)
     run.log = logged.append
     trainer = threading.Thread(target=run.train)
     trainer.start()
@@ -456,6 +464,9 @@ def test_training_does_not_wait_for_a_slow_disk(data_dir, tmp_path, monkeypatch)
     assert written == [("checkpoint.npz", 1), ("checkpoint.npz", 3), ("generator.npz", 3)]
     assert int(final_arrays(run_dir)["epoch"]) == 3
     assert sorted(p.name for p in (run_dir / "samples").iterdir()) == [f"epoch_00{i}.png" for i in (1, 2, 3)]
+    assert len(samples) == 3 and not np.array_equal(samples[1], samples[2])
+    for epoch, grid in enumerate(samples, 1):
+        assert (run_dir / "samples" / f"epoch_00{epoch}.png").read_bytes() == png_bytes(image_grid(grid)), epoch
     assert [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
