@@ -118,9 +118,12 @@ def load_or_train_classifier(train, test, log=print):
     model, accuracy = train_classifier(*train, *test, log=log)
     if accuracy < MIN_ACCURACY:
         raise EvaluationError(f"the feature classifier reached only {accuracy:.4f} test accuracy (< {MIN_ACCURACY})")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ckpt.save_npz(path, {"format_version": np.int64(ckpt.FORMAT_VERSION), "test_accuracy": np.float64(accuracy),
-                         "recipe": ckpt.text(CLASSIFIER_RECIPE), **ckpt.model_arrays("classifier", model)})
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ckpt.save_npz(path, {"format_version": np.int64(ckpt.FORMAT_VERSION), "test_accuracy": np.float64(accuracy),
+                             "recipe": ckpt.text(CLASSIFIER_RECIPE), **ckpt.model_arrays("classifier", model)})
+    except OSError as e:  # a cache that cannot be written costs the next evaluation a retraining, not this one
+        log(f"the classifier is not cached: {path}: {e.strerror or e}")
     return model, accuracy
 
 
@@ -234,6 +237,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.n < 10:
         p.error(f"--n must be at least 10, got {args.n}")
+    if args.seed < 0:
+        p.error(f"--seed must be non-negative, got {args.seed}")
+    if args.out is not None and not args.out.parent.is_dir():  # known before the minutes the metrics take
+        p.error(f"{args.out.parent}: folder does not exist")
     try:
         backend = get_backend(args.backend)
         G, config = load_generator(args.checkpoint, backend)
@@ -248,5 +255,10 @@ def main(argv=None):
     if args.out is not None:
         from minigan.fileio import atomic_write_bytes
 
-        atomic_write_bytes(args.out, (line + "\n").encode())
+        try:
+            atomic_write_bytes(args.out, (line + "\n").encode())
+        except OSError as e:  # the metrics are on stdout above: not lost
+            print(f"{prog}: error: {args.out}: not written ({e.strerror or e}); the metrics are the line above",
+                  file=sys.stderr)
+            return 1
     return 0

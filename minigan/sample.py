@@ -50,6 +50,8 @@ def main(argv=None):
             raise UsageError(f"unknown backend {args.backend!r}: choose one of {', '.join(BACKENDS)}")
         if args.n < 1:
             raise UsageError(f"--n must be at least 1, got {args.n}")
+        if args.seed < 0:
+            raise UsageError(f"--seed must be non-negative, got {args.seed}")
         if args.out.suffix not in (".png", ".npy"):
             raise UsageError(f"--out must end in .png or .npy, got {args.out}")
         if not args.out.parent.is_dir():

@@ -335,6 +335,7 @@ def test_benchmark_tiles_are_the_gpu_steps_only(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--n", "0"], "--n must be at least 1"),
+    (["--seed", "-1"], "--seed must be non-negative"),
     (["--out", "grid.jpg"], "must end in .png or .npy"),
     (["--backend", "tpu"], "unknown backend"),
 ])

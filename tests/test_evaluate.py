@@ -145,3 +145,50 @@ def test_generate_in_batches_equals_one_pass():
     whole = ev.generate(G, 100, 50, backend, seed=1, batch=50)
     assert len(np.unique(batched.round(6), axis=0)) == 50
     np.testing.assert_allclose(batched, whole, rtol=1e-5, atol=1e-6)  # eval-mode BatchNorm: rows independent
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--n", "5"], "--n must be at least 10, got 5"),
+    (["--seed", "-1"], "--seed must be non-negative, got -1"),
+    (["--out", "missing/e.json"], "missing: folder does not exist"),
+])
+def test_evaluate_refuses_bad_arguments_before_loading_anything(tmp_path, args, message):
+    from test_cli import one_line_error
+
+    args = [str(tmp_path / a) if a.startswith("missing/") else a for a in args]
+    line = one_line_error(run_cli("evaluate.py", "--checkpoint", tmp_path / "none.npz", *args), 2)
+    assert line.startswith("evaluate.py: error: ") and line.endswith(message)
+
+
+def test_evaluate_keeps_its_metrics_when_the_out_file_cannot_be_written(tmp_path, monkeypatch, capsys):
+    """The metrics take minutes: a write that fails after them leaves them on stdout, with one line of error."""
+    from minigan import checkpoint as ckpt
+    from minigan import fileio
+    from minigan.gan import GAN
+
+    gan = GAN(get_backend("numpy"), seed=0)
+    ckpt.save_npz(tmp_path / "generator.npz", {"format_version": np.int64(ckpt.FORMAT_VERSION),
+                                               "config": ckpt.text(RECIPE), **ckpt.model_arrays("G", gan.G)})
+
+    def disk_full(path, data):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(ev, "evaluate_images", lambda images, data_dir, log: {"fid_mnist": 1.5, "n": len(images)})
+    monkeypatch.setattr(fileio, "atomic_write_bytes", disk_full)
+    status = ev.main(["--checkpoint", str(tmp_path / "generator.npz"), "--n", "10", "--out", str(tmp_path / "e.json")])
+    out, err = capsys.readouterr()
+    assert status == 1
+    assert json.loads(out) == {"checkpoint": str(tmp_path / "generator.npz"), "fid_mnist": 1.5, "n": 10}
+    assert err.count("\n") == 1 and "e.json: not written (No space left on device)" in err
+
+
+def test_a_classifier_cache_that_cannot_be_written_costs_only_the_cache(tmp_path, monkeypatch):
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("MINIGAN_CACHE", str(tmp_path / "a-file" / "cache"))  # below a file: no folder there
+    trained = ev.make_classifier(np.random.default_rng(1))
+    monkeypatch.setattr(ev, "train_classifier", lambda *data, log: (trained, 0.99))
+    images, labels = np.zeros((4, 784), np.uint8), np.arange(4, dtype=np.uint8)
+    logged = []
+    model, accuracy = ev.load_or_train_classifier((images, labels), (images, labels), logged.append)
+    assert model is trained and accuracy == 0.99
+    assert logged[-1].startswith("the classifier is not cached: ") and str(tmp_path / "a-file") in logged[-1]
