@@ -314,7 +314,7 @@ def format_epoch(r, epochs):
 
 def main(argv=None):
     prog = "train_mnist.py"
-    started = time.perf_counter()
+    started, run = time.perf_counter(), None
     try:
         args = build_parser().parse_args(argv)
         config, run_dir, arrays = resolve(args)
@@ -322,6 +322,8 @@ def main(argv=None):
         prepare_run_dir(run_dir)
         images, _ = load_mnist(args.data_dir)
         if config["train_size"] is not None:
+            if config["train_size"] > len(images):
+                raise UsageError(f"--train-size {config['train_size']} exceeds the {len(images)} training images")
             images = images[: config["train_size"]]
         if config["batch_size"] > len(images):
             raise UsageError(f"--batch-size {config['batch_size']} exceeds the {len(images)} training images")
@@ -360,6 +362,10 @@ def main(argv=None):
         return 2
     except (DataError, BackendError, ckpt.CheckpointError, TrainingError, EvaluationError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    except MemoryError as e:  # NumPy's, or CuPy's OutOfMemoryError on the GPU (a MemoryError too)
+        saved = f"; last good checkpoint: {run.last_checkpoint()}" if run is not None else ""
+        print(f"{prog}: error: out of memory ({e}){saved}", file=sys.stderr)
         return 1
     except OSError as e:  # writing into the run folder failed (disk full, permissions changed)
         print(f"{prog}: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)

@@ -192,6 +192,7 @@ def test_exploding_run_ends_with_one_line(data_dir, tmp_path):
     (["--epochs", "two"], "invalid int value"),
     (["--batch-size", "1000"], "exceeds the 300 training images"),
     (["--batch-size", "299"], "leave a last batch of 1"),
+    (["--train-size", "301"], "--train-size 301 exceeds the 300 training images"),
     (["--no-such-flag"], "unrecognized arguments"),
 ])
 def test_bad_arguments_are_refused_before_training(data_dir, tmp_path, args, message):
@@ -199,6 +200,18 @@ def test_bad_arguments_are_refused_before_training(data_dir, tmp_path, args, mes
     line = one_line_error(run_cli("train_mnist.py", "--data-dir", data_dir, "--out", out, *args), 2)
     assert message in line
     assert not (out / "checkpoint.npz").exists()
+
+
+def test_out_of_memory_is_one_line(data_dir, tmp_path, monkeypatch, capsys):
+    """A model too large for the machine (NumPy's MemoryError; CuPy's OutOfMemoryError is one too)."""
+    def too_large(*args):
+        raise MemoryError("Unable to allocate 191. GiB for an array with shape (256, 100000000)")
+
+    monkeypatch.setattr(train, "GAN", too_large)
+    status = train.main(["--data-dir", str(data_dir), "--out", str(tmp_path / "r"), "--latent-dim", "100000000"])
+    assert status == 1
+    assert capsys.readouterr().err == "train_mnist.py: error: out of memory (Unable to allocate 191. GiB for an " \
+        "array with shape (256, 100000000))\n"
 
 
 def test_unwritable_run_folder_and_missing_data(data_dir, tmp_path):
