@@ -250,6 +250,9 @@ def main(argv=None):
     except (BackendError, DataError, ckpt.CheckpointError, EvaluationError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
+    except MemoryError as e:  # --n beyond the machine's or the GPU's memory
+        print(f"{prog}: error: out of memory ({e})", file=sys.stderr)
+        return 1
     line = json.dumps(result)
     print(line)
     if args.out is not None:

@@ -74,3 +74,6 @@ def main(argv=None):
     except (BackendError, ckpt.CheckpointError, OSError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
+    except MemoryError as e:  # --n beyond the machine's or the GPU's memory
+        print(f"{prog}: error: out of memory ({e})", file=sys.stderr)
+        return 1

@@ -202,15 +202,21 @@ def test_bad_arguments_are_refused_before_training(data_dir, tmp_path, args, mes
     assert not (out / "checkpoint.npz").exists()
 
 
-def test_out_of_memory_is_one_line(data_dir, tmp_path, monkeypatch, capsys):
-    """A model too large for the machine (NumPy's MemoryError; CuPy's OutOfMemoryError is one too)."""
+@pytest.mark.parametrize("program", ["train_mnist.py", "sample.py", "evaluate.py"])
+def test_out_of_memory_is_one_line(program, data_dir, tmp_path, monkeypatch, capsys):
+    """A model or a sample too large for the machine (NumPy's MemoryError; CuPy's OutOfMemoryError is one too)."""
+    from minigan import evaluate, sample
+
     def too_large(*args):
         raise MemoryError("Unable to allocate 191. GiB for an array with shape (256, 100000000)")
 
     monkeypatch.setattr(train, "GAN", too_large)
-    status = train.main(["--data-dir", str(data_dir), "--out", str(tmp_path / "r"), "--latent-dim", "100000000"])
-    assert status == 1
-    assert capsys.readouterr().err == "train_mnist.py: error: out of memory (Unable to allocate 191. GiB for an " \
+    monkeypatch.setattr(sample, "load_generator", too_large)  # evaluate.py's too
+    main, args = {"train_mnist.py": (train.main, ["--data-dir", str(data_dir), "--out", str(tmp_path / "r")]),
+                  "sample.py": (sample.main, ["--checkpoint", str(tmp_path), "--out", str(tmp_path / "s.png")]),
+                  "evaluate.py": (evaluate.main, ["--checkpoint", str(tmp_path)])}[program]
+    assert main(args) == 1
+    assert capsys.readouterr().err == f"{program}: error: out of memory (Unable to allocate 191. GiB for an " \
         "array with shape (256, 100000000))\n"
 
 
