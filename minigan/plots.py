@@ -6,7 +6,8 @@
 
 ``write_plots(run_dir)`` makes all three from the run folder alone (metrics.jsonl, samples/,
 generator.npz or checkpoint.npz); the training program calls it at the end, and
-``examples/plots.py RUN_DIR`` calls it any time.
+``examples/plots.py RUN_DIR`` calls it any time. Each file is written atomically, as the run's others are: a
+reader sees the old picture or the new one, never half of one.
 """
 
 import json
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from minigan.backend import get_backend
+from minigan.fileio import atomic_write
 from minigan.images import save_grid
 
 
@@ -39,7 +41,7 @@ def plot_losses(history, path):
     ax2.set_xlabel("epoch")
     ax2.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
 
 
@@ -51,7 +53,8 @@ def animate_samples(sample_paths, path, seconds_per_frame=0.25):
     if not frames:
         return
     durations = [int(seconds_per_frame * 1000)] * (len(frames) - 1) + [1000]
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=durations, loop=0)
+    atomic_write(path, lambda f: frames[0].save(f, format="GIF", save_all=True, append_images=frames[1:],
+                                                duration=durations, loop=0))
 
 
 def slerp(z0, z1, t):

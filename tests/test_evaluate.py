@@ -117,7 +117,7 @@ def test_evaluate_program_on_a_trained_run(classifier_cache, shared_mnist_module
     assert result["n_generated"] == 2000 and result == json.loads((tmp_path / "e.json").read_text())
 
 
-def test_plots_of_a_run_folder(tmp_path):
+def test_plots_of_a_run_folder(tmp_path, monkeypatch):
     write_mnist(tmp_path, n=100)
     from minigan.data import load_mnist
 
@@ -134,6 +134,32 @@ def test_plots_of_a_run_folder(tmp_path):
     assert gif.n_frames == 3
     assert Image.open(run_dir / "losses.png").size[0] > 500
     assert Image.open(run_dir / "interpolation.png").size == (10 * 30 + 2, 8 * 30 + 2)
+    # redrawn by a program killed in the middle of a picture's write, the folder keeps the last whole picture
+    import os
+
+    from matplotlib.figure import Figure
+
+    import minigan.plots
+
+    pictures = {name: (run_dir / name).read_bytes() for name in ("losses.png", "samples.gif")}
+
+    def killed_mid_write(self, file, *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)):
+            file = open(file, "wb")  # noqa: SIM115 (left open, as by a killed process)
+        file.write(b"half a picture")
+        file.flush()
+        raise KeyboardInterrupt
+
+    # the GIF's frames are written by Pillow's Image.save, and so is matplotlib's PNG: the losses are left out there
+    for cls, method, left_out in ((Figure, "savefig", None), (Image.Image, "save", "plot_losses")):
+        with monkeypatch.context() as patch:
+            patch.setattr(cls, method, killed_mid_write)
+            if left_out:
+                patch.setattr(minigan.plots, left_out, lambda *args: None)
+            with pytest.raises(KeyboardInterrupt):
+                write_plots(run_dir)
+    assert {name: (run_dir / name).read_bytes() for name in pictures} == pictures
+    assert not [path.name for path in run_dir.iterdir() if path.name.endswith(".tmp")]
 
 
 def test_generate_in_batches_equals_one_pass():
