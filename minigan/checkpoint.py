@@ -16,7 +16,8 @@ Layout (all plain arrays; text fields are 0-d unicode arrays holding JSON):
 
 A generator-only file (``generator.npz``) has format_version, config and the G/ entries.
 Files are written atomically (temporary file, fsync, rename), so a killed run leaves the previous
-checkpoint intact.
+checkpoint intact. Every entry is checked as it is read: a file that is not what minigan writes is a
+CheckpointError naming the file and the entry, never a crash further on.
 """
 
 import json
@@ -26,6 +27,7 @@ import numpy as np
 
 from minigan.backend import to_host
 from minigan.fileio import atomic_write
+from minigan.recipe import RULES, first_broken_rule
 
 FORMAT_VERSION = 1
 
@@ -52,18 +54,47 @@ def load_npz(path):
         raise CheckpointError(f"{path}: not a readable minigan checkpoint ({e})") from None
     if "format_version" not in arrays:
         raise CheckpointError(f"{path}: not a minigan checkpoint (no format_version)")
-    version = int(arrays["format_version"])
+    version = count(arrays, "format_version", path)
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {version}, this minigan reads {FORMAT_VERSION}")
     return arrays
 
 
+KINDS = {"f": "floats", "iu": "integers", "U": "text"}  # numpy's dtype kinds, as the messages name them
+
+
+def array(arrays, key, path, shape, kinds="f"):
+    """The array stored under ``key``, of the given shape and of the given dtype kinds (a key of KINDS)."""
+    a = arrays.get(key)
+    if a is None:
+        raise CheckpointError(f"{path}: no {key!r}")
+    if a.shape != tuple(shape) or a.dtype.kind not in kinds:
+        raise CheckpointError(f"{path}: {key!r} is {a.dtype} of shape {a.shape}, not {KINDS[kinds]} of shape "
+                              f"{tuple(shape)}")
+    return a
+
+
+def count(arrays, key, path):
+    """The non-negative integer stored under ``key``."""
+    n = int(array(arrays, key, path, (), "iu"))
+    if n < 0:
+        raise CheckpointError(f"{path}: {key!r} is {n}, not a count")
+    return n
+
+
+def json_entry(arrays, key, path, kind):
+    """The JSON value of type ``kind`` (dict or list) stored under ``key`` as text."""
+    try:
+        value = json.loads(str(array(arrays, key, path, (), "U")))
+    except ValueError:
+        value = None
+    if not isinstance(value, kind):
+        raise CheckpointError(f"{path}: {key!r} is not a JSON {'object' if kind is dict else 'list'}")
+    return value
+
+
 def text(value):
     return np.array(json.dumps(value))
-
-
-def from_text(array):
-    return json.loads(str(array))
 
 
 def gan_arrays(gan):
@@ -79,14 +110,14 @@ def load_gan(arrays, gan, path="checkpoint"):
     """The inverse of gan_arrays; the random stream is restored only if it comes from the same backend."""
     load_model(arrays, "G", gan.G, path)
     load_model(arrays, "D", gan.D, path)
-    try:
-        load_optimizer(arrays, "opt_G", gan.opt_G)
-        load_optimizer(arrays, "opt_D", gan.opt_D)
-    except (KeyError, ValueError) as e:
-        raise CheckpointError(f"{path}: optimizer state missing or does not fit ({e})") from None
-    rng_state = from_text(arrays["rng"])
+    load_optimizer(arrays, "opt_G", gan.opt_G, path)
+    load_optimizer(arrays, "opt_D", gan.opt_D, path)
+    rng_state = json_entry(arrays, "rng", path, dict)
     if rng_state.get("backend") == gan.backend.name:
-        gan.backend.set_rng_state(gan.rng, rng_state)
+        try:
+            gan.backend.set_rng_state(gan.rng, rng_state)
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: 'rng' is not a state of {gan.backend.name}'s random stream ({e})") from None
 
 
 def model_arrays(prefix, model):
@@ -106,12 +137,20 @@ def optimizer_arrays(prefix, opt):
     return {f"{prefix}/{k}": np.array(to_host(v)) for k, v in opt.state().items()}
 
 
-def load_optimizer(arrays, prefix, opt):
-    opt.load_state({k: arrays[f"{prefix}/{k}"] for k in ("m", "v", "t")})
+def load_optimizer(arrays, prefix, opt, path="checkpoint"):
+    state = {k: array(arrays, f"{prefix}/{k}", path, opt.m.shape) for k in ("m", "v")}
+    opt.load_state({**state, "t": count(arrays, f"{prefix}/t", path)})
 
 
-def read_config(arrays):
-    return from_text(arrays["config"])
+def read_config(arrays, path="checkpoint"):
+    """The run's recipe, every field of it checked against its rule (minigan.recipe)."""
+    config = json_entry(arrays, "config", path, dict)
+    key = first_broken_rule(config)
+    if key is not None and key not in config:
+        raise CheckpointError(f"{path}: the recipe has no {key}")
+    if key is not None:
+        raise CheckpointError(f"{path}: the recipe's {key} must be {RULES[key][1]}, not {config[key]!r}")
+    return config
 
 
 def describe(path):

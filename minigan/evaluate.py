@@ -111,7 +111,7 @@ def load_or_train_classifier(train, test, log=print):
         try:
             arrays = ckpt.load_npz(path)
             ckpt.load_model(arrays, "classifier", model, path)
-            return model, float(arrays["test_accuracy"])
+            return model, float(ckpt.array(arrays, "test_accuracy", path, ()))
         except ckpt.CheckpointError as e:
             log(f"retraining the classifier: {e}")
     log(f"training the feature classifier once (cached in {path})")

@@ -6,7 +6,7 @@ whole-buffer operations and a checkpoint is two arrays. Names follow PyTorch's s
 ``"<layer index>.<name>"`` (e.g. ``"0.W"``, ``"2.gamma"``, ``"2.running_mean"``).
 """
 
-from minigan.backend import to_host
+from minigan.backend import array_module, to_host
 
 
 class Sequential:
@@ -76,6 +76,8 @@ class Sequential:
                 raise ValueError(f"state has no {key!r}")
             if tuple(state[key].shape) != tuple(shape):
                 raise ValueError(f"state {key!r} has shape {tuple(state[key].shape)}, model needs {shape}")
+            if state[key].dtype.kind != "f" or not bool(array_module(state[key]).isfinite(state[key]).all()):
+                raise ValueError(f"state {key!r} is not all finite floating-point numbers ({state[key].dtype})")
         self.params[...] = self.xp.asarray(state["params"], dtype=self.dtype)
         for k, v in self.named_buffers():
             v[...] = self.xp.asarray(state[k], dtype=self.dtype)

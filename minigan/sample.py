@@ -26,7 +26,7 @@ def load_generator(path, backend):
         candidates = [path / "generator.npz", path / "checkpoint.npz"]
         path = next((c for c in candidates if c.exists()), candidates[-1])
     arrays = ckpt.load_npz(path)
-    config = ckpt.read_config(arrays)
+    config = ckpt.read_config(arrays, path)
     G = make_generator(config["latent_dim"], np.random.default_rng(0), backend.xp)
     ckpt.load_model(arrays, "G", G, path)
     return G.eval(), config

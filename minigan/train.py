@@ -17,7 +17,6 @@ with one line on stderr and a non-zero exit status: 2 for bad arguments, 1 for o
 
 import functools
 import json
-import math
 import signal
 import sys
 import time
@@ -33,11 +32,8 @@ from minigan.evaluate import EvaluationError
 from minigan.fileio import FileWriter, atomic_write_bytes
 from minigan.gan import GAN
 from minigan.images import save_grid
+from minigan.recipe import DEFAULT_EPOCHS, RECIPE, RULES, first_broken_rule
 
-# The recipe (REFERENCE.md); these define a run and are fixed once it has started.
-RECIPE = {"batch_size": 128, "lr": 2e-4, "beta1": 0.5, "k": 1, "latent_dim": 100, "seed": 666,
-          "train_size": None}
-DEFAULT_EPOCHS = 50
 FIXED_NOISE = 32
 
 
@@ -71,21 +67,11 @@ def build_parser():
 
 
 def check_recipe(config):
-    """Refuse values that cannot train, before anything is loaded."""
-    checks = [
-        (config["epochs"] >= 1, f"--epochs must be at least 1, got {config['epochs']}"),
-        (config["batch_size"] >= 2, f"--batch-size must be at least 2 (BatchNorm needs 2 rows), got {config['batch_size']}"),
-        (config["lr"] > 0 and math.isfinite(config["lr"]), f"--lr must be a positive number, got {config['lr']}"),
-        (0 <= config["beta1"] < 1, f"--beta1 must be in [0, 1), got {config['beta1']}"),
-        (config["k"] >= 1, f"--k must be at least 1, got {config['k']}"),
-        (config["latent_dim"] >= 1, f"--latent-dim must be at least 1, got {config['latent_dim']}"),
-        (config["seed"] >= 0, f"--seed must be non-negative, got {config['seed']}"),
-        (config["train_size"] is None or config["train_size"] >= 2,
-         f"--train-size must be at least 2, got {config['train_size']}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise UsageError(message)
+    """Refuse values that cannot train, before anything is loaded (the recipe's fields are fixed once a run has
+    started: minigan.recipe)."""
+    key = first_broken_rule(config)
+    if key is not None:
+        raise UsageError(f"--{key.replace('_', '-')} must be {RULES[key][1]}, got {config[key]}")
 
 
 def resolve(args):
@@ -97,16 +83,17 @@ def resolve(args):
         run_dir = args.resume
         if args.out is not None and args.out.resolve() != run_dir.resolve():
             raise UsageError("--out and --resume name different folders; --resume continues in its own folder")
-        arrays = ckpt.load_npz(run_dir / "checkpoint.npz")
-        config = ckpt.read_config(arrays)
+        path = run_dir / "checkpoint.npz"
+        arrays = ckpt.load_npz(path)
+        config = ckpt.read_config(arrays, path)
         changed = [k for k, v in given.items() if v != config[k]]
         if changed:
             key = changed[0]
             raise UsageError(f"--{key.replace('_', '-')} {given[key]} differs from the run's {config[key]}: "
                              f"a resumed run keeps its recipe")
         config["epochs"] = args.epochs if args.epochs is not None else config["epochs"]
-        done = int(arrays["epoch"])
-        if config["epochs"] <= done and int(arrays["step"]) == 0:
+        done = ckpt.count(arrays, "epoch", path)
+        if config["epochs"] <= done and ckpt.count(arrays, "step", path) == 0:
             raise UsageError(f"{run_dir} has already trained {done} epochs; pass --epochs above {done} to go on")
     else:
         run_dir = args.out if args.out is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
@@ -185,17 +172,27 @@ class Run:
         self.fixed_z = self.gan.sample_noise(FIXED_NOISE)  # drawn first, as the reference does
         self.epoch, self.step, self.perm, self.history = 0, 0, None, []
         self.sums = xp.zeros(4)
-        if arrays is not None:
-            path = run_dir / "checkpoint.npz"
-            ckpt.load_gan(arrays, self.gan, path)
-            self.fixed_z = backend.asarray(arrays["fixed_z"], dtype=np.float32)
-            self.epoch, self.step = int(arrays["epoch"]), int(arrays["step"])
-            self.history = ckpt.from_text(arrays["history"])
-            if self.step:
-                self.perm, self.sums = arrays["perm"], xp.asarray(arrays["sums"])
         n = len(images)
         self.steps_per_epoch = -(-n // config["batch_size"])
+        if arrays is not None:
+            self.restore(arrays, run_dir / "checkpoint.npz")
         self.files = FileWriter()
+
+    def restore(self, arrays, path):
+        """Take up the run where the checkpoint's arrays left it; CheckpointError where they do not fit."""
+        ckpt.load_gan(arrays, self.gan, path)
+        self.fixed_z = self.backend.asarray(ckpt.array(arrays, "fixed_z", path, self.fixed_z.shape), dtype=np.float32)
+        self.epoch, self.step = ckpt.count(arrays, "epoch", path), ckpt.count(arrays, "step", path)
+        self.history = ckpt.json_entry(arrays, "history", path, list)
+        if not all(isinstance(r, dict) and all(isinstance(r.get(k), (int, float)) for k in ("epoch", *self.METRICS))
+                   for r in self.history):
+            raise ckpt.CheckpointError(f"{path}: 'history' is not a list of epochs' metrics")
+        if self.step:  # stopped inside an epoch: its shuffle of these images, and its sums so far
+            n = len(self.images)
+            self.perm = ckpt.array(arrays, "perm", path, (n,), "iu")
+            if self.step >= self.steps_per_epoch or not np.array_equal(np.sort(self.perm), np.arange(n)):
+                raise ckpt.CheckpointError(f"{path}: 'step' and 'perm' are not a place in an epoch over {n} images")
+            self.sums = self.backend.xp.asarray(ckpt.array(arrays, "sums", path, (4,)))
 
     def checkpoint_arrays(self):
         arrays = ckpt.gan_arrays(self.gan)

@@ -104,7 +104,7 @@ def test_resume_is_bit_exact(data_dir, tmp_path):
     for key in a:
         if key not in ("config", "history"):
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-    history_a, history_b = ckpt.from_text(a["history"]), ckpt.from_text(b["history"])
+    history_a, history_b = (ckpt.json_entry(arrays, "history", "checkpoint", list) for arrays in (a, b))
     assert [h["loss_G"] for h in history_a] == [h["loss_G"] for h in history_b]
     assert len((tmp_path / "split" / "metrics.jsonl").read_text().splitlines()) == 4
 
@@ -296,7 +296,7 @@ def test_signal_finishes_the_step_saves_and_resumes_exactly(slow_data, tmp_path,
     a, b = final_arrays(straight), final_arrays(out)
     for key in ("G/params", "D/params", "opt_G/m", "opt_D/v", "G/8.running_var", "rng"):
         np.testing.assert_array_equal(a[key], b[key], err_msg=f"{key} after a stop at {stopped_at}")
-    losses = lambda arrs: [h["loss_D"] for h in ckpt.from_text(arrs["history"])]  # noqa: E731
+    losses = lambda arrs: [h["loss_D"] for h in ckpt.json_entry(arrs, "history", "checkpoint", list)]  # noqa: E731
     np.testing.assert_allclose(losses(a), losses(b), rtol=1e-12)
 
 
@@ -535,6 +535,74 @@ def test_resume_from_a_damaged_checkpoint_is_one_line(data_dir, tmp_path, damage
     line = one_line_error(run_cli("train_mnist.py", "--data-dir", data_dir, "--resume", tmp_path / "r",
                                   "--epochs", 2), 1)
     assert "checkpoint.npz" in line
+
+
+def recipe_with(**fields):
+    def damage(arrays):
+        config = {**json.loads(str(arrays["config"])), **fields}
+        arrays["config"] = ckpt.text({k: v for k, v in config.items() if v is not None})
+    return damage
+
+
+def stopped_at(step, perm):
+    def damage(arrays):
+        arrays["step"], arrays["perm"] = np.int64(step), perm
+    return damage
+
+
+# an entry of a checkpoint that is not what minigan writes: (what is done to the arrays, what the error names,
+# whether the generator is touched, so that sample.py must refuse the file too)
+ENTRY_DAMAGE = {
+    "no config": (lambda a: a.pop("config"), "no 'config'", True),
+    "config not JSON": (lambda a: a.update(config=np.array("{latent")), "'config' is not a JSON object", True),
+    "latent_dim text": (recipe_with(latent_dim="100"), "the recipe's latent_dim must be at least 1, not '100'", True),
+    "latent_dim negative": (recipe_with(latent_dim=-5), "latent_dim must be at least 1, not -5", True),
+    "no seed": (recipe_with(seed=None), "the recipe has no seed", True),
+    "version not a number": (lambda a: a.update(format_version=np.zeros(2)), "'format_version' is float64", True),
+    "G params not finite": (lambda a: a["G/params"].__setitem__(7, np.nan), "G does not fit", True),
+    "G params integers": (lambda a: a.update({"G/params": a["G/params"].astype(np.int32)}), "G does not fit", True),
+    "epoch negative": (lambda a: a.update(epoch=np.int64(-1)), "'epoch' is -1, not a count", False),
+    "step a float": (lambda a: a.update(step=np.float64(1)), "'step' is float64 of shape ()", False),
+    "Adam t a vector": (lambda a: a.update({"opt_D/t": np.array([3, 3])}), "'opt_D/t' is int64 of shape (2,)", False),
+    "rng not JSON": (lambda a: a.update(rng=np.array("[1]")), "'rng' is not a JSON object", False),
+    "rng not a state": (lambda a: a.update(rng=ckpt.text({"backend": "numpy", "state": 5})),
+                        "'rng' is not a state of numpy's random stream", False),
+    "history not metrics": (lambda a: a.update(history=ckpt.text([1, 2])), "'history' is not a list of epochs'", False),
+    "fixed_z too narrow": (lambda a: a.update(fixed_z=a["fixed_z"][:, :7]), "'fixed_z' is float32 of shape (32, 7)",
+                           False),
+    "stopped, other data": (stopped_at(2, np.arange(299)), "'perm' is int64 of shape (299,)", False),
+    "stopped, no shuffle": (stopped_at(2, np.zeros(300, np.int64)), "'step' and 'perm' are not a place", False),
+    "stopped past the end": (stopped_at(5, np.arange(300)), "'step' and 'perm' are not a place", False),
+}
+
+
+@pytest.fixture(scope="module")
+def finished_run(data_dir, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("finished")
+    make_run(data_dir, run_dir, 1).train()
+    return final_arrays(run_dir)
+
+
+@pytest.mark.parametrize("damage", ENTRY_DAMAGE)
+def test_a_checkpoint_that_is_not_what_minigan_writes_is_one_line(damage, finished_run, data_dir, tmp_path, capsys):
+    """Every entry is checked as it is read: the error names the file and the entry, whichever program reads it."""
+    from minigan import sample
+
+    change, message, generator = ENTRY_DAMAGE[damage]
+    arrays = {k: v.copy() for k, v in finished_run.items()}
+    change(arrays)
+    ckpt.save_npz(tmp_path / "checkpoint.npz", arrays)
+    assert train.main(["--data-dir", str(data_dir), "--resume", str(tmp_path), "--epochs", "3"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"train_mnist.py: error: {tmp_path / 'checkpoint.npz'}: "), err
+    assert message in err
+    status = sample.main(["--checkpoint", str(tmp_path), "--n", "4", "--out", str(tmp_path / "s.npy")])
+    err = capsys.readouterr().err
+    if generator:
+        assert status == 1 and err.startswith(f"sample.py: error: {tmp_path / 'checkpoint.npz'}: "), err
+        assert message in err and err.count("\n") == 1
+    else:
+        assert status == 0 and np.load(tmp_path / "s.npy").shape == (4, 784)
 
 
 def test_compile_benchmark_prints_its_json_lines_and_refuses_bad_arguments():
