@@ -18,6 +18,7 @@ import numpy as np
 from minigan.backend import get_backend
 from minigan.fileio import atomic_write
 from minigan.images import save_grid
+from minigan.train import is_history
 
 
 def plot_losses(history, path):
@@ -82,8 +83,10 @@ def write_plots(run_dir, backend=None):
     if metrics.exists():
         try:
             history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{metrics}: not one JSON object a line ({e})") from None
+        except json.JSONDecodeError:
+            history = None
+        if not is_history(history):
+            raise ValueError(f"{metrics}: not one JSON object of an epoch's metrics a line")
         if history:
             plot_losses(history, run_dir / "losses.png")
     animate_samples(sorted((run_dir / "samples").glob("epoch_*.png")), run_dir / "samples.gif")

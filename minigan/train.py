@@ -35,6 +35,7 @@ from minigan.images import save_grid
 from minigan.recipe import DEFAULT_EPOCHS, RECIPE, RULES, first_broken_rule
 
 FIXED_NOISE = 32
+METRICS = ("loss_D", "loss_G", "D_x", "D_G_z")  # an epoch's means, in metrics.jsonl and the checkpoint's history
 
 
 class TrainingError(Exception):
@@ -98,7 +99,8 @@ def resolve(args):
     else:
         run_dir = args.out if args.out is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
         if (run_dir / "checkpoint.npz").exists():
-            raise UsageError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --out")
+            raise UsageError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another "
+                             f"--out")
         arrays = None
         config = {**RECIPE, **given, "epochs": args.epochs if args.epochs is not None else DEFAULT_EPOCHS}
     check_recipe(config)
@@ -162,8 +164,6 @@ class StopFlag:
 class Run:
     """One training run: the GAN, its data, its folder, and where it stands."""
 
-    METRICS = ("loss_D", "loss_G", "D_x", "D_G_z")
-
     def __init__(self, config, backend, images, run_dir, arrays=None, log=print):
         self.config, self.backend, self.images, self.run_dir, self.log = config, backend, images, run_dir, log
         xp = backend.xp
@@ -184,8 +184,7 @@ class Run:
         self.fixed_z = self.backend.asarray(ckpt.array(arrays, "fixed_z", path, self.fixed_z.shape), dtype=np.float32)
         self.epoch, self.step = ckpt.count(arrays, "epoch", path), ckpt.count(arrays, "step", path)
         self.history = ckpt.json_entry(arrays, "history", path, list)
-        if not all(isinstance(r, dict) and all(isinstance(r.get(k), (int, float)) for k in ("epoch", *self.METRICS))
-                   for r in self.history):
+        if not is_history(self.history):
             raise ckpt.CheckpointError(f"{path}: 'history' is not a list of epochs' metrics")
         if self.step:  # stopped inside an epoch: its shuffle of these images, and its sums so far
             n = len(self.images)
@@ -277,7 +276,7 @@ class Run:
             backend.synchronize()
             seconds = time.perf_counter() - start
             means = backend.to_numpy(self.sums) / n
-            record = {"epoch": self.epoch + 1, **{k: float(v) for k, v in zip(self.METRICS, means)},
+            record = {"epoch": self.epoch + 1, **{k: float(v) for k, v in zip(METRICS, means)},
                       "seconds": round(seconds, 3),
                       "images_per_s": round((n - first_step * bs) / max(seconds, 1e-9), 1)}
             self.history.append(record)
@@ -296,6 +295,12 @@ class Run:
         arrays = {"format_version": np.int64(ckpt.FORMAT_VERSION), "config": ckpt.text(self.config),
                   "epoch": np.int64(self.epoch), **ckpt.model_arrays("G", self.gan.G)}
         ckpt.save_npz(self.run_dir / "generator.npz", arrays)
+
+
+def is_history(records):
+    """Whether ``records`` is a run's history: a list of one JSON object an epoch, with its number and METRICS."""
+    return isinstance(records, list) and all(
+        isinstance(r, dict) and all(isinstance(r.get(k), (int, float)) for k in ("epoch", *METRICS)) for r in records)
 
 
 def write_metrics(path, history):

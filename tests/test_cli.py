@@ -507,8 +507,12 @@ def test_plots_draws_a_run_and_refuses_a_folder_that_is_not_one_in_one_line(data
     assert all((run_dir / name).stat().st_size > 0 for name in ("losses.png", "samples.gif", "interpolation.png"))
     (tmp_path / "empty").mkdir()
     assert "checkpoint.npz" in one_line_error(run_cli("plots.py", tmp_path / "empty"), 1)
-    (run_dir / "metrics.jsonl").write_text('{"epoch": 1, "loss_D": 0.5}\n{"epoch": 2, "lo')
-    assert "metrics.jsonl" in one_line_error(run_cli("plots.py", run_dir), 1)
+    # cut off mid-line; whole JSON lines that are not an epoch's metrics: a list, a record without D(G(z))
+    good = json.loads((run_dir / "metrics.jsonl").read_text())
+    del good["D_G_z"]
+    for text in ('{"epoch": 1, "loss_D": 0.5}\n{"epoch": 2, "lo', "[1, 2]\n", json.dumps(good) + "\n"):
+        (run_dir / "metrics.jsonl").write_text(text)
+        assert "metrics.jsonl: not one JSON object" in one_line_error(run_cli("plots.py", run_dir), 1)
 
 
 def test_train_torch_without_torch_or_data_is_one_line(data_dir, tmp_path):
