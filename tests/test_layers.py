@@ -106,6 +106,30 @@ def test_batchnorm_statistics_follow_pytorch():
     np.testing.assert_array_equal(layer.buffers["running_mean"], rm)  # eval mode leaves the buffers alone
 
 
+def test_batchnorm_trains_on_two_rows_and_refuses_one():
+    """Two rows are the fewest with a batch variance (the recipe's last batch may be as small as that)."""
+    layer = BatchNorm1d(3, dtype=F64)
+    x = np.array([[1.0, -2.0, 5.0], [3.0, 2.0, 5.5]])
+    var = x.var(0)
+    # each row is one half-range from the mean, the half-range being the biased standard deviation
+    np.testing.assert_allclose(layer.forward(x), [[-1.0], [1.0]] * np.sqrt(var / (var + 1e-5)), rtol=1e-12)
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        layer.forward(x[:1])
+
+
+def test_dropout_refuses_a_probability_outside_0_to_1_and_at_0_is_the_identity_drawing_nothing():
+    for p in (1.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match=r"must be in \[0, 1\)"):
+            Dropout(p)
+    rng = np.random.default_rng(9)
+    state = rng.bit_generator.state
+    x = np.arange(12.0).reshape(3, 4)
+    layer = Dropout(0.0, rng, dtype=F64)
+    np.testing.assert_array_equal(layer.forward(x), x)
+    np.testing.assert_array_equal(layer.backward(x * 2), x * 2)
+    assert rng.bit_generator.state == state  # the run's random stream is the same with p = 0 as without the layer
+
+
 def test_dropout_gradients_scaling_and_eval_identity():
     rng = np.random.default_rng(6)
     layer = Dropout(0.3, RecordingRng(7, frozen=True), dtype=F64)
@@ -159,5 +183,6 @@ def test_cross_entropy_gradient_matches_finite_differences():
     # the log-sum-exp form stays finite where a naive softmax would overflow
     big = np.array([[1000.0, 0.0], [0.0, -1000.0]])
     np.testing.assert_allclose(float(cross_entropy_forward(big, np.array([1, 0]))), 500.0, rtol=1e-12)
+    np.testing.assert_allclose(cross_entropy_backward(big, np.array([1, 0])), [[0.5, -0.5], [0, 0]], atol=1e-300)
     uniform = np.zeros((4, 10))
     np.testing.assert_allclose(float(cross_entropy_forward(uniform, np.arange(4))), np.log(10), rtol=1e-12)
