@@ -103,6 +103,8 @@ def corrupt_cases(good):
     header = good[:16]
     return {
         "wrong magic": b"\x01\x02" + good[2:],
+        "first byte not zero": b"\x01" + good[1:],
+        "second byte not zero": good[:1] + b"\x01" + good[2:],
         "unknown type": good[:2] + b"\x07" + good[3:],
         "short payload": good[:-1],
         "trailing bytes": good + b"\x00",
