@@ -202,6 +202,23 @@ def test_bad_arguments_are_refused_before_training(data_dir, tmp_path, args, mes
     assert not (out / "checkpoint.npz").exists()
 
 
+def test_each_rule_of_the_recipe_allows_its_last_value_and_refuses_the_next():
+    """minigan.recipe's rules at their bounds, for the command line and checkpoints alike."""
+    from minigan.recipe import DEFAULT_EPOCHS, RECIPE, first_broken_rule
+
+    bounds = {"epochs": (1, 0), "batch_size": (2, 1), "lr": (1e-300, 0.0), "beta1": (0.0, -1e-9),
+              "k": (1, 0), "latent_dim": (1, 0), "seed": (0, -1), "train_size": (2, 1)}
+    recipe = {**RECIPE, "epochs": DEFAULT_EPOCHS}
+    assert first_broken_rule(recipe) is None and set(bounds) == set(recipe)
+    for key, (allowed, refused) in bounds.items():
+        assert first_broken_rule({**recipe, key: allowed}) is None, key
+        assert first_broken_rule({**recipe, key: refused}) == key
+        assert first_broken_rule({k: v for k, v in recipe.items() if k != key}) == key  # missing
+    assert first_broken_rule({**recipe, "beta1": 0.999999}) is None
+    for key, value in [("beta1", 1.0), ("lr", float("inf")), ("latent_dim", 100.0), ("k", True), ("seed", "1")]:
+        assert first_broken_rule({**recipe, key: value}) == key, (key, value)
+
+
 @pytest.mark.parametrize("program", ["train_mnist.py", "sample.py", "evaluate.py"])
 def test_out_of_memory_is_one_line(program, data_dir, tmp_path, monkeypatch, capsys):
     """A model or a sample too large for the machine (NumPy's MemoryError; CuPy's OutOfMemoryError is one too)."""
