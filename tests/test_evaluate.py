@@ -50,6 +50,40 @@ def test_class_histogram_kl():
     assert counts.tolist() == [100] * 10 and abs(kl) < 1e-12
     _, kl = ev.class_histogram(np.eye(10)[np.zeros(50, int)])
     np.testing.assert_allclose(kl, np.log(10))
+    _, kl = ev.class_histogram(np.eye(10)[np.arange(50) % 2])  # two digits only: KL = log(10 / 2)
+    np.testing.assert_allclose(kl, np.log(5))
+
+
+def test_the_metrics_in_batches_equal_one_batch_and_their_balls_are_closed():
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((30, 4)), rng.standard_normal((25, 4))
+    mu, sigma = ev.gaussian_stats(x)  # per feature, over the rows
+    np.testing.assert_allclose(mu, x.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(sigma, np.cov(x.T), rtol=1e-12)
+    brute = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    np.testing.assert_allclose(ev._squared_distances(x, x), brute, atol=1e-12)  # 0 on each point itself
+    radii = ev.knn_radii(x, 3)
+    np.testing.assert_allclose(radii, np.sort(brute, axis=1)[:, 3], atol=1e-12)  # the 3rd nearest other row
+    np.testing.assert_array_equal(ev.knn_radii(x, 3, batch=7), radii)
+    assert ev.coverage(y, x, radii, batch=4) == ev.coverage(y, x, radii) > 0
+    # a k-NN ball holds its boundary (Kynkaenniemi et al. 2019): points 0..3 on a line, each ball of radius 1
+    line = np.arange(4.0)[:, None]
+    line_radii = ev.knn_radii(line, 1)
+    np.testing.assert_array_equal(line_radii, [1, 1, 1, 1])
+    assert ev.coverage(np.array([[4.0]]), line, line_radii) == 1.0
+    assert ev.coverage(np.array([[4.5]]), line, line_radii) == 0.0
+    # the classifier's features are the output of its second LeakyReLU, batch by batch as in one pass
+    model = ev.make_classifier(np.random.default_rng(4))
+    images = rng.uniform(0, 1, (23, 784)).astype(np.float32)
+    features, logits = ev.features_and_logits(model, images)
+    hidden = images
+    for layer in model.layers[: ev.FEATURE_LAYER + 1]:
+        hidden = layer.forward(hidden)
+    np.testing.assert_allclose(features, hidden, rtol=1e-5, atol=1e-6)  # float32 products: blocking may differ
+    assert features.shape == (23, 256) and logits.shape == (23, 10)
+    batched = ev.features_and_logits(model, images, batch=5)
+    np.testing.assert_allclose(batched[0], features, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(batched[1], logits, rtol=1e-5, atol=1e-6)
 
 
 @pytest.fixture(scope="module")
