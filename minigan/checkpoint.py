@@ -146,11 +146,11 @@ def read_config(arrays, path="checkpoint"):
     """The run's recipe, every field of it checked against its rule (minigan.recipe)."""
     config = json_entry(arrays, "config", path, dict)
     key = first_broken_rule(config)
-    if key is not None and key not in config:
+    if key is None:
+        return config
+    if key not in config:
         raise CheckpointError(f"{path}: the recipe has no {key}")
-    if key is not None:
-        raise CheckpointError(f"{path}: the recipe's {key} must be {RULES[key][1]}, not {config[key]!r}")
-    return config
+    raise CheckpointError(f"{path}: the recipe's {key} must be {RULES[key][1]}, not {config[key]!r}")
 
 
 def describe(path):

@@ -1,4 +1,5 @@
-"""The training recipe (REFERENCE.md): the values that define a run, their defaults, and what each may be.
+"""The training recipe (REFERENCE.md): the values that define a run and are fixed once it has started, their
+defaults, and what each may be.
 
 The rules are checked where a recipe comes in: on the command line (minigan.train, which names the option) and
 in a checkpoint or generator file (minigan.checkpoint, which names the file).

@@ -68,8 +68,7 @@ def build_parser():
 
 
 def check_recipe(config):
-    """Refuse values that cannot train, before anything is loaded (the recipe's fields are fixed once a run has
-    started: minigan.recipe)."""
+    """Refuse values that cannot train (minigan.recipe's rules), before anything is loaded."""
     key = first_broken_rule(config)
     if key is not None:
         raise UsageError(f"--{key.replace('_', '-')} must be {RULES[key][1]}, got {config[key]}")
