@@ -560,7 +560,7 @@ def test_resume_from_a_damaged_checkpoint_is_one_line(data_dir, tmp_path, damage
 
 def recipe_with(**fields):
     def damage(arrays):
-        config = {**json.loads(str(arrays["config"])), **fields}
+        config = {**ckpt.read_config(arrays), **fields}
         arrays["config"] = ckpt.text({k: v for k, v in config.items() if v is not None})
     return damage
 
