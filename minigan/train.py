@@ -320,7 +320,6 @@ def main(argv=None):
         args = build_parser().parse_args(argv)
         config, run_dir, arrays = resolve(args)
         backend = get_backend(args.backend)
-        prepare_run_dir(run_dir)
         images, _ = load_mnist(args.data_dir)
         if config["train_size"] is not None:
             if config["train_size"] > len(images):
@@ -331,6 +330,7 @@ def main(argv=None):
         if len(images) % config["batch_size"] == 1:
             raise UsageError(f"{len(images)} images in batches of {config['batch_size']} leave a last batch of 1, "
                              f"and BatchNorm needs 2 rows: change --batch-size or --train-size")
+        prepare_run_dir(run_dir)  # only now: a run refused above leaves no folder behind
         if arrays is None:
             atomic_write_bytes(run_dir / "config.json", (json.dumps(config, indent=2) + "\n").encode())
         run = Run(config, backend, images, run_dir, arrays)

@@ -199,7 +199,7 @@ def test_bad_arguments_are_refused_before_training(data_dir, tmp_path, args, mes
     out = tmp_path / "r"
     line = one_line_error(run_cli("train_mnist.py", "--data-dir", data_dir, "--out", out, *args), 2)
     assert message in line
-    assert not (out / "checkpoint.npz").exists()
+    assert not out.exists()  # a refused run leaves no folder behind
 
 
 def test_each_rule_of_the_recipe_allows_its_last_value_and_refuses_the_next():
@@ -244,6 +244,7 @@ def test_unwritable_run_folder_and_missing_data(data_dir, tmp_path):
     assert "not writable" in line
     line = one_line_error(run_cli("train_mnist.py", "--data-dir", tmp_path / "empty", "--out", tmp_path / "r"), 1)
     assert "empty" in line and "not found" in line
+    assert not (tmp_path / "r").exists()
 
 
 def test_corrupt_data_file_ends_with_one_line(tmp_path):
@@ -252,6 +253,7 @@ def test_corrupt_data_file_ends_with_one_line(tmp_path):
     path.write_bytes(path.read_bytes()[:-30])
     line = one_line_error(run_cli("train_mnist.py", "--data-dir", tmp_path, "--out", tmp_path / "r"), 1)
     assert str(path) in line
+    assert not (tmp_path / "r").exists()
 
 
 def test_cupy_backend_without_a_gpu_is_one_line(data_dir, tmp_path):
