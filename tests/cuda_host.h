@@ -1,6 +1,6 @@
 // Runs CUDA kernels on the CPU, for tests on machines without a GPU (tests/kernel_host.py builds it).
 // One fiber (a ucontext with a stack of its own) per CUDA thread of a block, all on one OS thread; the blocks
-// are shared out among an OS thread per CPU core, each taking the next in a scrambled order. The threads of a
+// are shared out among an OS thread per usable core, each taking the next in a scrambled order. The threads of a
 // block run in turn (in an order scrambled anew at every barrier), each until it reaches __syncthreads or its
 // end, and none passes a __syncthreads before all have reached it. __shared__ is function-static storage of the
 // OS thread (thread_local). (With an OS thread per CUDA thread, until 2026-11-28, most of the tests' time went to
@@ -14,6 +14,7 @@
 // sync), so this schedule is one of the many a GPU may choose, and a kernel that is correct under every
 // schedule is correct under this one. Speed means nothing here.
 #pragma once
+#include <sched.h>
 #include <sys/mman.h>
 #include <ucontext.h>
 
@@ -196,6 +197,17 @@ inline void run_block(unsigned int b, unsigned int first_stack) {
 }
 }  // namespace cuda_host
 
+namespace cuda_host {
+// The cores this process may run on: its CPU affinity (taskset, a container's cpuset), which
+// hardware_concurrency() ignores (it counts the machine's cores: 64 OS threads, and 64 sets of fiber stacks, for
+// a CI runner given 2 of a 64-core host's).
+inline unsigned int usable_cores() {
+    cpu_set_t cores;
+    if (sched_getaffinity(0, sizeof cores, &cores) == 0) return std::max(1, CPU_COUNT(&cores));
+    return std::max(1u, std::thread::hardware_concurrency());
+}
+}  // namespace cuda_host
+
 // Runs body() as every thread of a grid (x, y, z) of blocks, in clusters of `cluster` blocks along z (1: none).
 template <class Body>
 void launch(dim3 grid, dim3 block, unsigned int cluster, Body body) {
@@ -218,7 +230,7 @@ void launch(dim3 grid, dim3 block, unsigned int cluster, Body body) {
         return (unsigned int)(((unsigned long long)i * 1000003ull) % n);
     };
     if (cluster == 1) {  // the blocks shared out among the CPU's cores, each taking the next one not yet taken
-        unsigned int workers = std::min(blocks, std::max(1u, std::thread::hardware_concurrency()));
+        unsigned int workers = std::min(blocks, usable_cores());
         for (unsigned int t = 0; t < workers * threads; ++t) fiber_stack(t);
         std::atomic<unsigned int> next{0};
         auto work = [&](unsigned int worker) {

@@ -4,6 +4,7 @@ known answers and the NumPy reference."""
 
 import functools
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -522,6 +523,28 @@ def test_step_uniforms4_draws_each_element_its_own_word(tmp_path):
     for (seed, step, draw, index), line in zip(cases, out, strict=True):
         expected = step_uniforms(seed, step, draw, (4,), first=index)
         np.testing.assert_array_equal(np.array(line.split(), np.float32), expected, err_msg=str(index))
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="no host C++ compiler")
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this system")
+def test_the_emulated_gpu_runs_an_os_thread_per_core_this_process_may_use(tmp_path):
+    """tests/cuda_host.h shares a launch's blocks out among one OS thread (and one set of fiber stacks) per core
+    of the process's CPU affinity, not per core of the machine: a CI runner given 2 of a 64-core host's gets 2."""
+    harness = tmp_path / "workers.cpp"
+    harness.write_text(f'#include "{ROOT / "tests" / "cuda_host.h"}"\n'
+                       "int main() {  // one set of 32 fiber stacks per OS thread of the launch\n"
+                       "    launch(dim3(64), dim3(32), 1, [] {});\n"
+                       '    std::printf("%zu\\n", cuda_host::stacks.size() / 32);\n}\n')
+    exe = tmp_path / "workers"
+    subprocess.run(["g++", "-std=c++20", "-O2", "-pthread", "-o", str(exe), str(harness)], check=True)
+    cores = sorted(os.sched_getaffinity(0))
+
+    def workers(allowed):
+        return int(subprocess.run([str(exe)], capture_output=True, text=True, check=True,
+                                  preexec_fn=lambda: os.sched_setaffinity(0, allowed)).stdout)
+
+    assert workers(cores[:1]) == 1
+    assert workers(cores) == min(64, len(cores))
 
 
 def test_a_kernel_that_fails_to_compile_or_load_is_one_line(monkeypatch):
