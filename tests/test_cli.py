@@ -114,6 +114,13 @@ def test_resume_refuses_a_changed_recipe_and_a_finished_run(data_dir, tmp_path):
     line = one_line_error(run_cli("train_mnist.py", "--data-dir", data_dir, "--resume", tmp_path / "r",
                                   "--epochs", 3, "--lr", 1e-3), 2)
     assert "--lr" in line and "keeps its recipe" in line
+    # --out may name the run's own folder, however spelled (here the check that fails next is the recipe's)
+    line = one_line_error(run_cli("train_mnist.py", "--data-dir", data_dir, "--resume", tmp_path / "r",
+                                  "--out", tmp_path / "r" / ".." / "r", "--lr", 1e-3), 2)
+    assert "--lr" in line and "keeps its recipe" in line
+    line = one_line_error(run_cli("train_mnist.py", "--data-dir", data_dir, "--resume", tmp_path / "r",
+                                  "--out", tmp_path / "other"), 2)
+    assert "--out and --resume name different folders" in line
     line = one_line_error(run_cli("train_mnist.py", "--data-dir", data_dir, "--resume", tmp_path / "r"), 2)
     assert "already trained 1 epochs" in line
     line = one_line_error(run_cli("train_mnist.py", "--data-dir", data_dir, "--out", tmp_path / "r"), 2)
