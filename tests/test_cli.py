@@ -343,16 +343,23 @@ def test_sigkill_leaves_a_loadable_checkpoint(slow_data, tmp_path):
     assert int(final_arrays(out)["epoch"]) == int(arrays["epoch"]) + 1
 
 
-def test_progress_bar_draws_on_a_terminal_only():
+def test_progress_bar_draws_on_a_terminal_only(monkeypatch):
     import io
+    import types
 
+    now = [100.0]  # the bar's clock, in seconds, moved by hand
+    monkeypatch.setattr(train, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
     stream = io.StringIO()
     bar = train.Progress(10, "Epoch 1/2", stream, enabled=True)
-    for i in range(1, 11):
+    for i, t in enumerate([0.05, 0.09, 0.12, 0.15, 0.2, 0.25, 0.3, 0.33, 0.34, 0.35], start=1):
+        now[0] = 100.0 + t
         bar.update(i, i * 128)
     bar.close()
     text = stream.getvalue()
-    assert "Epoch 1/2 10/10 [" + "=" * 30 + "]" in text and "img/s" in text and text.endswith("\r\033[K")
+    # redrawn at most 10 times a second (at 0.12 and 0.25 s), and at the last step whenever it comes
+    assert [draw.split(" [")[0] for draw in text.split("\r")[1:-1]] == ["Epoch 1/2 3/10", "Epoch 1/2 6/10",
+                                                                         "Epoch 1/2 10/10"]
+    assert "Epoch 1/2 10/10 [" + "=" * 30 + "] 3,657 img/s" in text and text.endswith("\r\033[K")
     quiet = io.StringIO()  # a pipe or a file: no bar
     bar = train.Progress(10, "x", quiet)
     bar.update(10, 1280)
