@@ -157,6 +157,28 @@ def test_the_training_loop_gathers_each_batch_where_the_step_reads_it(data_dir, 
     assert rows == [(64, True)] * 4 + [(44, True)]
 
 
+def test_an_epochs_metrics_are_its_steps_means_over_its_images(data_dir, tmp_path, monkeypatch):
+    """Each epoch's Loss_D, Loss_G, D(x), D(G(z)) in the history and metrics.jsonl: its steps' values weighted by
+    their batches' images (the last batch of 44 counts 44/300), from nothing at every epoch's start."""
+    run = make_run(data_dir, tmp_path / "r", 2)
+    real_step, steps = run.gan.train_step, []
+
+    def step(real):
+        stats = real_step(real)
+        steps.append((len(real), np.array(stats, dtype=np.float64)))
+        return stats
+
+    monkeypatch.setattr(run.gan, "train_step", step)
+    run.train()
+    lines = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert lines == run.history and [r["epoch"] for r in lines] == [1, 2]
+    for epoch, record in enumerate(lines):
+        epoch_steps = steps[5 * epoch: 5 * epoch + 5]
+        assert [count for count, _ in epoch_steps] == [64, 64, 64, 64, 44]
+        expected = sum(count * stats for count, stats in epoch_steps) / 300
+        np.testing.assert_allclose([record[k] for k in train.METRICS], expected, rtol=1e-12, atol=0)
+
+
 def test_nan_stops_with_the_epoch_and_step_and_keeps_the_last_checkpoint(data_dir, tmp_path, monkeypatch):
     run = make_run(data_dir, tmp_path / "r", 3)
     real_step = run.gan.train_step
