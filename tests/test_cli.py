@@ -179,6 +179,36 @@ def test_an_epochs_metrics_are_its_steps_means_over_its_images(data_dir, tmp_pat
         np.testing.assert_allclose([record[k] for k in train.METRICS], expected, rtol=1e-12, atol=0)
 
 
+def test_an_epochs_seconds_and_rate_are_what_this_process_trained_of_it(data_dir, tmp_path, monkeypatch):
+    """On a clock that moves 0.1234 s a step: stopped after 2 of epoch 1's 5 steps and resumed, the epoch's
+    seconds and images/s are its last 3 steps' (172 images in 0.3702 s), not the whole epoch's."""
+    import types
+
+    now = [0.0]
+    monkeypatch.setattr(train, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    stop = types.SimpleNamespace(signum=None)
+
+    def timed(run, stop_after=None):
+        real_step = run.gan.train_step
+
+        def step(real):
+            now[0] += 0.1234
+            if run.step + 1 == stop_after:
+                stop.signum = signal.SIGINT
+            return real_step(real)
+
+        monkeypatch.setattr(run.gan, "train_step", step)
+        return run
+
+    with pytest.raises(train.Interrupted):
+        timed(make_run(data_dir, tmp_path / "r", 2), stop_after=2).train(stop)
+    stop.signum = None
+    run = timed(make_run(data_dir, tmp_path / "r", 2))
+    assert run.step == 2
+    run.train(stop)
+    assert [(r["seconds"], r["images_per_s"]) for r in run.history] == [(0.37, 464.6), (0.617, 486.2)]
+
+
 def test_nan_stops_with_the_epoch_and_step_and_keeps_the_last_checkpoint(data_dir, tmp_path, monkeypatch):
     run = make_run(data_dir, tmp_path / "r", 3)
     real_step = run.gan.train_step
