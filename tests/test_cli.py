@@ -261,6 +261,15 @@ def test_bad_arguments_are_refused_before_training(data_dir, tmp_path, args, mes
     assert not out.exists()  # a refused run leaves no folder behind
 
 
+def test_all_the_images_in_one_batch_are_allowed(data_dir, tmp_path, capsys):
+    """--train-size and --batch-size equal to the data's 300 images: the last values allowed (301 is refused)."""
+    out = tmp_path / "r"
+    assert train.main(["--data-dir", str(data_dir), "--out", str(out), "--train-size", "300", "--batch-size", "300",
+                       "--epochs", "1"]) == 0, capsys.readouterr().err
+    assert "300 images, 1 steps per epoch" in capsys.readouterr().out
+    assert ckpt.count(final_arrays(out), "epoch", out / "checkpoint.npz") == 1
+
+
 def test_each_rule_of_the_recipe_allows_its_last_value_and_refuses_the_next():
     """minigan.recipe's rules at their bounds, for the command line and checkpoints alike."""
     from minigan.recipe import DEFAULT_EPOCHS, RECIPE, first_broken_rule
