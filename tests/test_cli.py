@@ -77,11 +77,12 @@ def test_train_writes_the_run_folder(data_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr
     samples = np.load(tmp_path / "s.npy", allow_pickle=False)
     assert samples.shape == (10, 784) and samples.dtype == np.uint8
-    from minigan.sample import load_generator  # G in eval mode on --seed 0's noise, each value 255 v rounded half up
+    from minigan.sample import load_generator, to_uint8  # G in eval mode on --seed 0's noise, 255 v rounded half up
 
     G, config = load_generator(out / "generator.npz", get_backend("numpy"))
     z = np.random.default_rng(0).standard_normal((10, config["latent_dim"]), dtype=np.float32)
     np.testing.assert_array_equal(samples, np.floor(G.forward(z).astype(np.float64) * 255 + 0.5))
+    assert to_uint8(np.array([-1.0, 0.0, 1.0, 2.0])).tolist() == [0, 0, 255, 255]  # clipped, never wrapped
     proc = run_cli("sample.py", "--checkpoint", out, "--n", 10, "--seed", 1, "--out", tmp_path / "s.png")
     assert proc.returncode == 0 and (tmp_path / "s.png").read_bytes().startswith(b"\x89PNG")
 
