@@ -196,6 +196,55 @@ def test_plots_of_a_run_folder(tmp_path, monkeypatch):
     assert not [path.name for path in run_dir.iterdir() if path.name.endswith(".tmp")]
 
 
+def test_slerp_goes_along_the_great_circle_at_an_even_rate():
+    """Between two vectors of one norm, every point keeps that norm and turns from the first by t times the angle
+    between them, in their plane; vectors in one direction (no circle to follow) get the straight line."""
+    from minigan.plots import slerp
+
+    rng = np.random.default_rng(5)
+    a, b = rng.standard_normal((2, 100))
+    b *= np.linalg.norm(a) / np.linalg.norm(b)
+    angle = lambda u, v: np.arccos(np.dot(u, v) / (np.linalg.norm(u) * np.linalg.norm(v)))  # noqa: E731
+    omega = angle(a, b)
+    for t in (0.0, 0.1, 0.25, 0.5, 0.9, 1.0):
+        z = slerp(a, b, t)
+        np.testing.assert_allclose(np.linalg.norm(z), np.linalg.norm(a), rtol=1e-12)
+        np.testing.assert_allclose([angle(a, z), angle(z, b)], [t * omega, (1 - t) * omega], atol=1e-7)
+        coefficients = np.linalg.lstsq(np.stack([a, b], axis=1), z, rcond=None)[0]
+        np.testing.assert_allclose(np.stack([a, b], axis=1) @ coefficients, z, atol=1e-12)  # in a and b's plane
+    np.testing.assert_array_equal(slerp(a, b, 0.0), a)
+    np.testing.assert_allclose(slerp(a, b, 1.0), b, atol=1e-12)
+    # at a small angle still the circle, not the chord (whose midpoint falls short of the norm by ~angle² / 8)
+    u = a / np.linalg.norm(a)
+    v = b - (b @ u) * u
+    near = np.linalg.norm(a) * (np.cos(0.005) * u + np.sin(0.005) * v / np.linalg.norm(v))
+    np.testing.assert_allclose(np.linalg.norm(slerp(a, near, 0.5)), np.linalg.norm(a), rtol=1e-9)
+    for c in np.random.default_rng(0).standard_normal((20, 100)):  # cos(c, 3c) rounds above 1 for some of them
+        np.testing.assert_allclose(slerp(c, 3 * c, 0.25), 1.5 * c, rtol=1e-12)  # (1 - t) c + t 3c
+
+
+def test_the_interpolation_grid_rows_go_from_one_noise_vector_to_another(tmp_path):
+    """interpolation.png: 8 rows of 10 images, row r G's images along slerp from the r-th pair of the seed's
+    noise vectors to the other, in eval mode."""
+    from minigan.gan import make_generator
+    from minigan.plots import interpolation_grid, slerp
+
+    G = make_generator(100, np.random.default_rng(0), np)
+    G.train()
+    inputs = []
+    real_forward = G.forward
+    G.forward = lambda z: (inputs.append((z, G.training)), real_forward(z))[1]
+    path = tmp_path / "interpolation.png"
+    interpolation_grid(G, 100, path, get_backend("numpy"))
+    (z, training), = inputs
+    ends = np.random.default_rng(0).standard_normal((8, 2, 100))
+    assert z.shape == (80, 100) and z.dtype == np.float32 and not training
+    np.testing.assert_array_equal(z[0::10], ends[:, 0].astype(np.float32))
+    np.testing.assert_allclose(z[9::10], ends[:, 1], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(z[3], slerp(ends[0, 0], ends[0, 1], 3 / 9), rtol=1e-6, atol=1e-6)
+    assert path.read_bytes().startswith(b"\x89PNG")
+
+
 def test_generate_in_batches_equals_one_pass():
     from minigan.gan import make_generator
 
