@@ -8,7 +8,7 @@ from pathlib import Path
 
 from minigan import checkpoint as ckpt
 from minigan.cli import ArgumentParser
-from minigan.plots import write_plots
+from minigan.plots import PlotError, write_plots
 
 
 def main(argv=None):
@@ -17,7 +17,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         write_plots(args.run_dir)
-    except (ckpt.CheckpointError, OSError, ValueError) as e:  # a run folder that is not one, or is damaged
+    except (ckpt.CheckpointError, OSError, PlotError) as e:  # a run folder that is not one, or is damaged
         print(f"plots.py: error: {e}", file=sys.stderr)
         return 1
     print(f"plots written to {args.run_dir}")

@@ -12,7 +12,7 @@ Layout (all plain arrays; text fields are 0-d unicode arrays holding JSON):
     epoch                 completed epochs
     step, perm, sums      position inside the current epoch (step 0 = at an epoch boundary), that
                           epoch's shuffle, and its partial sums (a checkpoint written on SIGINT/SIGTERM)
-    history               JSON list of per-epoch metrics
+    history               JSON list of per-epoch metrics (is_history: each epoch's number and METRICS)
 
 A generator-only file (``generator.npz``) has format_version, config and the G/ entries.
 Files are written atomically (temporary file, fsync, rename), so a killed run leaves the previous
@@ -30,6 +30,7 @@ from minigan.fileio import atomic_write
 from minigan.recipe import RULES, first_broken_rule
 
 FORMAT_VERSION = 1
+METRICS = ("loss_D", "loss_G", "D_x", "D_G_z")  # an epoch's means, in the history and in a run's metrics.jsonl
 
 
 class CheckpointError(RuntimeError):
@@ -91,6 +92,12 @@ def json_entry(arrays, key, path, kind):
     if not isinstance(value, kind):
         raise CheckpointError(f"{path}: {key!r} is not a JSON {'object' if kind is dict else 'list'}")
     return value
+
+
+def is_history(records):
+    """Whether ``records`` is a run's history: a list of one JSON object an epoch, with its number and METRICS."""
+    return isinstance(records, list) and all(
+        isinstance(r, dict) and all(isinstance(r.get(k), (int, float)) for k in ("epoch", *METRICS)) for r in records)
 
 
 def text(value):

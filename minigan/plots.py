@@ -16,9 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from minigan.backend import get_backend
+from minigan.checkpoint import is_history
 from minigan.fileio import atomic_write
 from minigan.images import save_grid
-from minigan.train import is_history
+
+
+class PlotError(Exception):
+    """A run folder whose metrics.jsonl is not a run's history; reported in one line."""
 
 
 def plot_losses(history, path):
@@ -86,7 +90,7 @@ def write_plots(run_dir, backend=None):
         except json.JSONDecodeError:
             history = None
         if not is_history(history):
-            raise ValueError(f"{metrics}: not one JSON object of an epoch's metrics a line")
+            raise PlotError(f"{metrics}: not one JSON object of an epoch's metrics a line")
         if history:
             plot_losses(history, run_dir / "losses.png")
     animate_samples(sorted((run_dir / "samples").glob("epoch_*.png")), run_dir / "samples.gif")

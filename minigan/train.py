@@ -32,10 +32,10 @@ from minigan.evaluate import EvaluationError
 from minigan.fileio import FileWriter, atomic_write_bytes
 from minigan.gan import GAN
 from minigan.images import save_grid
+from minigan.plots import PlotError, write_plots
 from minigan.recipe import DEFAULT_EPOCHS, RECIPE, RULES, first_broken_rule
 
 FIXED_NOISE = 32
-METRICS = ("loss_D", "loss_G", "D_x", "D_G_z")  # an epoch's means, in metrics.jsonl and the checkpoint's history
 
 
 class TrainingError(Exception):
@@ -183,7 +183,7 @@ class Run:
         self.fixed_z = self.backend.asarray(ckpt.array(arrays, "fixed_z", path, self.fixed_z.shape), dtype=np.float32)
         self.epoch, self.step = ckpt.count(arrays, "epoch", path), ckpt.count(arrays, "step", path)
         self.history = ckpt.json_entry(arrays, "history", path, list)
-        if not is_history(self.history):
+        if not ckpt.is_history(self.history):
             raise ckpt.CheckpointError(f"{path}: 'history' is not a list of epochs' metrics")
         if self.step:  # stopped inside an epoch: its shuffle of these images, and its sums so far
             n = len(self.images)
@@ -275,7 +275,7 @@ class Run:
             backend.synchronize()
             seconds = time.perf_counter() - start
             means = backend.to_numpy(self.sums) / n
-            record = {"epoch": self.epoch + 1, **{k: float(v) for k, v in zip(METRICS, means)},
+            record = {"epoch": self.epoch + 1, **{k: float(v) for k, v in zip(ckpt.METRICS, means)},
                       "seconds": round(seconds, 3),
                       "images_per_s": round((n - first_step * bs) / max(seconds, 1e-9), 1)}
             self.history.append(record)
@@ -294,12 +294,6 @@ class Run:
         arrays = {"format_version": np.int64(ckpt.FORMAT_VERSION), "config": ckpt.text(self.config),
                   "epoch": np.int64(self.epoch), **ckpt.model_arrays("G", self.gan.G)}
         ckpt.save_npz(self.run_dir / "generator.npz", arrays)
-
-
-def is_history(records):
-    """Whether ``records`` is a run's history: a list of one JSON object an epoch, with its number and METRICS."""
-    return isinstance(records, list) and all(
-        isinstance(r, dict) and all(isinstance(r.get(k), (int, float)) for k in ("epoch", *METRICS)) for r in records)
 
 
 def write_metrics(path, history):
@@ -346,8 +340,6 @@ def main(argv=None):
         done = time.perf_counter()
         print(f"minigan: done: {run.epoch - first_epoch} epochs in {done - training:.1f} s after "
               f"{training - started:.1f} s of start-up; generator saved to {run_dir / 'generator.npz'}")
-        from minigan.plots import write_plots
-
         write_plots(run_dir, backend)
         if args.evaluate:
             from minigan import evaluate
@@ -361,7 +353,7 @@ def main(argv=None):
     except UsageError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
-    except (DataError, BackendError, ckpt.CheckpointError, TrainingError, EvaluationError) as e:
+    except (DataError, BackendError, ckpt.CheckpointError, TrainingError, EvaluationError, PlotError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
     except MemoryError as e:  # NumPy's, or CuPy's OutOfMemoryError on the GPU (a MemoryError too)

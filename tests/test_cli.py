@@ -182,7 +182,7 @@ def test_an_epochs_metrics_are_its_steps_means_over_its_images(data_dir, tmp_pat
         epoch_steps = steps[5 * epoch: 5 * epoch + 5]
         assert [count for count, _ in epoch_steps] == [64, 64, 64, 64, 44]
         expected = sum(count * stats for count, stats in epoch_steps) / 300
-        np.testing.assert_allclose([record[k] for k in train.METRICS], expected, rtol=1e-12, atol=0)
+        np.testing.assert_allclose([record[k] for k in ckpt.METRICS], expected, rtol=1e-12, atol=0)
 
 
 def test_an_epochs_seconds_and_rate_are_what_this_process_trained_of_it(data_dir, tmp_path, monkeypatch):
@@ -613,6 +613,18 @@ def test_plots_draws_a_run_and_refuses_a_folder_that_is_not_one_in_one_line(data
     for text in ('{"epoch": 1, "loss_D": 0.5}\n{"epoch": 2, "lo', "[1, 2]\n", json.dumps(good) + "\n"):
         (run_dir / "metrics.jsonl").write_text(text)
         assert "metrics.jsonl: not one JSON object" in one_line_error(run_cli("plots.py", run_dir), 1)
+
+
+def test_training_whose_metrics_file_is_spoilt_by_its_end_is_one_line_and_keeps_the_generator(
+        data_dir, tmp_path, monkeypatch, capsys):
+    """The pictures drawn at the end read metrics.jsonl back: one changed under the run (here the run's own writer
+    made to write a list) is one line, exit status 1, after the generator and the checkpoint are saved."""
+    monkeypatch.setattr(train, "write_metrics", lambda path, history: path.write_text("[1, 2]\n"))
+    out = tmp_path / "r"
+    assert train.main(["--data-dir", str(data_dir), "--out", str(out), "--epochs", "1"]) == 1
+    assert capsys.readouterr().err == f"train_mnist.py: error: {out / 'metrics.jsonl'}: not one JSON object of an " \
+        "epoch's metrics a line\n"
+    assert ckpt.count(ckpt.load_npz(out / "generator.npz"), "epoch", out / "generator.npz") == 1
 
 
 def test_train_torch_without_torch_or_data_is_one_line(data_dir, tmp_path):
