@@ -87,6 +87,16 @@ def test_train_writes_the_run_folder(data_dir, tmp_path):
     assert proc.returncode == 0 and (tmp_path / "s.png").read_bytes().startswith(b"\x89PNG")
 
 
+@pytest.fixture
+def hand_clock(monkeypatch):
+    """train's clock (time.perf_counter), in seconds, moved by hand: set hand_clock[0]."""
+    import types
+
+    now = [0.0]
+    monkeypatch.setattr(train, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    return now
+
+
 def make_run(data_dir, run_dir, epochs, **recipe):
     from minigan.data import load_mnist
 
@@ -185,20 +195,19 @@ def test_an_epochs_metrics_are_its_steps_means_over_its_images(data_dir, tmp_pat
         np.testing.assert_allclose([record[k] for k in ckpt.METRICS], expected, rtol=1e-12, atol=0)
 
 
-def test_an_epochs_seconds_and_rate_are_what_this_process_trained_of_it(data_dir, tmp_path, monkeypatch):
+def test_an_epochs_seconds_and_rate_are_what_this_process_trained_of_it(data_dir, tmp_path, monkeypatch,
+                                                                          hand_clock):
     """On a clock that moves 0.1234 s a step: stopped after 2 of epoch 1's 5 steps and resumed, the epoch's
     seconds and images/s are its last 3 steps' (172 images in 0.3702 s), not the whole epoch's."""
     import types
 
-    now = [0.0]
-    monkeypatch.setattr(train, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
     stop = types.SimpleNamespace(signum=None)
 
     def timed(run, stop_after=None):
         real_step = run.gan.train_step
 
         def step(real):
-            now[0] += 0.1234
+            hand_clock[0] += 0.1234
             if run.step + 1 == stop_after:
                 stop.signum = signal.SIGINT
             return real_step(real)
@@ -410,16 +419,13 @@ def test_sigkill_leaves_a_loadable_checkpoint(slow_data, tmp_path):
     assert int(final_arrays(out)["epoch"]) == int(arrays["epoch"]) + 1
 
 
-def test_progress_bar_draws_on_a_terminal_only(monkeypatch):
+def test_progress_bar_draws_on_a_terminal_only(hand_clock):
     import io
-    import types
 
-    now = [100.0]  # the bar's clock, in seconds, moved by hand
-    monkeypatch.setattr(train, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
     stream = io.StringIO()
     bar = train.Progress(10, "Epoch 1/2", stream, enabled=True)
     for i, t in enumerate([0.05, 0.09, 0.12, 0.15, 0.2, 0.25, 0.3, 0.33, 0.34, 0.35], start=1):
-        now[0] = 100.0 + t
+        hand_clock[0] = t
         bar.update(i, i * 128)
     bar.close()
     text = stream.getvalue()

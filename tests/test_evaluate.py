@@ -231,9 +231,13 @@ def test_the_interpolation_grid_rows_go_from_one_noise_vector_to_another(tmp_pat
 
     G = make_generator(100, np.random.default_rng(0), np)
     G.train()
-    inputs = []
-    real_forward = G.forward
-    G.forward = lambda z: (inputs.append((z, G.training)), real_forward(z))[1]
+    inputs, real_forward = [], G.forward
+
+    def forward(z):  # what G is given, and whether in training mode
+        inputs.append((z, G.training))
+        return real_forward(z)
+
+    G.forward = forward
     path = tmp_path / "interpolation.png"
     interpolation_grid(G, 100, path, get_backend("numpy"))
     (z, training), = inputs
