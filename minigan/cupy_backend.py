@@ -435,10 +435,11 @@ class CupyBackend:
         rng.set_state(state["state"])
 
     def fused_step(self, gan):
-        """The whole step as our kernels (minigan/cupy_step.py), for the float32 recipe; None otherwise."""
-        from minigan.cupy_step import FusedStep, device_name, read_tiles, tile_table
+        """The whole step as our kernels (minigan/cupy_step.py), for the float32 recipe with at most MAX_K D updates
+        a step; None otherwise (the layers' own path)."""
+        from minigan.cupy_step import MAX_K, FusedStep, device_name, read_tiles, tile_table
 
-        if gan.dtype != np.float32:
+        if gan.dtype != np.float32 or gan.k > MAX_K:
             return None
         # where the GPU or the driver cannot launch dependent kernels (nor clusters), CuPy's own launch (and capture)
         dependent = dependent_launch_available(self.xp)

@@ -17,7 +17,9 @@ It runs on any "device": ``xp`` and ``kernel`` are CuPy and cupy.RawModule kerne
 kernels compiled for the CPU (tests/kernel_host.py) in the tests, which check it against the NumPy layers.
 
 Random draws: the noise of D-iteration i is draw ``NOISE + i``; the dropout mask of D's layer j is draw
-``D_STEP_DROPOUT + 16 i + j`` in D-iteration i and ``G_STEP_DROPOUT + j`` in the G step.
+``D_STEP_DROPOUT + 16 i + j`` in D-iteration i and ``G_STEP_DROPOUT + j`` in the G step. Draw 0 is never used: at
+step 0 its counters would be the layer path's first blocks (PhiloxRng's, which G's fixed noise comes from). The ids
+are distinct for k up to MAX_K; a GAN with more D updates a step trains on the layer path.
 """
 
 import contextlib
@@ -34,6 +36,7 @@ from minigan.layers import BatchNorm1d, Dropout, LeakyReLU, Linear
 
 ACT_NONE, ACT_LEAKY, ACT_LEAKY_DROPOUT, ACT_SIGMOID = 0, 1, 2, 3
 NOISE, D_STEP_DROPOUT, G_STEP_DROPOUT = 1, 1 << 16, 1 << 24
+MAX_K = D_STEP_DROPOUT - NOISE  # the D updates a step's draw ids keep apart: its noise draws end below D's masks'
 THREADS = 256
 BN_COLUMNS = 8  # the columns of a BatchNorm block (kernels/layers.cu)
 HEAD_ROWS = 8  # the rows of a head_forward_backward block (kernels/linear.cu)
@@ -242,6 +245,8 @@ class FusedStep:
         drops = {l.p for l in D.layers if isinstance(l, Dropout)}
         if len(slopes) != 1 or len(drops) != 1 or len(self.g_linear) != 4 or len(self.d_linear) != 4:
             raise ValueError("the fused step implements the reference GAN only")
+        if gan.k > MAX_K:
+            raise ValueError(f"the fused step draws distinct numbers for at most {MAX_K} D updates a step")
         self.slope, self.drop_p = np.float32(slopes.pop()), np.float32(drops.pop())
         self.drop_scale = np.float32(1.0 / (1.0 - float(self.drop_p)))  # as Dropout: float32(1 / (1 - p))
         # Adam in two launches per model, so that the part whose gradients are complete first is updated

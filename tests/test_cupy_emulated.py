@@ -73,6 +73,13 @@ def test_epochs_on_the_emulated_gpu_track_the_numpy_backend(emulated_gpu, tmp_pa
         assert apart < 0.1 * travelled
 
 
+def test_a_gan_with_more_d_updates_than_the_fused_steps_draws_trains_on_the_layer_path(emulated_gpu):
+    from minigan.cupy_step import MAX_K
+
+    assert GAN(get_backend("cupy"), k=MAX_K, seed=1).fused is not None
+    assert GAN(get_backend("cupy"), k=MAX_K + 1, seed=1).fused is None
+
+
 def test_gpu_benchmark_and_profile_on_the_emulated_gpu(emulated_gpu, monkeypatch, capsys):
     """The GPU-only parts of examples/benchmark.py and examples/profile_step.py run (their figures mean
     nothing here), and examples/bench_gemm.py's products are the step's, with the step's activations."""

@@ -15,7 +15,7 @@ from kernel_host import HostKernels
 from philox_reference import step_uniforms
 
 from minigan.backend import get_backend, to_host
-from minigan.cupy_step import (BN_COLUMNS, CLUSTER_TILES, DEFAULT_TILE, GEMM_TILES, STEP_TUNING_CANDIDATES,
+from minigan.cupy_step import (BN_COLUMNS, CLUSTER_TILES, DEFAULT_TILE, GEMM_TILES, MAX_K, STEP_TUNING_CANDIDATES,
                                TUNING_ROUNDS, FusedStep, draw_ids, split_k, tile_fits)
 from minigan.gan import GAN
 
@@ -605,6 +605,23 @@ def test_step_noise_matches_its_reference_and_the_replay_sequence(host_kernels):
         for d in d_draws[0] + g_draws:
             np.testing.assert_array_equal(replay.random((8, 3)), step_uniforms(42, s, d, (8, 3)).astype(np.float64))
     assert replay.step == 2
+
+
+def test_a_steps_draws_are_its_own_for_every_k_the_fused_step_takes(host_kernels):
+    """Each noise and dropout draw of a step has an id of its own, and none is draw 0, whose counters at step 0
+    are the layer path's first blocks (philox.cuh: (block, draw, step) against (offset, 0, 0)); past MAX_K D
+    updates the ids would repeat, and the fused step refuses the GAN."""
+    def ids(k):
+        noise, d_step, g_step = draw_ids(k)
+        return noise + [d for draws in d_step for d in draws] + g_step
+
+    for k in (1, 2, 3, MAX_K):
+        step = ids(k)
+        assert len(step) == 4 * k + 3 and len(set(step)) == len(step) and 0 < min(step) and max(step) < 2**32
+    assert len(set(ids(MAX_K + 1))) < len(ids(MAX_K + 1))
+    FusedStep(fused_gan(MAX_K, 1), np, host_kernels)
+    with pytest.raises(ValueError, match=f"at most {MAX_K} D updates"):
+        FusedStep(fused_gan(MAX_K + 1, 1), np, host_kernels)
 
 
 @pytest.mark.parametrize("n", [13, 3, 64])
