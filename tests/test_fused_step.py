@@ -12,7 +12,7 @@ import pytest
 from conftest import Replay, align_state, use_rng
 from fake_cupy import FakeCuda, fake_cupy, tile_of
 from kernel_host import HostKernels
-from philox_reference import step_uniforms
+from philox_reference import step_normals, step_uniforms
 
 from minigan.backend import get_backend, to_host
 from minigan.cupy_step import (BN_COLUMNS, CLUSTER_TILES, DEFAULT_TILE, GEMM_TILES, MAX_K, STEP_TUNING_CANDIDATES,
@@ -29,13 +29,17 @@ def host_kernels():
 
 
 def replay_draws(fused, n, step):
-    """The noise and dropout uniforms the fused step drew at ``step``, in the NumPy GAN's call order."""
+    """The noise and dropout uniforms the fused step drew at ``step``, in the NumPy GAN's call order. The noise
+    is the step's own, once it is checked to be its reference's draw (the kernel's float32 Box-Muller is within
+    2e-5 of the reference's float64 on a GPU too: tests/test_cupy.py), so that both sides train on the same bits."""
     b = fused.buffers(n)
     noise, d_draws, g_draws = draw_ids(fused.gan.k)
     widths = [layer.out_features for layer in fused.d_linear[:3]]
     draws = []
     for i in range(fused.gan.k):
-        draws.append(to_host(b["z"][i]).copy())
+        z = to_host(b["z"][i]).copy()
+        np.testing.assert_allclose(z.ravel(), step_normals(fused.seed, step, noise[i], z.size), rtol=2e-5, atol=2e-5)
+        draws.append(z)
         draws += [step_uniforms(fused.seed, step, d, (2 * n, w)) for d, w in zip(d_draws[i], widths)]
     draws += [step_uniforms(fused.seed, step, d, (n, w)) for d, w in zip(g_draws, widths)]
     return draws
@@ -590,7 +594,7 @@ def test_the_tile_search_keeps_a_tile_only_where_the_graph_beats_the_margin_in_e
 
 
 def test_step_noise_matches_its_reference_and_the_replay_sequence(host_kernels):
-    from philox_reference import StepReplay, step_normals
+    from philox_reference import StepReplay
 
     step = np.zeros(1, np.uint64) + 5
     z = np.empty(1001, np.float32)
