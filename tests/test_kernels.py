@@ -231,7 +231,8 @@ def test_compile_kernels_notes_a_long_wait_once_and_a_failure_in_one_line(monkey
 
 def test_kernel_source_holds_its_headers(tmp_path):
     """The source handed to CuPy holds kernels/'s headers themselves, so CuPy's kernel cache (keyed by the source
-    and options) sees an edited header; and a compiler message inside a header names the header's line."""
+    and options) sees an edited header; and a compiler message inside a header names the header's line, and one
+    in the file after its headers the file's."""
     from minigan import cupy_backend
 
     for family in ("linear", "random"):
@@ -249,6 +250,15 @@ def test_kernel_source_holds_its_headers(tmp_path):
     if NVRTC is not None:
         ptx, log = nvrtc_compile(after, "random.cu")
         assert ptx is None and f"philox.cuh({line})" in log, log
+    # the file's own lines after the headers keep their numbers too
+    shutil.copy(ROOT / "kernels" / "philox.cuh", kernels / "philox.cuh")
+    source = (kernels / "random.cu").read_text().splitlines()
+    line = next(i for i, text in enumerate(source, 1) if text.startswith("extern"))  # after its #includes
+    source.insert(line - 1, "this is not C++ either;")
+    (kernels / "random.cu").write_text("\n".join(source) + "\n")
+    if NVRTC is not None:
+        ptx, log = nvrtc_compile(cupy_backend.kernel_source("random", kernels=kernels), "random.cu")
+        assert ptx is None and f"random.cu({line})" in log, log
 
 
 def test_every_kernel_first_waits_for_the_kernels_before_it():
