@@ -353,6 +353,34 @@ def test_cupy_backend_without_a_gpu_is_one_line(data_dir, tmp_path):
     assert "--backend cupy needs" in line
 
 
+def test_cupy_that_finds_no_gpu_is_one_line(monkeypatch):
+    """What CUDA says when CuPy imports but finds no GPU: no device at all; an error (no driver), told by the
+    first line of its message, or by its type where it has none."""
+    import types
+
+    from minigan.backend import BackendError
+
+    def cupy_counting(count):
+        return types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=count)))
+
+    def refusal(error):
+        def count():
+            raise error
+        return count
+
+    cases = [(lambda: 0, "CUDA reports none"),
+             (refusal(RuntimeError("cudaErrorNoDevice: no CUDA-capable device is detected\nat init")),
+              "CUDA reports none (cudaErrorNoDevice: no CUDA-capable device is detected)"),
+             (refusal(OSError()), "CUDA reports none (OSError)")]
+    for count, reason in cases:
+        monkeypatch.setitem(sys.modules, "cupy", cupy_counting(count))
+        with pytest.raises(BackendError) as error:
+            get_backend("cupy")
+        assert str(error.value) == f"--backend cupy needs an NVIDIA GPU, and {reason}"
+    monkeypatch.setitem(sys.modules, "cupy", cupy_counting(lambda: 1))
+    assert get_backend("cupy").xp is sys.modules["cupy"]
+
+
 def start_training(data_dir, out, epochs):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen([sys.executable, str(ROOT / "examples" / "train_mnist.py"), "--data-dir", str(data_dir),
