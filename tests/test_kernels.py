@@ -364,8 +364,8 @@ def test_dependent_launch_hands_the_driver_its_attributes(monkeypatch):
     def launch_ex(config, function, params, extra):
         config = config._obj
         attributes = [(config.attrs[i].id, list(config.attrs[i].value[:3])) for i in range(config.numAttrs)]
-        seen.append(((config.gridDimX, config.gridDimY, config.gridDimZ), config.blockDimX, config.hStream,
-                     function, attributes))
+        seen.append(((config.gridDimX, config.gridDimY, config.gridDimZ),
+                     (config.blockDimX, config.blockDimY, config.blockDimZ), config.hStream, function, attributes))
         return 0
 
     stream = types.SimpleNamespace(ptr=0x5EED)
@@ -383,10 +383,10 @@ def test_dependent_launch_hands_the_driver_its_attributes(monkeypatch):
         cooperative((64,), (256,), args, cluster=8)
     pss, cluster, coop = (cupy_backend.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
                           cupy_backend.CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION, cupy_backend.CU_LAUNCH_ATTRIBUTE_COOPERATIVE)
-    assert seen == [((3, 2, 4), 128, 0x5EED, 0xF00, [(pss, [1, 0, 0])]),
-                    ((3, 2, 4), 128, 0x5EED, 0xF00, [(pss, [1, 0, 0]), (cluster, [1, 1, 4])]),
-                    ((3, 2, 8), 64, 0x5EED, 0xF00, [(pss, [0, 0, 0]), (cluster, [1, 1, 8])]),
-                    ((64, 1, 1), 256, 0x5EED, 0xF00, [(pss, [1, 0, 0]), (coop, [1, 0, 0])])]
+    assert seen == [((3, 2, 4), (128, 1, 1), 0x5EED, 0xF00, [(pss, [1, 0, 0])]),
+                    ((3, 2, 4), (128, 1, 1), 0x5EED, 0xF00, [(pss, [1, 0, 0]), (cluster, [1, 1, 4])]),
+                    ((3, 2, 8), (64, 1, 1), 0x5EED, 0xF00, [(pss, [0, 0, 0]), (cluster, [1, 1, 8])]),
+                    ((64, 1, 1), (256, 1, 1), 0x5EED, 0xF00, [(pss, [1, 0, 0]), (coop, [1, 0, 0])])]
 
 
 def test_a_driver_without_cuLaunchKernelEx_means_cupys_own_launch_and_capture(monkeypatch):
