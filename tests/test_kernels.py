@@ -363,6 +363,7 @@ def test_dependent_launch_hands_the_driver_its_attributes(monkeypatch):
 
     def launch_ex(config, function, params, extra):
         config = config._obj
+        assert config.sharedMemBytes == 0  # the kernels' shared memory is all static: none asked at launch
         attributes = [(config.attrs[i].id, list(config.attrs[i].value[:3])) for i in range(config.numAttrs)]
         seen.append(((config.gridDimX, config.gridDimY, config.gridDimZ),
                      (config.blockDimX, config.blockDimY, config.blockDimZ), config.hStream, function, attributes))
