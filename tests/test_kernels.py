@@ -376,7 +376,7 @@ def test_dependent_launch_hands_the_driver_its_attributes(monkeypatch):
     raw = types.SimpleNamespace(kernel=types.SimpleNamespace(ptr=0xF00))
     args = (np.int32(1),)
     cupy_backend.DependentLaunch(raw)((3, 2, 4), (128,), args)
-    cupy_backend.DependentLaunch(raw)((3, 2, 4), (128,), args, cluster=4)
+    cupy_backend.DependentLaunch(raw)((3, 2, 4), (128,), args, cluster=2)
     cupy_backend.DependentLaunch(raw, programmatic=False)((3, 2, 8), (64,), args, cluster=8)
     cooperative = cupy_backend.DependentLaunch(raw, cooperative=True)
     cooperative((64,), (256,), args)
@@ -385,7 +385,7 @@ def test_dependent_launch_hands_the_driver_its_attributes(monkeypatch):
     pss, cluster, coop = (cupy_backend.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
                           cupy_backend.CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION, cupy_backend.CU_LAUNCH_ATTRIBUTE_COOPERATIVE)
     assert seen == [((3, 2, 4), (128, 1, 1), 0x5EED, 0xF00, [(pss, [1, 0, 0])]),
-                    ((3, 2, 4), (128, 1, 1), 0x5EED, 0xF00, [(pss, [1, 0, 0]), (cluster, [1, 1, 4])]),
+                    ((3, 2, 4), (128, 1, 1), 0x5EED, 0xF00, [(pss, [1, 0, 0]), (cluster, [1, 1, 2])]),
                     ((3, 2, 8), (64, 1, 1), 0x5EED, 0xF00, [(pss, [0, 0, 0]), (cluster, [1, 1, 8])]),
                     ((64, 1, 1), (256, 1, 1), 0x5EED, 0xF00, [(pss, [1, 0, 0]), (coop, [1, 0, 0])])]
 
