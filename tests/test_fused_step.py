@@ -620,8 +620,8 @@ def test_a_steps_draws_are_its_own_for_every_k_the_fused_step_takes(host_kernels
         return noise + [d for draws in d_step for d in draws] + g_step
 
     for k in (1, 2, 3, MAX_K):
-        step = ids(k)
-        assert len(step) == 4 * k + 3 and len(set(step)) == len(step) and 0 < min(step) and max(step) < 2**32
+        drawn = ids(k)
+        assert len(drawn) == 4 * k + 3 and len(set(drawn)) == len(drawn) and 0 < min(drawn) and max(drawn) < 2**32
     assert len(set(ids(MAX_K + 1))) < len(ids(MAX_K + 1))
     FusedStep(fused_gan(MAX_K, 1), np, host_kernels)
     with pytest.raises(ValueError, match=f"at most {MAX_K} D updates"):
