@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -90,8 +91,6 @@ def test_train_writes_the_run_folder(data_dir, tmp_path):
 @pytest.fixture
 def hand_clock(monkeypatch):
     """train's clock (time.perf_counter), in seconds, moved by hand: set hand_clock[0]."""
-    import types
-
     now = [0.0]
     monkeypatch.setattr(train, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
     return now
@@ -199,8 +198,6 @@ def test_an_epochs_seconds_and_rate_are_what_this_process_trained_of_it(data_dir
                                                                           hand_clock):
     """On a clock that moves 0.1234 s a step: stopped after 2 of epoch 1's 5 steps and resumed, the epoch's
     seconds and images/s are its last 3 steps' (172 images in 0.3702 s), not the whole epoch's."""
-    import types
-
     stop = types.SimpleNamespace(signum=None)
 
     def timed(run, stop_after=None):
@@ -356,8 +353,6 @@ def test_cupy_backend_without_a_gpu_is_one_line(data_dir, tmp_path):
 def test_cupy_that_finds_no_gpu_is_one_line(monkeypatch):
     """What CUDA says when CuPy imports but finds no GPU: no device at all; an error (no driver), told by the
     first line of its message, or by its type where it has none."""
-    import types
-
     from minigan.backend import BackendError
 
     def cupy_counting(count):
