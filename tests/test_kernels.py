@@ -393,10 +393,15 @@ def test_dependent_launch_hands_the_driver_its_attributes(monkeypatch):
 def test_a_driver_without_cuLaunchKernelEx_means_cupys_own_launch_and_capture(monkeypatch):
     """Hopper with a CUDA 11 driver, or no driver library: launch_ex_driver is None, so neither dependent launch
     nor PriorityGraph is available, and the fused step then launches and captures through CuPy
-    (CupyBackend.fused_step) rather than failing. A driver with every call gets each one's argument types."""
+    (CupyBackend.fused_step) rather than failing. A driver with every call gets each one's argument types, and
+    dependent launch is then available from compute capability 9.0 (griddepcontrol) on, Blackwell's included."""
     import types
 
     from minigan import cupy_backend
+
+    def gpu(compute_capability):  # CuPy's Device().compute_capability: major and minor digits, "90" for 9.0
+        return types.SimpleNamespace(cuda=types.SimpleNamespace(
+            Device=lambda: types.SimpleNamespace(compute_capability=compute_capability)))
 
     def old_driver(name):
         return types.SimpleNamespace(cuGetErrorName=lambda *args: 0)  # no cuLaunchKernelEx
@@ -408,9 +413,7 @@ def test_a_driver_without_cuLaunchKernelEx_means_cupys_own_launch_and_capture(mo
         monkeypatch.setattr(cupy_backend, "_driver", [])
         monkeypatch.setattr(cupy_backend.ctypes, "CDLL", loader)
         assert cupy_backend.launch_ex_driver() is None
-        hopper = types.SimpleNamespace(cuda=types.SimpleNamespace(
-            Device=lambda: types.SimpleNamespace(compute_capability="90")))
-        assert not cupy_backend.dependent_launch_available(hopper)
+        assert not cupy_backend.dependent_launch_available(gpu("90"))
         assert not cupy_backend.priority_graphs_available()
 
     # a driver with every call: each gets its argument types
@@ -419,6 +422,8 @@ def test_a_driver_without_cuLaunchKernelEx_means_cupys_own_launch_and_capture(mo
     monkeypatch.setattr(cupy_backend.ctypes, "CDLL", lambda name: current)
     assert cupy_backend.launch_ex_driver() is current and cupy_backend.priority_graphs_available()
     assert all(getattr(current, name).argtypes == argtypes for name, argtypes in cupy_backend.DRIVER_CALLS.items())
+    assert [cupy_backend.dependent_launch_available(gpu(cc)) for cc in ("80", "89", "90", "100", "120")] == [
+        False, False, True, True, True]
 
 
 class RecordingDriver:
