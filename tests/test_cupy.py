@@ -4,6 +4,7 @@ Every test here is marked ``gpu`` and skips where CuPy or a CUDA device is missi
 tests/test_kernels.py still compiles every kernel and checks the random stream's arithmetic on the host.
 """
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -86,6 +87,14 @@ def test_gather_batch_matches_numpy():
 
 
 def test_fused_adam_matches_numpy():
+    diff = check_adam_kernel_matches_numpy(cupy)
+    print(f"\nfused Adam vs NumPy after 4 steps: max |diff| {diff:.2e}")
+
+
+def check_adam_kernel_matches_numpy(cupy, on_device=contextlib.nullcontext):
+    """Adam on ``cupy``'s arrays (one launch of kernels/optim.cu::adam_step a step) against Adam on NumPy's, over
+    four steps of gradients from 1e-8 to 1; each device step runs inside ``on_device()``. Returns the largest
+    difference of the parameters."""
     from minigan.optim import Adam
 
     rng = np.random.default_rng(2)
@@ -98,11 +107,12 @@ def test_fused_adam_matches_numpy():
         g_cpu[...] = g
         g_gpu[...] = cupy.asarray(g)
         cpu.step()
-        gpu.step()
+        with on_device():
+            gpu.step()
     diff = float(np.abs(cupy.asnumpy(p_gpu) - p).max())
-    print(f"\nfused Adam vs NumPy after 4 steps: max |diff| {diff:.2e}")
     assert diff < 1e-6
     np.testing.assert_allclose(cupy.asnumpy(gpu.v), cpu.v, rtol=1e-5, atol=1e-30)
+    return diff
 
 
 def test_batchnorm_kernels_round_with_fused_multiply_adds_on_the_gpu():
@@ -141,18 +151,28 @@ def test_a_gan_has_every_part_of_the_kernels_compiled_and_each_kernel_from_its_p
 def test_layer_path_steps_match_numpy(k):
     """The layers on CuPy arrays (the fused step switched off): same state, batches, noise and dropout
     masks give the same losses and parameters as on NumPy, step by step."""
+    worst = check_layer_path_matches_numpy(cupy, k)
+    print(f"\ncupy layers vs numpy, k={k}, 3 steps: gradients and updates {worst:.1e} apart at most (relative L2)")
+
+
+def check_layer_path_matches_numpy(cupy, k, rows=64, steps=3, on_device=contextlib.nullcontext):
+    """A float32 GAN on the CuPy backend with its fused step switched off (the layer path: NumPy's layers on
+    ``cupy``'s arrays, PhiloxRng's draws, the Adam kernel) against one on NumPy fed the same draws, each of
+    ``steps`` steps from the same state; each device step runs inside ``on_device()``. Returns
+    assert_step_matches' largest difference."""
     cpu, gpu = GAN(get_backend("numpy"), k=k, seed=3), GAN(get_backend("cupy"), k=k, seed=3)
     gpu.fused = None
     np.testing.assert_array_equal(cupy.asnumpy(gpu.G.params), cpu.G.params)  # weights drawn on the host
     recorder = Recorder(gpu.rng, gpu.backend)
     use_rng(gpu, recorder)
-    data = np.random.default_rng(4).random((3, 64, 784), dtype=np.float32)
+    data = np.random.default_rng(4).random((steps, rows, 784), dtype=np.float32)
     worst = 0.0
     for batch in data:
         align_state(cpu, gpu)  # each step compared from the same state
         before = parameters_before(cpu)
         recorder.draws.clear()
-        stats_gpu = cupy.asnumpy(gpu.train_step(cupy.asarray(batch)))
+        with on_device():
+            stats_gpu = cupy.asnumpy(gpu.train_step(cupy.asarray(batch)))
         use_rng(cpu, Replay(recorder.draws))
         stats_cpu = cpu.train_step(batch)
         np.testing.assert_allclose(stats_gpu, stats_cpu, rtol=1e-4)
@@ -160,7 +180,7 @@ def test_layer_path_steps_match_numpy(k):
         for ours, ref in ((gpu.G, cpu.G), (gpu.D, cpu.D)):
             for (name, a), (_, b) in zip(ours.named_buffers(), ref.named_buffers()):
                 np.testing.assert_allclose(cupy.asnumpy(a), b, rtol=1e-4, atol=1e-6, err_msg=name)
-    print(f"\ncupy layers vs numpy, k={k}, 3 steps: gradients and updates {worst:.1e} apart at most (relative L2)")
+    return worst
 
 
 @pytest.mark.parametrize("k", [1, 2])

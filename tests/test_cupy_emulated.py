@@ -3,6 +3,7 @@ on the device, the Philox stream, the fused step (eager, then captured and repla
 backends and sampling run minigan's GPU code unchanged, with the kernels compiled for the CPU.
 tests/test_cupy.py runs the same paths on a real GPU."""
 
+import contextlib
 import sys
 
 import numpy as np
@@ -78,6 +79,37 @@ def test_a_gan_with_more_d_updates_than_the_fused_steps_draws_trains_on_the_laye
 
     assert GAN(get_backend("cupy"), k=MAX_K, seed=1).fused is not None
     assert GAN(get_backend("cupy"), k=MAX_K + 1, seed=1).fused is None
+
+
+@pytest.fixture
+def adam_on_the_device(emulated_gpu, monkeypatch):
+    """A context in which Adam.step takes its device path. Adam tells the device's arrays by their module, and the
+    emulated GPU's arrays are NumPy's, so without it Adam on the emulated GPU would run NumPy's update."""
+    from minigan import optim
+
+    @contextlib.contextmanager
+    def on_device():
+        with monkeypatch.context() as patch:
+            patch.setattr(optim, "array_module", lambda a: sys.modules["cupy"])
+            yield
+
+    return on_device
+
+
+def test_the_adam_kernels_launch_matches_numpy_on_the_emulated_gpu(adam_on_the_device):
+    """cupy_backend.adam_step's arguments (tests/test_cupy.py runs the same check on a GPU)."""
+    from test_cupy import check_adam_kernel_matches_numpy
+
+    check_adam_kernel_matches_numpy(sys.modules["cupy"], adam_on_the_device)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_the_layer_path_in_float32_matches_numpy_on_the_emulated_gpu(adam_on_the_device, k):
+    """The path a float32 GAN takes on the CuPy backend without its fused step (a --k above MAX_K; tests/test_cupy.py
+    runs the same check on a GPU): NumPy's layers on the device's arrays, PhiloxRng's draws, the Adam kernel."""
+    from test_cupy import check_layer_path_matches_numpy
+
+    check_layer_path_matches_numpy(sys.modules["cupy"], k, rows=16, steps=2, on_device=adam_on_the_device)
 
 
 def test_gpu_benchmark_and_profile_on_the_emulated_gpu(emulated_gpu, monkeypatch, capsys):
