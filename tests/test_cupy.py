@@ -50,6 +50,12 @@ class Recorder:
 
 
 def test_random_stream_matches_the_philox_reference():
+    check_random_stream_matches_the_philox_reference(cupy)
+
+
+def check_random_stream_matches_the_philox_reference(cupy):
+    """PhiloxRng on ``cupy``: uniforms bit for bit and normals to float32 rounding of philox_reference, each draw
+    from where the last one ended."""
     rng = get_backend("cupy").rng(1234)
     u = cupy.asnumpy(rng.random((1000, 3), np.float32))
     np.testing.assert_array_equal(u.reshape(-1), uniforms(1234, 0, 3000))  # bit for bit
@@ -59,9 +65,17 @@ def test_random_stream_matches_the_philox_reference():
     assert abs(big.mean()) < 0.005 and abs(big.std() - 1) < 0.005
     again = cupy.asnumpy(rng.standard_normal((999,), np.float32))
     assert not np.array_equal(again, z)  # the offset moved on: fresh numbers each draw
+    wide = cupy.asnumpy(rng.random((5,), np.float64))  # drawn in float32, handed back in the dtype asked for
+    assert wide.dtype == np.float64
+    np.testing.assert_array_equal(wide, uniforms(1234, 750 + 250 + 250_000 + 250, 5))
 
 
 def test_random_stream_state_round_trips():
+    check_random_stream_state_round_trips(cupy)
+
+
+def check_random_stream_state_round_trips(cupy):
+    """A PhiloxRng given another's state draws what that one draws next, shuffles included."""
     backend = get_backend("cupy")
     a = backend.rng(5)
     a.random((10,), np.float32)

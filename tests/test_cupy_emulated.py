@@ -96,6 +96,14 @@ def adam_on_the_device(emulated_gpu, monkeypatch):
     return on_device
 
 
+def test_the_random_stream_matches_its_reference_and_round_trips_on_the_emulated_gpu(emulated_gpu):
+    """PhiloxRng's offsets and state (tests/test_cupy.py runs the same checks on a GPU)."""
+    from test_cupy import check_random_stream_matches_the_philox_reference, check_random_stream_state_round_trips
+
+    check_random_stream_matches_the_philox_reference(sys.modules["cupy"])
+    check_random_stream_state_round_trips(sys.modules["cupy"])
+
+
 def test_the_adam_kernels_launch_matches_numpy_on_the_emulated_gpu(adam_on_the_device):
     """cupy_backend.adam_step's arguments (tests/test_cupy.py runs the same check on a GPU)."""
     from test_cupy import check_adam_kernel_matches_numpy
