@@ -328,8 +328,9 @@ def main(argv=None):
         if arrays is None:
             atomic_write_bytes(run_dir / "config.json", (json.dumps(config, indent=2) + "\n").encode())
         run = Run(config, backend, images, run_dir, arrays)
-        print(f"minigan: {args.backend} on {backend.device}; {len(images)} images, {run.steps_per_epoch} "
-              f"steps per epoch; run folder {run_dir}", flush=True)
+        steps = f"{run.steps_per_epoch} step{'s' if run.steps_per_epoch != 1 else ''}"
+        print(f"minigan: {args.backend} on {backend.device}; {len(images)} images, {steps} per epoch; "
+              f"run folder {run_dir}", flush=True)
         # Overflow or NaN is caught by Run.check_finite and reported in one line; numpy's own warnings
         # would only add noise before it.
         first_epoch, training = run.epoch, time.perf_counter()

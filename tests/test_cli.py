@@ -278,7 +278,7 @@ def test_all_the_images_in_one_batch_are_allowed(data_dir, tmp_path, capsys):
     out = tmp_path / "r"
     assert train.main(["--data-dir", str(data_dir), "--out", str(out), "--train-size", "300", "--batch-size", "300",
                        "--epochs", "1"]) == 0, capsys.readouterr().err
-    assert "300 images, 1 steps per epoch" in capsys.readouterr().out
+    assert "300 images, 1 step per epoch" in capsys.readouterr().out
     assert ckpt.count(final_arrays(out), "epoch", out / "checkpoint.npz") == 1
 
 
