@@ -67,7 +67,7 @@ def check_random_stream_matches_the_philox_reference(cupy):
     assert not np.array_equal(again, z)  # the offset moved on: fresh numbers each draw
     wide = cupy.asnumpy(rng.random((5,), np.float64))  # drawn in float32, handed back in the dtype asked for
     assert wide.dtype == np.float64
-    np.testing.assert_array_equal(wide, uniforms(1234, 750 + 250 + 250_000 + 250, 5))
+    np.testing.assert_array_equal(wide, uniforms(1234, 750 + 250 + 250_000 + 250, 5))  # after 3000, 999, 10^6, 999
 
 
 def test_random_stream_state_round_trips():
