@@ -5,6 +5,7 @@ tests/test_cupy.py runs the same paths on a real GPU."""
 
 import contextlib
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -132,10 +133,13 @@ def test_gpu_benchmark_and_profile_on_the_emulated_gpu(emulated_gpu, monkeypatch
     from minigan import cupy_step
     from minigan.gan import GAN
 
+    started = time.perf_counter()
     assert benchmark.main(["--backend", "cupy", "--steps", "1", "--warmup", "1", "--repeats", "1", "--batch", "16"]) == 0
+    seconds = time.perf_counter() - started
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["impl"] for line in lines] == ["minigan-cupy", "minigan-cupy-layers"]
     assert all(line["first_step_s"] > 0 and line["second_step_s"] > 0 for line in lines)  # (the graph's capture)
+    assert sum(line["first_step_s"] + line["second_step_s"] for line in lines) < seconds  # times within the run's
     assert sum(lines[0]["gemm_tiles"].values()) == 22  # the step's 22 GEMM shapes (K = 1; D's forward passes
     # over the real and the fake rows are the G step's shapes)
     # every tile ties on the emulated GPU: the graph tuner tried each product's next STEP_TUNING_CANDIDATES (each
