@@ -132,8 +132,7 @@ def setup_torch_cuda_graph(args, real):
 
     torch.manual_seed(0)
     G, D = torch_gan.Generator().cuda(), torch_gan.Discriminator().cuda()
-    opt_G = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999), capturable=True)
-    opt_D = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999), capturable=True)
+    opt_G, opt_D = torch_gan.make_optimizers(G, D, capturable=True)
     criterion = torch.nn.BCELoss()
     real = torch.from_numpy(real).cuda()
 

@@ -64,9 +64,10 @@ def copy_to_minigan(minigan_model, torch_model):
         value[...] = theirs[f"model.{index}.{_NAMES[key]}"].detach().cpu().numpy()
 
 
-def make_optimizers(G, D, lr=2e-4, beta1=0.5):
-    return (torch.optim.Adam(G.parameters(), lr=lr, betas=(beta1, 0.999)),
-            torch.optim.Adam(D.parameters(), lr=lr, betas=(beta1, 0.999)))
+def make_optimizers(G, D, lr=2e-4, beta1=0.5, **options):
+    """The seed's two Adams; ``options`` go to both (capturable=True: a step that a CUDA graph can capture)."""
+    return (torch.optim.Adam(G.parameters(), lr=lr, betas=(beta1, 0.999), **options),
+            torch.optim.Adam(D.parameters(), lr=lr, betas=(beta1, 0.999), **options))
 
 
 def train_step(G, D, opt_G, opt_D, criterion, real, z, k=1):
