@@ -492,6 +492,28 @@ def test_benchmark_times_its_steps_in_ms_between_synchronisations(monkeypatch):
     assert synchronised == [100.0, pytest.approx(100.02)]
 
 
+def test_benchmark_refuses_a_count_below_its_least_and_times_a_step_at_the_least(capsys):
+    """--steps, --warmup, --repeats and --k of 0 and a --batch of 1 are refused in one line, status 2; every count at
+    its least (1; a batch of 2, which BatchNorm needs) times a step."""
+    import benchmark
+
+    least = {"--steps": 1, "--warmup": 1, "--repeats": 1, "--k": 1, "--batch": 2}
+
+    def argv(counts):
+        return [str(a) for option, count in counts.items() for a in (option, count)]
+
+    for option in least:
+        with pytest.raises(SystemExit) as refused:
+            benchmark.main(argv({**least, option: least[option] - 1}))
+        assert refused.value.code == 2
+        error = capsys.readouterr().err  # (in this process, argparse names the program after sys.argv[0])
+        assert error.count("\n") == 1 and error.endswith(
+            ": error: --steps, --warmup, --repeats and --k must be at least 1, --batch at least 2\n")
+    assert benchmark.main(argv(least)) == 0
+    line = json.loads(capsys.readouterr().out)
+    assert (line["impl"], line["batch"], line["steps"]) == ("minigan-numpy", 2, 1)
+
+
 def test_benchmark_tiles_are_the_gpu_steps_only(tmp_path):
     assert one_line_error(run_cli("benchmark.py", "--tiles", tmp_path / "tiles.jsonl"), 2) == (
         "benchmark.py: error: --tiles is the fused step's GEMM tiles: it needs --backend cupy")
