@@ -348,6 +348,8 @@ def test_cupy_backend_without_a_gpu_is_one_line(data_dir, tmp_path):
     line = one_line_error(run_cli("train_mnist.py", "--backend", "cupy", "--data-dir", data_dir,
                                   "--out", tmp_path / "r"), 1)
     assert "--backend cupy needs" in line
+    assert one_line_error(run_cli("benchmark.py", "--backend", "cupy"), 1).startswith(
+        "benchmark.py: error: --backend cupy needs")
 
 
 def test_cupy_that_finds_no_gpu_is_one_line(monkeypatch):
