@@ -516,6 +516,19 @@ def test_benchmark_refuses_a_count_below_its_least_and_times_a_step_at_the_least
     assert (line["impl"], line["batch"], line["steps"]) == ("minigan-numpy", 2, 1)
 
 
+def test_benchmark_takes_its_first_step_then_the_warmup_then_the_timed_steps(monkeypatch, capsys):
+    import benchmark
+
+    from minigan.gan import GAN
+
+    batches, train_step = [], GAN.train_step
+    monkeypatch.setattr(GAN, "train_step", lambda gan, real: batches.append(len(real)) or train_step(gan, real))
+    assert benchmark.main(["--batch", "2", "--warmup", "3", "--steps", "2", "--repeats", "2"]) == 0
+    # the first step (on a GPU it compiles the kernels and times the tiles), 3 of warm-up, 2 timings of 2 steps
+    assert batches == [2] * (1 + 3 + 2 * 2)
+    assert json.loads(capsys.readouterr().out)["steps"] == 2
+
+
 def test_benchmark_tiles_are_the_gpu_steps_only(tmp_path):
     assert one_line_error(run_cli("benchmark.py", "--tiles", tmp_path / "tiles.jsonl"), 2) == (
         "benchmark.py: error: --tiles is the fused step's GEMM tiles: it needs --backend cupy")
