@@ -529,6 +529,14 @@ def test_benchmark_takes_its_first_step_then_the_warmup_then_the_timed_steps(mon
     assert json.loads(capsys.readouterr().out)["steps"] == 2
 
 
+def test_benchmark_compare_torch_without_torch_is_one_line(monkeypatch, capsys):
+    import benchmark
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch raises ImportError
+    assert benchmark.main(["--batch", "2", "--steps", "1", "--warmup", "1", "--repeats", "1", "--compare-torch"]) == 1
+    assert capsys.readouterr().err == "benchmark.py: error: --compare-torch needs torch (pip install torch)\n"
+
+
 def test_benchmark_tiles_are_the_gpu_steps_only(tmp_path):
     assert one_line_error(run_cli("benchmark.py", "--tiles", tmp_path / "tiles.jsonl"), 2) == (
         "benchmark.py: error: --tiles is the fused step's GEMM tiles: it needs --backend cupy")
