@@ -522,7 +522,12 @@ def test_benchmark_takes_its_first_step_then_the_warmup_then_the_timed_steps(mon
     from minigan.gan import GAN
 
     batches, train_step = [], GAN.train_step
-    monkeypatch.setattr(GAN, "train_step", lambda gan, real: batches.append(len(real)) or train_step(gan, real))
+
+    def counted_train_step(gan, real):
+        batches.append(len(real))
+        return train_step(gan, real)
+
+    monkeypatch.setattr(GAN, "train_step", counted_train_step)
     assert benchmark.main(["--batch", "2", "--warmup", "3", "--steps", "2", "--repeats", "2"]) == 0
     # the first step (on a GPU it compiles the kernels and times the tiles), 3 of warm-up, 2 timings of 2 steps
     assert batches == [2] * (1 + 3 + 2 * 2)
